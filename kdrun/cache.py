@@ -1,0 +1,98 @@
+"""A disk cache for models that do not depend on alpha or T: the teacher and the baseline student.
+
+An entry's key is a digest of everything that determines the trained weights: the exact training
+tensors and split, the model's sizes, the trainer settings, the seed, the device type and the
+kdrun and torch versions. Writers hold a file lock, so two jobs of a parallel sweep that need the
+same teacher train it once; entries are written to a temporary file and renamed, so a reader
+never sees half an entry. A damaged entry is reported, removed and retrained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+import kdrun
+
+try:
+    import fcntl
+except ImportError:  # Windows: no cross-process lock, entries are still written atomically
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdrun"
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    stamped = {**parts, "kdrun": kdrun.__version__, "torch": torch.__version__.split("+")[0]}
+    return hashlib.sha256(json.dumps(stamped, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    if fcntl is None:
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_entry(path: Path, device: torch.device) -> Optional[dict]:
+    try:
+        entry = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(entry, dict) or not {"state_dict", "history"} <= entry.keys():
+            raise ValueError("missing fields")
+        return entry
+    except Exception as error:  # any unreadable entry is retrained, never trusted
+        log.warning("cache entry %s is damaged (%s); removing it and training again", path, error)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def load_or_train(
+    kind: str,
+    key_parts: dict[str, Any],
+    model: torch.nn.Module,
+    train: Callable[[], list[dict]],
+    directory: Optional[Path],
+) -> tuple[list[dict], str]:
+    """Fill ``model`` from the cache, or call ``train()`` (which trains ``model`` in place and
+    returns its metrics rows) and store the result. Returns (rows, "cached" or "trained").
+    With ``directory=None`` the cache is off and ``train()`` always runs."""
+    if directory is None:
+        return train(), "trained"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{kind}-{cache_key({'kind': kind, **key_parts})}.pt"
+    device = next(model.parameters()).device
+    with _locked(path.with_suffix(".lock")):
+        entry = _load_entry(path, device) if path.exists() else None
+        if entry is not None:
+            model.load_state_dict(entry["state_dict"])
+            return entry["history"], "cached"
+        history = train()
+        save_atomic({"state_dict": model.state_dict(), "history": history, "key_parts": key_parts}, path)
+        return history, "trained"

@@ -1,0 +1,117 @@
+"""The ``kdrun`` command: subcommands dispatched on the first word.
+
+``kdrun train …`` hands the rest of the command line to a Hydra app, so overrides, ``-m``,
+``--cfg job``, ``--help`` and shell completion behave as in any Hydra program. ``kdrun --help``
+and ``kdrun compare`` import no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from kdrun import __version__
+
+SUBCOMMANDS = {
+    "train": "train a teacher, a distilled student and a baseline student; evaluate them on held-out data",
+    "compare": "tabulate and plot the results of runs and sweeps (kdrun compare outputs/)",
+}
+
+USAGE = f"""usage: kdrun <command> [arguments]
+
+Knowledge-distillation experiments: does distilling a teacher into a small student beat training
+the student alone, and at which alpha and temperature?
+
+commands:
+{chr(10).join(f"  {name:<9} {text}" for name, text in SUBCOMMANDS.items())}
+
+examples:
+  kdrun train                                   the default experiment (the notebook's)
+  kdrun train loss.temperature=5 trainer.epochs=10
+  kdrun train -m loss.alpha=0.5,0.9 loss.temperature=1,3,5
+  kdrun compare outputs/
+
+  kdrun train --help     every setting and config group
+  kdrun compare --help
+
+kdrun {__version__}
+"""
+
+# Exit codes of the jobs run in this process (Hydra's basic launcher runs them in-process).
+job_exit_codes: list[int] = []
+
+
+def config_dir() -> Path:
+    """The packaged configs (``kdrun/conf`` in a wheel), else the repository's ``conf/``."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+def _train(argv: Sequence[str]) -> int:
+    import hydra
+
+    from kdrun.config import register_configs
+    from kdrun.task import train_task
+
+    register_configs()
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(train_task)
+    job_exit_codes.clear()
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], *argv]
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("kdrun: interrupted; the run directory records it (status.json)", file=sys.stderr)
+        return 130
+    finally:
+        sys.argv = saved_argv
+    return max(job_exit_codes, default=0)
+
+
+def _complete(argv: Sequence[str]) -> Optional[int]:
+    """Shell completion: Hydra's bash script calls ``kdrun -sc query=bash`` with the whole
+    command line in COMP_LINE. Complete the subcommand word here; past it, hand over to the
+    subcommand with that word removed from COMP_LINE (else Hydra reads 'train' as an override)."""
+    line = os.environ.get("COMP_LINE")
+    if line is None or not any(a == "-sc" or a.startswith("--shell-completion") or a.startswith("query=") for a in argv):
+        return None
+    words = line.split()
+    at_command_word = len(words) == 1 or (len(words) == 2 and not line.endswith(" "))
+    if at_command_word:
+        prefix = words[1] if len(words) == 2 else ""
+        print(" ".join(name for name in SUBCOMMANDS if name.startswith(prefix)))
+        return 0
+    if words[1] == "train":
+        head, _, rest = line.partition(" train")
+        os.environ["COMP_LINE"] = head + rest
+        return _train(argv)
+    print("")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    completed = _complete(argv)
+    if completed is not None:
+        sys.exit(completed)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"kdrun {__version__}")
+        sys.exit(0)
+    command, rest = argv[0], argv[1:]
+    if command == "train" or command.startswith("-sc") or command == "--shell-completion":
+        sys.exit(_train(rest if command == "train" else argv))
+    if command == "compare":
+        from kdrun.compare import main as compare_main
+
+        sys.exit(compare_main(rest))
+    print(f"kdrun: unknown command {command!r}; choose from: {', '.join(SUBCOMMANDS)} (kdrun --help)", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""One kdrun experiment: config -> data -> models -> training -> reports.
+
+Trains the teacher, then the distilled student, then the baseline student (the same initial
+weights and the same batches as the distilled one: the loss is the only difference), evaluates
+all three on held-out data and writes the run directory. Returns the distilled student's
+validation accuracy, the number a sweeper optimises.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from kdrun.cache import default_cache_dir, load_or_train, save_atomic
+from kdrun.config import phase_epochs, to_plain
+from kdrun.data import DataSplits, load_data
+from kdrun.models import MLP, count_parameters
+from kdrun.reports import SUMMARY_COLUMNS, MetricsLog, plot_curves, plot_temperature, write_csv_atomic
+from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, resolve_device
+
+log = logging.getLogger("kdrun")
+
+PLOT_TEMPERATURES = (1.0, 2.0, 3.0, 5.0, 10.0)
+SMALL_MODEL_PARAMS = 1_000_000  # below this, one thread is as fast as two and far steadier here
+
+
+def choose_threads(requested: Optional[int], teacher_params: int) -> int:
+    if requested is not None:
+        return requested
+    return 1 if teacher_params < SMALL_MODEL_PARAMS else (os.cpu_count() or 1)
+
+
+def _build(spec: DictConfig, data: DataSplits) -> MLP:
+    return MLP(data.input_dim, list(spec.hidden), data.num_classes, spec.dropout)
+
+
+class Progress:
+    """A rich progress bar per phase on a terminal; a few plain log lines elsewhere."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+
+    def phase(self, name: str, epochs: int):
+        return _Phase(self, name, epochs)
+
+
+class _Phase:
+    def __init__(self, owner: Progress, name: str, epochs: int) -> None:
+        self.owner, self.name, self.epochs = owner, name, epochs
+        self.bar = None
+
+    def __enter__(self) -> "_Phase":
+        if self.owner.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+            self.bar = RichProgress(
+                TextColumn(f"{self.name:<9}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), console=self.owner.console, transient=False,
+            )  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(self.name, total=self.epochs, info="")
+        return self
+
+    def update(self, row: dict) -> None:
+        info = f"loss {row['train_loss']:.4f}  val acc {row['val_acc']:.2%}"
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, info=info)
+        elif row["epoch"] == self.epochs or row["epoch"] % max(1, self.epochs // 4) == 0:
+            log.info("%-9s epoch %d/%d  %s", self.name, row["epoch"], self.epochs, info)
+        else:
+            log.debug("%-9s epoch %d/%d  %s", self.name, row["epoch"], self.epochs, info)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _teacher_probabilities(teacher: MLP, data: DataSplits, run_temperature: float, n_examples: int = 3):
+    logits = predict(teacher, data.test.x[:n_examples]).float().cpu()
+    temperatures = sorted(set(PLOT_TEMPERATURES) | {float(run_temperature)})
+    probabilities = {t: torch.softmax(logits / t, dim=-1).tolist() for t in temperatures}
+    return probabilities, data.test.y[:n_examples].tolist()
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
+    """Train and evaluate the three models; write the run directory. Returns the summary rows
+    keyed by model name."""
+    device = resolve_device(cfg.trainer.device)
+    data = load_data(cfg.dataset)
+    seed = cfg.trainer.seed
+    torch.manual_seed(seed)
+    teacher = _build(cfg.model.teacher, data)
+    threads = choose_threads(cfg.trainer.threads, count_parameters(teacher))
+    torch.set_num_threads(threads)
+    teacher.to(device)
+    train, val, test = data.train.to(device), data.val.to(device), data.test.to(device)
+    transfer = data.transfer.to(device)
+    log.info(
+        "kdrun: dataset %s (train %d, transfer %d, val %d, test %d, %d classes), device %s, %d thread(s) -> %s",
+        data.name, len(train), len(transfer), len(val), len(test), data.num_classes, device, threads, run_dir,
+    )  # fmt: skip
+
+    cache_dir = None
+    if cfg.cache.enabled:
+        cache_dir = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir()
+    trainer_cfg = to_plain(cfg.trainer)
+    common_key = {
+        "data": data.fingerprint(),
+        "trainer": {k: trainer_cfg[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "seed")},
+        "device": device.type,
+        "threads": threads,
+    }
+    metrics = MetricsLog(run_dir / "metrics.csv")
+    progress = Progress(console)
+    history: list[dict] = []
+    source: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+
+    def run_phase(name: str, model: MLP, split, epochs: int, batch_seed: int, distillation=None, cache_kind=None, key=None):
+        settings = FitSettings(epochs, cfg.trainer.batch_size, cfg.trainer.optimizer, cfg.trainer.lr, cfg.trainer.weight_decay, batch_seed)
+        started = time.perf_counter()
+        with progress.phase(name, epochs) as phase:
+            def train_now() -> list[dict]:
+                return fit(model, split, val, settings, name, distillation, on_epoch=lambda row: (metrics.append([row]), phase.update(row)))
+
+            if cache_kind is None:
+                rows, origin = train_now(), "trained"
+            else:
+                rows, origin = load_or_train(cache_kind, key, model, train_now, cache_dir)
+                if origin == "cached":
+                    metrics.append(rows)
+                    for row in rows:
+                        phase.update(row)
+        history.extend(rows)
+        source[name] = origin
+        seconds[name] = time.perf_counter() - started
+        if origin == "cached":
+            log.info("%-9s reused from the cache (%s)", name, cache_dir)
+
+    teacher_epochs, student_epochs = phase_epochs(cfg, "teacher"), phase_epochs(cfg, "student")
+    run_phase(
+        "teacher", teacher, train, teacher_epochs, seed, cache_kind="teacher",
+        key={**common_key, "model": to_plain(cfg.model.teacher), "epochs": teacher_epochs},
+    )  # fmt: skip
+
+    # Both students start from the same weights and see the same batches.
+    torch.manual_seed(seed + 1)
+    initial_student = _build(cfg.model.student, data).to(device)
+    distilled, baseline = copy.deepcopy(initial_student), copy.deepcopy(initial_student)
+    teacher_logits = predict(teacher, transfer.x)
+    distillation = Distillation(teacher_logits, cfg.loss.alpha, cfg.loss.temperature, cfg.dataset.transfer_labels)
+    torch.manual_seed(seed + 2)  # dropout masks
+    run_phase("distilled", distilled, transfer, student_epochs, seed + 1, distillation=distillation)
+    if cfg.dataset.transfer_labels:
+        torch.manual_seed(seed + 2)
+        run_phase(
+            "baseline", baseline, transfer, student_epochs, seed + 1, cache_kind="baseline",
+            key={**common_key, "model": to_plain(cfg.model.student), "epochs": student_epochs, "transfer": len(transfer)},
+        )  # fmt: skip
+    else:
+        source["baseline"] = "not_trained"
+        log.info("baseline  not trained: dataset.transfer_labels=false leaves it no labels to learn from")
+
+    models = {"teacher": teacher, "distilled": distilled, "baseline": baseline}
+    teacher_test = evaluate(teacher, test)
+    summary = {}
+    for name, model in models.items():
+        trained = source[name] != "not_trained"
+        result_train, result_val, result_test = (evaluate(model, s) for s in (train, val, test))
+        agreement = (result_test.logits.argmax(-1) == teacher_test.logits.argmax(-1)).sum().item() / max(1, len(test))
+        summary[name] = {
+            "model": name,
+            "params": count_parameters(model),
+            "train_acc": result_train.accuracy if trained else math.nan,
+            "val_acc": result_val.accuracy if trained else math.nan,
+            "test_acc": result_test.accuracy if trained else math.nan,
+            "test_nll": result_test.loss if trained else math.nan,
+            "agreement": agreement if trained else math.nan,
+            "dataset": data.name,
+            "alpha": cfg.loss.alpha,
+            "temperature": cfg.loss.temperature,
+            "seed": seed,
+            "teacher_epochs": teacher_epochs,
+            "student_epochs": student_epochs,
+            "n_train": len(train),
+            "n_transfer": len(transfer),
+            "n_val": len(val),
+            "n_test": len(test),
+            "source": source[name],
+            "train_seconds": seconds.get(name, math.nan),
+        }
+        if trained:
+            save_atomic(
+                {
+                    "state_dict": model.state_dict(),
+                    "model": {"input_dim": model.input_dim, "hidden": model.hidden, "num_classes": model.num_classes, "dropout": model.dropout},
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                },
+                run_dir / f"{name}.pt",
+            )
+
+    if cfg.plots:
+        plot_curves(run_dir / "curves.png", history)
+        probabilities, labels = _teacher_probabilities(teacher, data, cfg.loss.temperature)
+        plot_temperature(run_dir / "temperature.png", probabilities, labels, float(cfg.loss.temperature))
+    write_csv_atomic(run_dir / "summary.csv", summary.values(), SUMMARY_COLUMNS)
+    print_summary(console, summary)
+    return summary
+
+
+def print_summary(console: Console, summary: dict) -> None:
+    table = Table(title="Accuracy on each split; test NLL; top-1 agreement with the teacher on test")
+    for column in ("model", "params", "train", "val", "test", "test NLL", "agree", "source"):
+        table.add_column(column, justify="left" if column in ("model", "source") else "right", no_wrap=True)
+
+    def pct(value: float) -> str:
+        return "-" if math.isnan(value) else f"{value:.2%}"
+
+    for row in summary.values():
+        nll = "-" if math.isnan(row["test_nll"]) else f"{row['test_nll']:.4f}"
+        table.add_row(
+            row["model"], f"{row['params']:,}", pct(row["train_acc"]), pct(row["val_acc"]), pct(row["test_acc"]),
+            nll, pct(row["agreement"]), row["source"].replace("_", " "),
+        )  # fmt: skip
+    console.print(table)
+    teacher, distilled, baseline = (summary[m]["test_acc"] for m in ("teacher", "distilled", "baseline"))
+    improvement = "n/a (baseline not trained)" if math.isnan(baseline) else f"{(distilled - baseline) * 100:+.1f} points"
+    log.info("Distillation improvement (distilled - baseline, test accuracy): %s", improvement)
+    log.info("Gap from teacher (teacher - distilled, test accuracy): %+.1f points", (teacher - distilled) * 100)

@@ -1,0 +1,336 @@
+"""Divergences and the distillation loss.
+
+Everything is computed in log space and in at least float32: float16 and bfloat16 inputs are
+upcast inside and the result is returned in float32 (float64 inputs stay float64). Nothing is
+moved between devices. Bad arguments raise ``ValueError`` naming the argument, its value and what
+is allowed (never ``assert``, which ``python -O`` strips).
+
+Alpha convention: ``alpha`` weights the *soft* (teacher) term, as in the kdrun notebook and in
+Hinton et al. (2015). torchdistill and some other libraries use the opposite convention.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DistillationLossTerms",
+    "distillation_loss",
+    "distillation_loss_terms",
+    "kl_divergence_discrete",
+    "kl_divergence_gaussian",
+    "kl_divergence_gaussian_diagonal",
+]
+
+_DISCRETE_REDUCTIONS = ("batchmean", "sum", "none")
+_GAUSSIAN_REDUCTIONS = ("mean", "sum", "none")
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, Real):
+        raise ValueError(f"temperature={temperature!r}: must be a real number > 0 (got {type(temperature).__name__})")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r}: must be finite and > 0")
+
+
+def _check_alpha(alpha: float) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, Real):
+        raise ValueError(f"alpha={alpha!r}: must be a real number in [0, 1] (got {type(alpha).__name__})")
+    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha={alpha!r}: must be in [0, 1]")
+
+
+def _check_reduction(reduction: str, allowed: tuple[str, ...]) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"reduction={reduction!r}: must be one of {', '.join(map(repr, allowed))}")
+
+
+def _check_float_tensor(name: str, value: object) -> None:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a floating-point torch.Tensor (got {kind})")
+
+
+def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape: {name_a} has {tuple(a.shape)}, {name_b} has {tuple(b.shape)}"
+        )
+
+
+def _check_logits(name: str, logits: torch.Tensor) -> None:
+    _check_float_tensor(name, logits)
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"{name} must have a class dimension last (got shape {tuple(logits.shape)})")
+
+
+def _check_labels(labels: object, logits: torch.Tensor) -> None:
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be an integer torch.Tensor of class indices (got {kind})")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have one class index per row of student_logits: labels has shape {tuple(labels.shape)}, "
+            f"student_logits has {tuple(logits.shape)} (expected labels of shape {tuple(logits.shape[:-1])})"
+        )
+    num_classes = logits.shape[-1]
+    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+        raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} classes (found {bad})")
+
+
+def _check_positive(name: str, sigma: torch.Tensor) -> None:
+    _check_float_tensor(name, sigma)
+    if bool((~(sigma > 0)).any()):  # ~(x > 0) also catches NaN
+        bad = sigma[~(sigma > 0)].flatten()[0].item()
+        raise ValueError(f"{name} must be > 0 everywhere (found {bad})")
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+# --------------------------------------------------------------------------- discrete KL
+
+
+def _kl_per_position(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """sum_i P_i (log P_i - log Q_i) over the last dimension, classes with P_i = 0 contributing 0."""
+    dtype = _compute_dtype(torch.promote_types(p_logits.dtype, q_logits.dtype))
+    log_p = F.log_softmax(p_logits.to(dtype) / temperature, dim=-1)
+    log_q = F.log_softmax(q_logits.to(dtype) / temperature, dim=-1)
+    p = log_p.exp()
+    # Masked classes (logit -inf) have P = 0 and log P = -inf; 0 * (-inf) would be NaN, in the
+    # value and in the gradient, so those terms are replaced by 0 before the product.
+    support = p > 0
+    log_ratio = torch.where(support, log_p, 0.0) - torch.where(support, log_q, 0.0)
+    return (p * log_ratio).sum(dim=-1)
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return values
+    if reduction == "sum":
+        return values.sum()
+    return values.mean()  # "batchmean" over positions, or "mean" over elements
+
+
+def kl_divergence_discrete(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+) -> torch.Tensor:
+    r"""KL divergence KL(P || Q) between two categorical distributions given by logits.
+
+    .. math::
+        P = \mathrm{softmax}(p\_logits / T), \quad Q = \mathrm{softmax}(q\_logits / T)
+
+        \mathrm{KL}(P \,\|\, Q) = \sum_i P_i \,(\log P_i - \log Q_i)
+
+    computed with ``log_softmax`` over the last dimension. A class with logit ``-inf`` in
+    ``p_logits`` (P_i = 0) contributes exactly 0, never NaN.
+
+    Args:
+        p_logits: logits of the target distribution P, shape ``[..., num_classes]``.
+        q_logits: logits of the approximating distribution Q, same shape.
+        temperature: T > 0, finite. Higher T gives softer distributions.
+        reduction: ``"batchmean"`` (default, the notebook's): the per-position sums averaged over
+            every leading position — for 2-D input this equals
+            ``F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)``;
+            ``"sum"``: summed over all positions; ``"none"``: shape ``[...]``, one value per position.
+
+    Returns:
+        A float32 tensor for float16/bfloat16/float32 inputs, float64 for float64 inputs.
+    """
+    _check_logits("p_logits", p_logits)
+    _check_logits("q_logits", q_logits)
+    _check_same_shape("p_logits", p_logits, "q_logits", q_logits)
+    _check_temperature(temperature)
+    _check_reduction(reduction, _DISCRETE_REDUCTIONS)
+    return _reduce(_kl_per_position(p_logits, q_logits, temperature), reduction)
+
+
+# --------------------------------------------------------------------------- Gaussian KL
+
+
+def _gaussian_kl_elementwise(
+    mu_p: torch.Tensor, sigma_p: torch.Tensor, mu_q: torch.Tensor, sigma_q: torch.Tensor
+) -> torch.Tensor:
+    dtype = _compute_dtype(torch.promote_types(torch.promote_types(mu_p.dtype, sigma_p.dtype), torch.promote_types(mu_q.dtype, sigma_q.dtype)))
+    mu_p, sigma_p, mu_q, sigma_q = (t.to(dtype) for t in (mu_p, sigma_p, mu_q, sigma_q))
+    # With x = log(sigma_p^2 / sigma_q^2), log(sigma_q/sigma_p) + sigma_p^2/(2 sigma_q^2) - 1/2
+    # equals (expm1(x) - x) / 2: built from log sigma so that neither the ratio's log nor its
+    # square underflows, and exactly 0 when sigma_p == sigma_q.
+    log_var_ratio = 2.0 * (torch.log(sigma_p) - torch.log(sigma_q))
+    mean_term = ((mu_p - mu_q) / sigma_q) ** 2
+    return 0.5 * (torch.expm1(log_var_ratio) - log_var_ratio + mean_term)
+
+
+def _check_gaussian_args(mu_p: torch.Tensor, sigma_p: torch.Tensor, mu_q: torch.Tensor, sigma_q: torch.Tensor) -> None:
+    _check_float_tensor("mu_p", mu_p)
+    _check_float_tensor("mu_q", mu_q)
+    _check_positive("sigma_p", sigma_p)
+    _check_positive("sigma_q", sigma_q)
+    try:
+        torch.broadcast_shapes(mu_p.shape, sigma_p.shape, mu_q.shape, sigma_q.shape)
+    except RuntimeError:
+        raise ValueError(
+            "mu_p, sigma_p, mu_q and sigma_q must broadcast to one shape (got "
+            f"{tuple(mu_p.shape)}, {tuple(sigma_p.shape)}, {tuple(mu_q.shape)}, {tuple(sigma_q.shape)})"
+        ) from None
+
+
+def kl_divergence_gaussian(
+    mu_p: torch.Tensor,
+    sigma_p: torch.Tensor,
+    mu_q: torch.Tensor,
+    sigma_q: torch.Tensor,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""KL divergence between univariate Gaussians, elementwise with broadcasting.
+
+    .. math::
+        \mathrm{KL}(\mathcal{N}(\mu_p, \sigma_p^2) \,\|\, \mathcal{N}(\mu_q, \sigma_q^2))
+        = \log\frac{\sigma_q}{\sigma_p} + \frac{\sigma_p^2 + (\mu_p - \mu_q)^2}{2\sigma_q^2} - \frac{1}{2}
+
+    Computed from ``log sigma`` so that ratios sigma_p / sigma_q from 1e-6 to 1e6 stay finite, and
+    exactly 0 when the parameters are equal.
+
+    Args:
+        mu_p, sigma_p: mean and standard deviation (> 0) of P.
+        mu_q, sigma_q: mean and standard deviation (> 0) of Q. All four broadcast together.
+        reduction: ``"mean"`` (default, the notebook's) over all elements, ``"sum"``, or ``"none"``.
+
+    Returns:
+        float32 for float16/bfloat16/float32 inputs, float64 for float64 inputs.
+    """
+    _check_gaussian_args(mu_p, sigma_p, mu_q, sigma_q)
+    _check_reduction(reduction, _GAUSSIAN_REDUCTIONS)
+    return _reduce(_gaussian_kl_elementwise(mu_p, sigma_p, mu_q, sigma_q), reduction)
+
+
+def kl_divergence_gaussian_diagonal(
+    mu_p: torch.Tensor,
+    sigma_p: torch.Tensor,
+    mu_q: torch.Tensor,
+    sigma_q: torch.Tensor,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""KL divergence between multivariate Gaussians with diagonal covariance (VAE style).
+
+    .. math::
+        \mathrm{KL}(P \,\|\, Q) = \sum_{d} \left[\log\frac{\sigma_{q,d}}{\sigma_{p,d}}
+        + \frac{\sigma_{p,d}^2 + (\mu_{p,d} - \mu_{q,d})^2}{2\sigma_{q,d}^2} - \frac{1}{2}\right]
+
+    the sum running over the last dimension (the event dimension), as
+    ``torch.distributions.Independent(Normal(mu, sigma), 1)`` does.
+
+    Args:
+        mu_p, sigma_p, mu_q, sigma_q: shape ``[..., dim]`` after broadcasting; sigmas > 0.
+        reduction: ``"mean"`` (default) over the leading positions, ``"sum"``, or ``"none"``
+            (shape ``[...]``).
+    """
+    _check_gaussian_args(mu_p, sigma_p, mu_q, sigma_q)
+    _check_reduction(reduction, _GAUSSIAN_REDUCTIONS)
+    per_element = _gaussian_kl_elementwise(mu_p, sigma_p, mu_q, sigma_q)
+    if per_element.dim() == 0:
+        raise ValueError("kl_divergence_gaussian_diagonal needs at least one dimension (the event dimension, last)")
+    return _reduce(per_element.sum(dim=-1), reduction)
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+class DistillationLossTerms(NamedTuple):
+    """The distillation loss and its parts, each a scalar tensor.
+
+    ``total = alpha * soft + (1 - alpha) * hard``, where ``soft = T^2 * KL(teacher_T || student_T)``
+    and ``hard = CE(student, labels)``. Log ``soft`` and ``hard``; back-propagate ``total``.
+    """
+
+    total: torch.Tensor
+    soft: torch.Tensor
+    hard: torch.Tensor
+
+
+def _distillation_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    alpha: float,
+    temperature: float,
+) -> DistillationLossTerms:
+    """The loss without argument checks, for training loops whose inputs were checked once."""
+    soft = temperature**2 * _kl_per_position(teacher_logits.detach(), student_logits, temperature).mean()
+    if labels is None:
+        hard = torch.full_like(soft, float("nan"))
+        return DistillationLossTerms(soft if alpha == 1 else alpha * soft, soft, hard)
+    flat_logits = student_logits.to(soft.dtype).reshape(-1, student_logits.shape[-1])
+    # cross_entropy accepts only int64 (or uint8) class indices; the argument check admits every
+    # integer dtype (int32 labels are common), so widen here.
+    hard = F.cross_entropy(flat_logits, labels.reshape(-1).long())
+    return DistillationLossTerms(alpha * soft + (1 - alpha) * hard, soft, hard)
+
+
+def distillation_loss_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.7,
+    temperature: float = 3.0,
+) -> DistillationLossTerms:
+    r"""Hinton et al. (2015) distillation loss, returned with its soft and hard parts.
+
+    .. math::
+        L = \alpha \, T^2 \, \mathrm{KL}(\mathrm{softmax}(z_t / T) \,\|\, \mathrm{softmax}(z_s / T))
+            + (1 - \alpha) \, \mathrm{CE}(\mathrm{softmax}(z_s), y)
+
+    **alpha weights the soft (teacher) term**, as in the kdrun notebook; torchdistill and others
+    use the opposite convention. The T^2 factor keeps the soft term's gradient magnitude roughly
+    independent of T. No gradient flows into ``teacher_logits`` (they are detached).
+
+    Args:
+        student_logits: ``[batch, num_classes]`` (or ``[batch, seq, num_classes]``).
+        teacher_logits: same shape as ``student_logits``.
+        labels: integer class indices in ``[0, num_classes)``, shape ``student_logits.shape[:-1]``.
+        alpha: weight of the soft term, in [0, 1].
+        temperature: T > 0, finite.
+
+    Returns:
+        ``DistillationLossTerms(total, soft, hard)``: ``soft`` is T^2 * KL (batchmean) and ``hard``
+        the mean cross-entropy, both unweighted; float32 (float64 for float64 inputs).
+    """
+    _check_logits("student_logits", student_logits)
+    _check_logits("teacher_logits", teacher_logits)
+    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_labels(labels, student_logits)
+    _check_alpha(alpha)
+    _check_temperature(temperature)
+    return _distillation_terms(student_logits, teacher_logits, labels, float(alpha), float(temperature))
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.7,
+    temperature: float = 3.0,
+) -> torch.Tensor:
+    r"""Hinton et al. (2015) distillation loss (the total of :func:`distillation_loss_terms`).
+
+    .. math::
+        L = \alpha \, T^2 \, \mathrm{KL}(\mathrm{teacher}_T \,\|\, \mathrm{student}_T)
+            + (1 - \alpha) \, \mathrm{CE}(\mathrm{student}, \mathrm{labels})
+
+    **alpha weights the soft (teacher) term** (torchdistill uses the opposite convention).
+    See :func:`distillation_loss_terms` for the arguments and for the soft and hard parts.
+    """
+    return distillation_loss_terms(student_logits, teacher_logits, labels, alpha, temperature).total

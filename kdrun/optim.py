@@ -1,0 +1,84 @@
+"""Optimisers for the training loops.
+
+Adam and AdamW call PyTorch's fused kernels (``torch._fused_adam_`` / ``torch._fused_adamw_``)
+directly: the same arithmetic as ``torch.optim.Adam(fused=True)`` (bit for bit, checked in the
+tests), without ``torch.optim.Optimizer``, whose first use imports ``torch._dynamo`` — about 1.4 s
+of a 2.5 s run here. Where the fused kernel is missing (old torch, some devices) or for SGD,
+``torch.optim`` is used.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+import torch
+
+
+class Optimizer(Protocol):
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+    def step(self) -> None: ...
+
+
+class FusedAdam:
+    """Adam (or AdamW with ``decoupled_weight_decay=True``) through PyTorch's fused kernel."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        self._kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
+        self.exp_avgs = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        torch._foreach_add_(self.steps, 1)
+        self._kernel(
+            self.params,
+            [p.grad for p in self.params],
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            [],
+            self.steps,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+def _fused_adam_supported(device: torch.device) -> bool:
+    # The CPU kernel arrived in torch 2.4; CUDA has had it since 2.0.
+    return hasattr(torch, "_fused_adam_") and (device.type == "cuda" or (device.type == "cpu" and _torch_version() >= (2, 4)))
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float = 0.0) -> Optimizer:
+    """``name`` is adam, adamw or sgd (checked by the config)."""
+    device = next(model.parameters()).device
+    if name in ("adam", "adamw") and _fused_adam_supported(device):
+        return FusedAdam(model.parameters(), lr=lr, weight_decay=weight_decay, decoupled_weight_decay=name == "adamw")
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
