@@ -73,7 +73,7 @@ class _Phase:
         return self
 
     def update(self, row: dict) -> None:
-        info = f"loss {row['train_loss']:.4f}  val acc {row['val_acc']:.2%}"
+        info = f"loss {row['train_loss']:.4g}  val acc {row['val_acc']:.2%}"
         if self.bar is not None:
             self.bar.update(self.task, advance=1, info=info)
         elif row["epoch"] == self.epochs or row["epoch"] % max(1, self.epochs // 4) == 0:
