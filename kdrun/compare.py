@@ -1,0 +1,679 @@
+"""``kdrun compare DIR [DIR ...]``: one table of every run below some directories.
+
+A *run* is a directory holding ``.hydra/`` and ``status.json`` and/or ``summary.csv`` (what one
+``kdrun train`` job leaves). Only a run whose status is ``completed`` and whose ``summary.csv`` is
+whole counts as a result; failed, interrupted and still-running jobs are listed as such and never
+averaged in, and a malformed ``summary.csv`` is named on stderr, skipped and counted.
+
+The module reads CSV and YAML only. It imports no torch, and no pandas; matplotlib is imported
+only to draw the heatmap, so comparing a hundred runs takes well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import yaml
+
+from kdrun.reports import write_csv_atomic
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+MODELS = ("teacher", "distilled", "baseline")
+SUMMARY_FILE = "summary.csv"
+STATUS_FILE = "status.json"
+COMPARISON_FILE = "comparison.csv"
+BY_CONFIG_FILE = "comparison_by_config.csv"
+HEATMAP_FILE = "heatmap.png"
+SEED_KEY = "trainer.seed"
+# Settings that cannot change a run's results (as hydra.job.config.override_dirname.exclude_keys).
+IGNORED_KEYS = frozenset({"trainer.device", "trainer.threads", "cache.enabled", "cache.dir", "dataset.root", "plots"})
+NOT_COUNTED = ("failed", "interrupted", "running", "unknown")
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str  # the summary.csv column
+    title: str
+    percent: bool  # shown as a percentage, differences in points
+    higher_is_better: bool
+
+
+METRICS = {
+    "test_acc": Metric("test_acc", "test accuracy", True, True),
+    "val_acc": Metric("val_acc", "val accuracy", True, True),
+    "test_nll": Metric("test_nll", "test NLL", False, False),
+    "agreement": Metric("agreement", "test agreement with the teacher", True, True),
+}
+
+
+class CompareError(Exception):
+    """Bad input to ``kdrun compare``: reported as one line, exit code 2."""
+
+
+@dataclass
+class Run:
+    """One run directory: its status, its settings, and (when completed) its summary rows."""
+
+    path: Path
+    status: str
+    message: str = ""
+    settings: dict[str, str] = field(default_factory=dict)
+    rows: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> summary.csv row
+
+    @property
+    def counted(self) -> bool:
+        return self.status == "completed"
+
+    def value(self, model: str, column: str) -> float:
+        return _float(self.rows.get(model, {}).get(column))
+
+    def summary_field(self, column: str) -> str:
+        return self.rows.get("distilled", {}).get(column, "")
+
+
+@dataclass
+class Comparison:
+    """What ``kdrun compare`` found: the runs listed (completed or not) and the skipped ones."""
+
+    runs: list[Run]
+    skipped: list[Run]  # malformed summary.csv
+    varying: list[str]  # settings whose values differ across the listed runs
+    metric: Metric
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the regularised incomplete beta function."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| > t) for Student's t with ``df`` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2)."""
+    return regularized_beta(df / (df + t * t), df / 2.0, 0.5)
+
+
+@lru_cache(maxsize=None)
+def t_critical(df: int, confidence: float = 0.95) -> float:
+    """The two-sided critical value t_{(1+confidence)/2, df}, computed exactly (no scipy): bisection
+    on t of the tail probability above, which falls monotonically in t. Exact to ~1e-12."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    tail = 1.0 - confidence
+    low, high = 0.0, 1.0
+    while t_two_sided_p(high, df) > tail:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if t_two_sided_p(middle, df) > tail:
+            low = middle
+        else:
+            high = middle
+        if high - low < 1e-13 * high:
+            break
+    return (low + high) / 2.0
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the t-interval around it: mean ± t_{0.975, n-1} · s / √n, where s is the sample
+    standard deviation (n − 1 in the denominator). Used on paired differences (distilled −
+    baseline of the same seed), so the seed-to-seed spread they share cancels. With one value
+    the interval is (nan, nan)."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = t_critical(n - 1, confidence) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+# --------------------------------------------------------------------------- finding and reading runs
+
+
+def _natural_key(path: Path) -> list:
+    """Sort job directories 0_, 1_, 2_, …, 10_ in numeric order."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run directory at or below ``root``; does not look inside a run, nor in hidden folders
+    (``.hydra``, ``.submitit``)."""
+    found, stack = [], [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        names = {entry.name for entry in entries}
+        if ".hydra" in names and (STATUS_FILE in names or SUMMARY_FILE in names):
+            found.append(directory)
+            continue
+        stack.extend(Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    return sorted(found, key=_natural_key)
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def format_value(value: Any) -> str:
+    """One spelling per value, so that 4, 4.0 and '4' from different runs compare equal."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, str):  # an override's text: "4" and "[16]" read as YAML, like Hydra does
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+        return value if isinstance(parsed, str) else format_value(parsed)
+    return str(value)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}"))
+    return flat
+
+
+def _override_keys(run_dir: Path) -> list[str]:
+    overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
+    keys = []
+    for item in overrides if isinstance(overrides, list) else []:
+        key = str(item).split("=", 1)[0].lstrip("+~")
+        if key and not key.startswith("hydra.") and not key.startswith("hydra/"):
+            keys.append(key)
+    return keys
+
+
+def _group_choices(run_dir: Path) -> dict[str, Any]:
+    hydra_yaml = _load_yaml(run_dir / ".hydra" / "hydra.yaml")
+    try:
+        return dict(hydra_yaml["hydra"]["runtime"]["choices"])
+    except (TypeError, KeyError):
+        return {}
+
+
+def read_settings(run_dir: Path, keys: Iterable[str], config: Optional[dict] = None) -> dict[str, str]:
+    """The run's values of ``keys``: from its composed ``.hydra/config.yaml`` (typed, so a default
+    and an override spell alike), else, for a config group (``experiment=…``), its choice."""
+    flat = _flatten(config if config is not None else _load_yaml(run_dir / ".hydra" / "config.yaml") or {})
+    settings, choices = {}, None
+    for key in keys:
+        if key in flat:
+            settings[key] = format_value(flat[key])
+            continue
+        if choices is None:
+            choices = _group_choices(run_dir)
+        settings[key] = format_value(choices.get(key)) if key in choices else "-"
+    return settings
+
+
+def read_summary(path: Path, metric: Metric) -> dict[str, dict[str, str]]:
+    """summary.csv's rows by model. Raises ValueError naming what is wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError("no summary.csv") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"unreadable summary.csv ({error})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"model", metric.column} - set(reader.fieldnames or [])
+    if missing:
+        raise ValueError(f"summary.csv lacks column(s) {', '.join(sorted(missing))}")
+    rows = {row["model"]: row for row in reader}
+    for model in MODELS:
+        if model not in rows:
+            raise ValueError(f"summary.csv has no {model} row")
+        if not math.isfinite(_float(rows[model].get(metric.column))):
+            raise ValueError(f"summary.csv: {model} {metric.column} is not a number ({rows[model].get(metric.column)!r})")
+    return rows
+
+
+def _float(text: Optional[str]) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _read_status(run_dir: Path) -> tuple[str, str]:
+    try:
+        record = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        return str(record.get("status", "unknown")), str(record.get("message", "") or "")
+    except FileNotFoundError:
+        return "unknown", "no status.json"
+    except (OSError, ValueError, AttributeError):
+        return "unknown", "unreadable status.json"
+
+
+def read_run(run_dir: Path, metric: Metric) -> Run:
+    """A run's status and, when it completed, its summary; ``malformed`` when status.json says
+    completed but summary.csv is missing, partial or not numbers."""
+    status, message = _read_status(run_dir)
+    run = Run(run_dir, status, message)
+    if status != "completed":
+        return run
+    try:
+        run.rows = read_summary(run_dir / SUMMARY_FILE, metric)
+    except ValueError as error:
+        run.status, run.message = "malformed", str(error)
+    return run
+
+
+def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
+    """Find and read every run below ``dirs``; work out which settings vary across them."""
+    if metric not in METRICS:
+        raise CompareError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    for directory in dirs:
+        if not directory.is_dir():
+            raise CompareError(f"no such directory: {directory}")
+    paths = list(dict.fromkeys(p for d in dirs for p in find_run_dirs(d)))
+    if not paths:
+        raise CompareError(f"no runs (directories with .hydra/ and status.json or summary.csv) below {', '.join(map(str, dirs))}")
+    runs = [read_run(path, METRICS[metric]) for path in paths]
+    listed = [r for r in runs if r.status != "malformed"]
+    keys = list(dict.fromkeys(k for r in listed for k in _override_keys(r.path) if k not in IGNORED_KEYS))
+    for run in listed:
+        run.settings = read_settings(run.path, keys)
+    varying = [k for k in keys if len({r.settings[k] for r in listed}) > 1]
+    return Comparison(listed, [r for r in runs if r.status == "malformed"], varying, METRICS[metric])
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _numeric_key(text: str) -> tuple:
+    try:
+        return (0, float(text), "")
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def run_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """One row per run: the varying settings, each model's metric, improvement and gap (raw
+    fractions, not percentages). Runs that did not complete have empty metrics."""
+    column = comparison.metric.column
+    rows = []
+    for run in comparison.runs:
+        row: dict[str, Any] = {key: run.settings.get(key, "") for key in comparison.varying}
+        values = {model: run.value(model, column) if run.counted else math.nan for model in MODELS}
+        row.update({f"{model}_{column}": values[model] for model in MODELS})
+        row["improvement"] = values["distilled"] - values["baseline"]
+        row["gap"] = values["teacher"] - values["distilled"]
+        row.update(status=run.status, message=run.message, run_dir=str(run.path))
+        for name in ("dataset", "alpha", "temperature", "seed"):
+            row[name] = run.summary_field(name)
+        rows.append(row)
+    return rows
+
+
+def run_columns(comparison: Comparison) -> list[str]:
+    column = comparison.metric.column
+    return [*comparison.varying, *(f"{m}_{column}" for m in MODELS), "improvement", "gap", "status", "dataset", "alpha", "temperature", "seed", "run_dir", "message"]
+
+
+def config_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """Runs that differ only in trainer.seed, grouped: mean, std and n of each model's metric, and
+    the paired improvement (distilled − baseline of the same run, i.e. the same seed) with its 95%
+    t-interval. Runs that did not complete are counted in ``not_counted``, never averaged."""
+    keys = [k for k in comparison.varying if k != SEED_KEY]
+    column = comparison.metric.column
+    groups: dict[tuple, list[Run]] = {}
+    for run in comparison.runs:
+        groups.setdefault(tuple(run.settings.get(k, "") for k in keys), []).append(run)
+    rows = []
+    for values, runs in groups.items():
+        done = [r for r in runs if r.counted]
+        row: dict[str, Any] = dict(zip(keys, values))
+        row["n"] = len(done)
+        row["not_counted"] = len(runs) - len(done)
+        row["seeds"] = " ".join(r.settings.get(SEED_KEY, r.summary_field("seed")) for r in done)
+        for model in MODELS:
+            scores = [r.value(model, column) for r in done]
+            row[f"{model}_mean"] = statistics.fmean(scores) if scores else math.nan
+            row[f"{model}_std"] = _std(scores)
+        differences = [r.value("distilled", column) - r.value("baseline", column) for r in done]
+        mean, low, high = mean_ci(differences) if differences else (math.nan, math.nan, math.nan)
+        row.update(improvement_mean=mean, improvement_std=_std(differences), improvement_ci_low=low, improvement_ci_high=high)
+        row["gap_mean"] = row["teacher_mean"] - row["distilled_mean"]
+        rows.append(row)
+    return rows
+
+
+def config_columns(comparison: Comparison) -> list[str]:
+    keys = [k for k in comparison.varying if k != SEED_KEY]
+    per_model = [f"{model}_{stat}" for model in MODELS for stat in ("mean", "std")]
+    return [*keys, "n", *per_model, "improvement_mean", "improvement_std", "improvement_ci_low", "improvement_ci_high", "gap_mean", "not_counted", "seeds"]
+
+
+def has_seed_groups(comparison: Comparison) -> bool:
+    return SEED_KEY in comparison.varying
+
+
+SORT_METRICS = ("teacher", "distilled", "baseline", "improvement", "gap")
+
+
+def sort_rows(rows: list[dict], comparison: Comparison, key: Optional[str]) -> list[dict]:
+    """Sort by a setting (ascending, numbers as numbers) or by a metric (best first). Runs that
+    did not complete go last either way."""
+    if key is None:
+        return sorted(rows, key=lambda r: (r["status"] != "completed", [_numeric_key(r[k]) for k in comparison.varying]))
+    if key in comparison.varying or key == "status":
+        return sorted(rows, key=lambda r: (r["status"] != "completed", _numeric_key(str(r[key]))))
+    if key not in SORT_METRICS:
+        raise CompareError(f"cannot sort by {key!r}; choose from {', '.join([*comparison.varying, *SORT_METRICS, 'status'])}")
+    column = key if key in ("improvement", "gap") else f"{key}_{comparison.metric.column}"
+    better_first = -1.0 if comparison.metric.higher_is_better != (key == "gap") else 1.0
+
+    def order(row: dict) -> tuple:
+        value = row[column]
+        return (math.isnan(value), better_first * value if not math.isnan(value) else 0.0)
+
+    return sorted(rows, key=order)
+
+
+def _metric_text(value: float, metric: Metric, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return ""
+    if metric.percent:
+        return f"{100 * value:+.1f}" if signed else f"{100 * value:.2f}%"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _display_runs(rows: list[dict], comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    metric, column = comparison.metric, comparison.metric.column
+    unit = " (pts)" if metric.percent else ""
+    show_status = any(r["status"] != "completed" for r in rows)
+    header = [*comparison.varying, "teacher", "distilled", "baseline", f"improvement{unit}", f"gap{unit}"] + (["status"] if show_status else [])
+    body = []
+    for row in rows:
+        cells = [row[k] for k in comparison.varying]
+        cells += [_metric_text(row[f"{m}_{column}"], metric) for m in MODELS]
+        cells += [_metric_text(row["improvement"], metric, True), _metric_text(row["gap"], metric, True)]
+        body.append(cells + ([row["status"]] if show_status else []))
+    return header, body
+
+
+def _display_configs(rows: list[dict], comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    metric = comparison.metric
+    keys = [k for k in comparison.varying if k != SEED_KEY]
+    unit = " (pts)" if metric.percent else ""
+    scale = 100.0 if metric.percent else 1.0
+    digits = 1 if metric.percent else 4
+
+    def mean_std(mean: float, std: float) -> str:
+        if math.isnan(mean):
+            return ""
+        return _metric_text(mean, metric) + ("" if math.isnan(std) else f" ± {scale * std:.{digits}f}")
+
+    header = [*keys, "n", "teacher", "distilled", "baseline", f"improvement{unit}", "95% CI"]
+    body = []
+    for row in rows:
+        cells = [row[k] for k in keys] + [str(row["n"]) + (f" (+{row['not_counted']} not counted)" if row["not_counted"] else "")]
+        cells += [mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in MODELS]
+        cells.append(_metric_text(row["improvement_mean"], metric, True))
+        low, high = row["improvement_ci_low"], row["improvement_ci_high"]
+        cells.append("" if math.isnan(low) else f"[{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]")
+        body.append(cells)
+    return header, body
+
+
+def _markdown(header: list[str], body: list[list[str]], n_settings: int) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---" if index < n_settings else "---:" for index in range(len(header))]
+    return "\n".join([line(header), line(align), *(line(cells) for cells in body)]) + "\n"
+
+
+def _rich_table(title: str, header: list[str], body: list[list[str]], n_settings: int):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index < n_settings else "right", overflow="fold")
+    for cells in body:
+        table.add_row(*cells)
+    return table
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def heatmap_cells(comparison: Comparison) -> Optional[dict[tuple[float, float], list[float]]]:
+    """Improvement per (alpha, temperature) from the completed runs' summary.csv, or None when
+    alpha and temperature do not both vary, or do not form a grid."""
+    cells: dict[tuple[float, float], list[float]] = {}
+    column = comparison.metric.column
+    for run in comparison.runs:
+        if run.counted:
+            cell = (_float(run.summary_field("alpha")), _float(run.summary_field("temperature")))
+            cells.setdefault(cell, []).append(run.value("distilled", column) - run.value("baseline", column))
+    alphas, temperatures = {a for a, _ in cells}, {t for _, t in cells}
+    if len(alphas) < 2 or len(temperatures) < 2 or any(math.isnan(v) for v in alphas | temperatures):
+        return None
+    if 2 * len(cells) < len(alphas) * len(temperatures):  # scattered points (an Optuna search), not a grid
+        return None
+    return cells
+
+
+def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comparison: Comparison) -> None:
+    """Mean improvement (distilled − baseline) over the alpha × temperature grid, each cell
+    annotated; blue is where distillation helps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = comparison.metric
+    scale = 100.0 if metric.percent else 1.0
+    alphas = sorted({a for a, _ in cells})
+    temperatures = sorted({t for _, t in cells})
+    grid = [[scale * statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in temperatures] for a in alphas]
+    finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
+    limit = max(finite + [1e-9])
+    width, height = 1.1 * len(temperatures) + 2.8, 0.7 * len(alphas) + 1.6
+    fig, ax = plt.subplots(figsize=(width, height))
+    fig.subplots_adjust(left=1.1 / width, right=1 - 0.3 / width, bottom=0.75 / height, top=1 - 0.55 / height)  # no tight_layout: it draws twice
+    image = ax.imshow(grid, cmap="RdBu" if metric.higher_is_better else "RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                n = len(cells[(alphas[i], temperatures[j])])
+                text = f"{value:+.1f}" if metric.percent else f"{value:+.3f}"
+                ax.text(j, i, text + (f"\nn={n}" if n > 1 else ""), ha="center", va="center", fontsize=9, color="white" if abs(value) > 0.6 * limit else "black")
+    ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft targets)")
+    unit = "points" if metric.percent else metric.title
+    counts = {len(v) for v in cells.values()}
+    note = "" if counts == {1} else " (mean over runs per cell)"
+    ax.set_title(f"Distilled − baseline {metric.title}, {unit}{note}", fontsize=10)
+    fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], groups: Optional[list[dict]], plot: bool = True) -> list[Path]:
+    """comparison.csv, comparison_by_config.csv (seeds vary) and heatmap.png (alpha × T varies)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / COMPARISON_FILE]
+    write_csv_atomic(written[0], rows, run_columns(comparison))
+    if groups is not None:
+        written.append(out_dir / BY_CONFIG_FILE)
+        write_csv_atomic(written[-1], groups, config_columns(comparison))
+    cells = heatmap_cells(comparison) if plot else None
+    if cells is not None:
+        written.append(out_dir / HEATMAP_FILE)
+        draw_heatmap(written[-1], cells, comparison)
+    return written
+
+
+def render(comparison: Comparison, rows: list[dict], groups: Optional[list[dict]], fmt: str, console=None) -> None:
+    """Print the per-run table (and the seed-grouped one) as a rich table, CSV or markdown."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        columns = run_columns(comparison)
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
+        sys.stdout.write(buffer.getvalue())
+        return
+    title = f"{comparison.metric.title}: {len(rows)} runs"
+    tables = [(title, *_display_runs(rows, comparison), len(comparison.varying))]
+    if groups is not None:
+        keys = [k for k in comparison.varying if k != SEED_KEY]
+        group_title = f"{comparison.metric.title} over seeds: mean ± std; paired improvement with 95% t-interval"
+        tables.append((group_title, *_display_configs(groups, comparison), len(keys)))
+    if fmt == "markdown":
+        sys.stdout.write("\n".join(f"**{t}**\n\n{_markdown(h, b, n)}" for t, h, b, n in tables))
+        return
+    if console is None:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:
+            console.width = max(console.width, 120)
+    for table in tables:
+        console.print(_rich_table(*table))
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def closing_lines(comparison: Comparison) -> list[str]:
+    """Malformed runs by name, then one line counting what was left out of the averages."""
+    lines = [f"skipped {run.path}: {run.message}" for run in comparison.skipped]
+    for run in comparison.runs:
+        if not run.counted:
+            lines.append(f"not counted ({run.status}) {run.path}" + (f": {run.message}" if run.message else ""))
+    counts: dict[str, int] = {}
+    for run in [*comparison.runs, *comparison.skipped]:
+        if not run.counted:
+            counts[run.status] = counts.get(run.status, 0) + 1
+    if counts:
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        lines.append(f"{sum(r.counted for r in comparison.runs)} completed runs compared; left out: {summary}")
+    return lines
+
+
+def compare(dirs: Sequence[Path], out: Optional[Path] = None, metric: str = "test_acc", sort: Optional[str] = None, fmt: str = "table", plot: bool = True, console=None) -> Comparison:
+    """The whole command: collect, print, write. Raises CompareError on bad input."""
+    comparison = collect([Path(d) for d in dirs], metric)
+    rows = sort_rows(run_rows(comparison), comparison, sort)
+    groups = config_rows(comparison) if has_seed_groups(comparison) else None
+    if groups is not None and sort is not None:
+        groups = _sort_groups(groups, comparison, sort)
+    render(comparison, rows, groups, fmt, console)
+    written = write_outputs(comparison, Path(out) if out is not None else Path(dirs[0]), rows, groups, plot)
+    for line in closing_lines(comparison):
+        print(line, file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return comparison
+
+
+def _sort_groups(groups: list[dict], comparison: Comparison, key: str) -> list[dict]:
+    if key in comparison.varying and key != SEED_KEY:
+        return sorted(groups, key=lambda g: _numeric_key(g[key]))
+    if key in SORT_METRICS:
+        column = "improvement_mean" if key == "improvement" else "gap_mean" if key == "gap" else f"{key}_mean"
+        sign = -1.0 if comparison.metric.higher_is_better != (key == "gap") else 1.0
+        return sorted(groups, key=lambda g: (math.isnan(g[column]), sign * g[column] if not math.isnan(g[column]) else 0.0))
+    return groups
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdrun compare",
+        description="Tabulate every run below DIR (single runs and sweeps, nested): the settings that vary, "
+        "teacher / distilled / baseline scores, improvement (distilled - baseline) and gap (teacher - distilled). "
+        "Runs differing only in trainer.seed are also grouped (mean ± std, paired 95%% t-interval).",
+        epilog="writes comparison.csv, comparison_by_config.csv (when seeds vary) and heatmap.png (when alpha and "
+        "temperature vary) into the first DIR, or --out. Example: kdrun compare outputs/multirun",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="directories holding runs or sweeps")
+    parser.add_argument("--metric", choices=list(METRICS), default="test_acc", help="summary.csv column to compare (default: test_acc)")
+    parser.add_argument("--sort", metavar="KEY", help="a varying setting (e.g. loss.temperature; ascending) or teacher|distilled|baseline|improvement|gap (best first)")
+    parser.add_argument("--format", dest="fmt", choices=("table", "csv", "markdown"), default="table", help="how to print (default: table)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="where to write comparison.csv etc. (default: the first DIR)")
+    parser.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw heatmap.png")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``kdrun compare``: 0 when done; 2, with one line on stderr, on bad input."""
+    args = build_parser().parse_args(argv)
+    try:
+        compare(args.dirs, out=args.out, metric=args.metric, sort=args.sort, fmt=args.fmt, plot=args.plot)
+    except CompareError as error:
+        print(f"kdrun compare: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"kdrun compare: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK

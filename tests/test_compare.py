@@ -1,0 +1,233 @@
+"""Tests for ``kdrun compare`` on run directories fabricated here (summary.csv, status.json and
+.hydra/ written by hand), so that every expected number is known in advance. The real sweeps are
+in test_sweeps.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdrun import compare
+from kdrun.reports import SUMMARY_COLUMNS, write_csv_atomic
+
+
+def make_run(
+    directory: Path,
+    *,
+    alpha: float = 0.7,
+    temperature: float = 3.0,
+    seed: int = 42,
+    teacher: float = 0.95,
+    distilled: float = 0.90,
+    baseline: float = 0.88,
+    status: str = "completed",
+    overrides: list[str] | None = None,
+    summary: bool = True,
+) -> Path:
+    """A run directory as ``kdrun train`` leaves it: status.json, summary.csv, .hydra/."""
+    directory.mkdir(parents=True)
+    hydra = directory / ".hydra"
+    hydra.mkdir()
+    if overrides is None:
+        overrides = [f"loss.alpha={alpha}", f"loss.temperature={temperature}", f"trainer.seed={seed}", "cache.dir=/tmp/c"]
+    (hydra / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    config = {
+        "dataset": {"name": "synthetic", "n_samples": 500},
+        "loss": {"alpha": float(alpha), "temperature": float(temperature)},
+        "trainer": {"epochs": 20, "seed": seed, "threads": None},
+        "cache": {"enabled": True, "dir": "/tmp/c"},
+        "plots": True,
+    }
+    (hydra / "config.yaml").write_text(yaml.safe_dump(config))
+    (directory / "status.json").write_text(json.dumps({"status": status, "message": "boom" if status == "failed" else ""}))
+    if summary:
+        rows = [
+            {"model": model, "test_acc": acc, "val_acc": acc, "test_nll": 1 - acc, "agreement": 1.0, "dataset": "synthetic", "alpha": alpha, "temperature": temperature, "seed": seed}
+            for model, acc in (("teacher", teacher), ("distilled", distilled), ("baseline", baseline))
+        ]
+        write_csv_atomic(directory / "summary.csv", rows, SUMMARY_COLUMNS)
+    return directory
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdrun.cli", "compare", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --------------------------------------------------------------------------- the t-distribution
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)])
+def test_t_critical_matches_tables(df: int, expected: float) -> None:
+    assert compare.t_critical(df) == pytest.approx(expected, abs=5e-4)
+
+
+def test_t_critical_tends_to_normal_and_other_levels() -> None:
+    assert compare.t_critical(100_000) == pytest.approx(1.95996, abs=1e-4)
+    assert compare.t_critical(10, 0.99) == pytest.approx(3.169, abs=5e-4)
+    assert compare.t_two_sided_p(compare.t_critical(7), 7) == pytest.approx(0.05, abs=1e-12)
+
+
+def test_mean_ci_formula() -> None:
+    mean, low, high = compare.mean_ci([0.01, 0.02, 0.03])
+    half = 4.302652729911275 * statistics.stdev([0.01, 0.02, 0.03]) / math.sqrt(3)
+    assert mean == pytest.approx(0.02)
+    assert (low, high) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-12)
+    assert math.isnan(compare.mean_ci([0.5])[1])
+
+
+# --------------------------------------------------------------------------- the table and its files
+
+
+def test_grid_table_csv_and_heatmap(tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    improvements = {}
+    for number, (alpha, temperature) in enumerate((a, t) for a in (0.1, 0.5, 0.9) for t in (1, 4)):
+        improvements[(alpha, temperature)] = 0.01 * number
+        make_run(sweep / f"{number}_alpha={alpha},T={temperature}", alpha=alpha, temperature=temperature, distilled=0.80 + 0.01 * number, baseline=0.80)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+
+    result = compare.compare([sweep], fmt="table")
+
+    assert result.varying == ["loss.alpha", "loss.temperature"]  # not trainer.seed, not cache.dir
+    rows = read_csv(sweep / "comparison.csv")
+    assert len(rows) == 6
+    for row in rows:
+        expected = improvements[(float(row["loss.alpha"]), float(row["loss.temperature"]))]
+        assert float(row["improvement"]) == pytest.approx(expected)
+        assert float(row["gap"]) == pytest.approx(0.95 - float(row["distilled_test_acc"]))
+    assert (sweep / "heatmap.png").stat().st_size > 1000
+    assert not (sweep / "comparison_by_config.csv").exists()  # one seed: nothing to group
+    out = capsys.readouterr().out
+    assert "loss.alpha" in out and "+5.0" in out and "95.00%" in out
+
+
+def test_seeds_grouped_with_paired_confidence_interval(tmp_path: Path) -> None:
+    for temperature, gains in ((1, (0.01, 0.02, 0.03)), (4, (0.05, 0.05, 0.08))):
+        for seed, gain in enumerate(gains):
+            make_run(tmp_path / "sweep" / f"T{temperature}_s{seed}", temperature=temperature, seed=seed, baseline=0.80 + 0.01 * seed, distilled=0.80 + 0.01 * seed + gain)
+    make_run(tmp_path / "sweep" / "T4_s9", temperature=4, seed=9, status="failed", summary=False)
+
+    compare.compare([tmp_path / "sweep"], fmt="csv")
+
+    groups = {row["loss.temperature"]: row for row in read_csv(tmp_path / "sweep" / "comparison_by_config.csv")}
+    assert set(groups) == {"1", "4"}
+    one, four = groups["1"], groups["4"]
+    half = compare.t_critical(2) * 0.01 / math.sqrt(3)  # stdev of 0.01, 0.02, 0.03 is 0.01
+    assert one["n"] == "3" and one["not_counted"] == "0"
+    assert float(one["improvement_mean"]) == pytest.approx(0.02)
+    assert float(one["improvement_ci_low"]) == pytest.approx(0.02 - half)
+    assert float(one["improvement_ci_high"]) == pytest.approx(0.02 + half)
+    assert float(one["baseline_mean"]) == pytest.approx(0.81)
+    assert float(one["baseline_std"]) == pytest.approx(0.01)
+    assert four["n"] == "3" and four["not_counted"] == "1"  # the failed seed is listed, not averaged
+    assert float(four["improvement_mean"]) == pytest.approx(0.06)
+    assert float(four["improvement_ci_low"]) > float(one["improvement_ci_high"]) - 0.05
+    runs = read_csv(tmp_path / "sweep" / "comparison.csv")
+    assert [r["status"] for r in runs].count("failed") == 1 and len(runs) == 7
+    assert not (tmp_path / "sweep" / "heatmap.png").exists()  # alpha does not vary
+
+
+def test_failed_and_malformed_runs_named_and_counted(tmp_path: Path) -> None:
+    make_run(tmp_path / "a" / "0", alpha=0.1)
+    make_run(tmp_path / "a" / "1", alpha=0.5, status="interrupted")
+    make_run(tmp_path / "a" / "2", alpha=0.9, summary=False)  # completed, but no summary.csv
+    partial = make_run(tmp_path / "a" / "3", alpha=0.3)
+    (partial / "summary.csv").write_text("model,test_acc\nteacher,0.9\ndistilled,0.8\n")  # no baseline row
+    garbled = make_run(tmp_path / "a" / "4", alpha=0.4)
+    (garbled / "summary.csv").write_text("model,test_acc\nteacher,abc\ndistilled,0.8\nbaseline,0.7\n")
+
+    result = run_cli(str(tmp_path / "a"), "--format", "csv")
+
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    assert {r["loss.alpha"]: r["status"] for r in rows} == {"0.1": "completed", "0.5": "interrupted"}
+    assert rows[1]["distilled_test_acc"] == ""  # never a number for a job that did not finish
+    for name, reason in (("2", "no summary.csv"), ("3", "no baseline row"), ("4", "teacher test_acc is not a number")):
+        assert f"skipped {tmp_path / 'a' / name}: " in result.stderr and reason in result.stderr
+    assert "1 completed runs compared; left out: 1 interrupted, 3 malformed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_nested_dirs_single_runs_and_out_dir(tmp_path: Path) -> None:
+    make_run(tmp_path / "outputs" / "2024-01-01" / "10-00-00", overrides=["trainer.epochs=5"])
+    make_run(tmp_path / "outputs" / "multirun" / "x" / "0", overrides=["loss.temperature=8"], temperature=8)
+    make_run(tmp_path / "elsewhere" / "run", overrides=[])
+
+    result = run_cli(str(tmp_path / "outputs"), str(tmp_path / "elsewhere"), "--out", str(tmp_path / "report"), "--format", "markdown")
+
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| loss.temperature | teacher |")  # trainer.epochs is 20 in all three configs
+    assert lines[1].startswith("| --- | ---: |")
+    assert len(lines) == 2 + 3
+    assert len(read_csv(tmp_path / "report" / "comparison.csv")) == 3
+
+
+def test_sort_and_metric(tmp_path: Path) -> None:
+    for alpha, distilled in ((0.1, 0.85), (0.5, 0.95), (0.9, 0.90)):
+        make_run(tmp_path / f"a{alpha}", alpha=alpha, distilled=distilled)
+    result = run_cli(str(tmp_path), "--sort", "improvement", "--format", "csv")
+    assert [r["loss.alpha"] for r in csv.DictReader(result.stdout.splitlines())] == ["0.5", "0.9", "0.1"]
+    result = run_cli(str(tmp_path), "--metric", "test_nll", "--sort", "distilled", "--format", "csv")
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    assert [r["loss.alpha"] for r in rows] == ["0.5", "0.9", "0.1"]  # lowest NLL first
+    assert float(rows[0]["distilled_test_nll"]) == pytest.approx(0.05)
+    result = run_cli(str(tmp_path), "--sort", "nonsense")
+    assert result.returncode == 2 and result.stderr.startswith("kdrun compare: error: cannot sort by 'nonsense'")
+
+
+@pytest.mark.parametrize("make_input, message", [
+    (lambda p: p / "missing", "no such directory"),
+    (lambda p: p, "no runs"),
+])  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make_input, message: str) -> None:
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    result = run_cli(str(make_input(tmp_path)))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"kdrun compare: error: {message}")
+
+
+# --------------------------------------------------------------------------- speed, imports
+
+
+def test_no_torch_import() -> None:
+    code = "import kdrun.compare, kdrun.callbacks, sys; assert 'torch' not in sys.modules and 'pandas' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_hundred_runs_under_a_second(tmp_path: Path, capsys) -> None:
+    """5 alphas × 4 temperatures × 5 seeds. Finding, reading, both tables and both CSVs: < 1 s.
+    The heatmap is matplotlib's time (~0.4 s once warm, plus ~0.5 s import and font load per
+    process); it gets a looser bound."""
+    number = 0
+    for alpha in (0.1, 0.3, 0.5, 0.7, 0.9):
+        for temperature in (1, 2, 4, 8):
+            for seed in range(5):
+                make_run(tmp_path / "sweep" / f"{number}_run", alpha=alpha, temperature=temperature, seed=seed, distilled=0.8 + 0.01 * seed)
+                number += 1
+
+    start = time.perf_counter()
+    result = compare.compare([tmp_path / "sweep"], plot=False)
+    seconds = time.perf_counter() - start
+    assert seconds < 1.0, f"compare took {seconds:.2f} s for 100 runs"
+    assert len(result.runs) == 100 and len(read_csv(tmp_path / "sweep" / "comparison_by_config.csv")) == 20
+
+    compare.compare([tmp_path / "sweep"], fmt="csv")  # warm matplotlib up: import, fonts
+    start = time.perf_counter()
+    compare.compare([tmp_path / "sweep"], fmt="csv")
+    assert time.perf_counter() - start < 3.0
+    assert (tmp_path / "sweep" / "heatmap.png").stat().st_size > 1000

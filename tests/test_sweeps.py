@@ -1,0 +1,133 @@
+"""Real tiny sweeps through the ``kdrun`` CLI in subprocesses: Hydra's basic launcher, the joblib
+and submitit launchers and the Optuna sweeper (each skipped when its plugin is not installed;
+``pip install -e ".[test,sweep]"``). Models and data are tiny so that each sweep takes seconds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+TINY = ["trainer.epochs=1", "dataset.n_samples=120", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "plots=false"]
+RUN_FILES = ("summary.csv", "metrics.csv", "status.json", ".hydra/overrides.yaml", ".hydra/config.yaml")
+
+
+# The `kdrun` console script's entry point. (`python -m kdrun.cli` runs cli.py a second time as
+# __main__, whose job_exit_codes the jobs and the callback never see.)
+KDRUN = [sys.executable, "-c", "from kdrun.cli import main; main()"]
+
+
+def kdrun_train(tmp_path: Path, *overrides: str, multirun: bool = True) -> subprocess.CompletedProcess:
+    command = [*KDRUN, "train", *(["-m"] if multirun else []), *overrides]
+    command += [f"hydra.sweep.dir={tmp_path}/sweep", f"cache.dir={tmp_path}/cache", *TINY]
+    env = {**os.environ, "COLUMNS": "160"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240)
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: int(p.name.split("_")[0]))
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_full_outputs(sweep: Path, n_jobs: int) -> None:
+    assert (sweep / "multirun.yaml").is_file()
+    jobs = job_dirs(sweep)
+    assert len(jobs) == n_jobs
+    for job in jobs:
+        for name in RUN_FILES:
+            assert (job / name).is_file(), f"{job.name} lacks {name}"
+
+
+def test_basic_launcher_grid_and_seeds(tmp_path: Path) -> None:
+    """alpha × T × seed on Hydra's default launcher: full job outputs, the comparison written
+    into the sweep directory by the callback and printed, heatmap and seed-grouped rows."""
+    result = kdrun_train(tmp_path, "loss.alpha=0.1,0.9", "loss.temperature=1,4", "trainer.seed=0,1")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    assert_full_outputs(sweep, 8)
+    rows = read_csv(sweep / "comparison.csv")
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"completed"}
+    assert {(r["loss.alpha"], r["loss.temperature"], r["trainer.seed"]) for r in rows} == {(a, t, s) for a in ("0.1", "0.9") for t in ("1", "4") for s in ("0", "1")}
+    groups = read_csv(sweep / "comparison_by_config.csv")
+    assert len(groups) == 4 and {g["n"] for g in groups} == {"2"}
+    for group in groups:
+        members = [r for r in rows if (r["loss.alpha"], r["loss.temperature"]) == (group["loss.alpha"], group["loss.temperature"])]
+        mean = sum(float(r["improvement"]) for r in members) / 2
+        assert float(group["improvement_mean"]) == pytest.approx(mean)
+    assert (sweep / "heatmap.png").stat().st_size > 1000
+    assert "test accuracy: 8 runs" in result.stdout and "95% CI" in result.stdout
+
+
+def test_joblib_launcher_parallel(tmp_path: Path) -> None:
+    """Two workers, one torch thread each; a failing job makes the sweep exit non-zero although
+    it ran in another process (the callback reads its status.json)."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = kdrun_train(tmp_path, "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", "loss.alpha=0.1,0.9,1.5")
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    multirun = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    assert multirun["hydra"]["launcher"]["n_jobs"] == 2 and "Joblib" in multirun["hydra"]["launcher"]["_target_"]
+    statuses = {r["loss.alpha"]: r["status"] for r in read_csv(sweep / "comparison.csv")}
+    assert statuses == {"0.1": "completed", "0.9": "completed", "1.5": "failed"}
+    for job in job_dirs(sweep)[:2]:
+        assert "1 thread(s)" in (job / "train.log").read_text()
+        assert (job / "summary.csv").is_file()
+    assert "did not complete" in result.stdout + result.stderr
+    assert "left out: 1 failed" in result.stderr
+
+
+def test_submitit_local_launcher(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = kdrun_train(tmp_path, "hydra/launcher=kd_submitit_local", "trainer.threads=1", "loss.temperature=1,4")
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    assert_full_outputs(sweep, 2)
+    assert (sweep / ".submitit").is_dir()
+    assert len(read_csv(sweep / "comparison.csv")) == 2
+
+
+def test_submitit_slurm_preset_composes(tmp_path: Path) -> None:
+    """No cluster here: check that the SLURM preset composes with an override (Hydra 1.3's
+    submitit merge bug, hydra#2697) and exports one torch thread per allotted core."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    command = [*KDRUN, "train", "hydra/launcher=kd_submitit_slurm", "hydra.launcher.partition=cpu", "hydra.launcher.cpus_per_task=4", "--cfg", "hydra", "-p", "hydra.launcher", "--resolve"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    launcher = yaml.safe_load(result.stdout)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["partition"] == "cpu" and launcher["setup"] == ["export OMP_NUM_THREADS=4"]
+
+
+def test_optuna_search_maximises_val_accuracy(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = kdrun_train(tmp_path, "hparams_search=kd_optuna", "hydra.sweeper.n_trials=3", multirun=False)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 3
+    objectives = []
+    for job in jobs:
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        assert 0 <= config["loss"]["alpha"] <= 1 and 1 <= config["loss"]["temperature"] <= 20
+        distilled = next(r for r in read_csv(job / "summary.csv") if r["model"] == "distilled")
+        assert json.loads((job / "status.json").read_text())["objective"] == pytest.approx(float(distilled["val_acc"]))
+        objectives.append(float(distilled["val_acc"]))
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(objectives))  # val accuracy, never test
+    assert len(read_csv(sweep / "comparison.csv")) == 3
