@@ -57,10 +57,12 @@ class DataSplits:
     def transfer(self) -> Split:
         return Split(self.train.x[self.transfer_index], self.train.y[self.transfer_index])
 
-    def fingerprint(self) -> str:
-        """A digest of the exact tensors and split, for cache keys."""
+    def fingerprint(self, include_transfer: bool = True) -> str:
+        """A digest of the exact tensors and split, for cache keys. The teacher's key leaves the
+        transfer set out: the teacher trains on the whole training split whatever it is."""
         digest = hashlib.blake2b(digest_size=16)
-        for t in (self.train.x, self.train.y, self.val.x, self.val.y, self.transfer_index):
+        parts = [self.train.x, self.train.y, self.val.x, self.val.y]
+        for t in parts + ([self.transfer_index] if include_transfer else []):
             digest.update(t.contiguous().cpu().numpy().tobytes())
         return digest.hexdigest()
 
@@ -127,6 +129,23 @@ def stratified_split(
     return [torch.sort(torch.cat(p)).values if p else torch.empty(0, dtype=torch.long) for p in parts]
 
 
+def stratified_subset(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Exactly ``count`` indices, each class represented in proportion (largest remainders get
+    the leftover places), sorted; the same for the same labels and seed."""
+    generator = torch.Generator().manual_seed(seed)
+    classes, sizes = torch.unique(labels, return_counts=True)
+    quotas = sizes.double() * count / len(labels)
+    take = quotas.floor().long()
+    leftover = count - int(take.sum())
+    if leftover:
+        take[torch.argsort(quotas - take, descending=True, stable=True)[:leftover]] += 1
+    chosen = [
+        torch.nonzero(labels == label).flatten()[torch.randperm(int(size), generator=generator)[:k]]
+        for label, size, k in zip(classes.tolist(), sizes.tolist(), take.tolist())
+    ]
+    return torch.sort(torch.cat(chosen)).values
+
+
 def transfer_count(transfer_size: Optional[float], n_train: int) -> int:
     """How many training examples the students see: all (null), a fraction, or a count."""
     if transfer_size is None:
@@ -163,13 +182,16 @@ def load_data(cfg: DictConfig) -> DataSplits:
                 f"dataset {cfg.name}: the {part} split is empty ({len(y)} examples with "
                 f"val_fraction={cfg.val_fraction}, test_fraction={cfg.test_fraction}); use more data or larger fractions"
             )
+    num_classes = raw.num_classes
+    del raw, x, y  # each split is a fresh tensor: keep memory near the data's own size
     if cfg.normalize:
         mean, std = train.x.mean(), train.x.std().clamp_min(1e-8)
-        train, val, test = (Split((s.x - mean) / std, s.y) for s in (train, val, test))
+        for split in (train, val, test):
+            split.x.sub_(mean).div_(std)
 
     n_transfer = transfer_count(cfg.transfer_size, len(train))
     if n_transfer == len(train):
         transfer_index = torch.arange(len(train))
     else:
-        _, transfer_index = stratified_split(train.y, (n_transfer / len(train),), cfg.split_seed + 1)
-    return DataSplits(cfg.name, train, val, test, transfer_index, raw.num_classes)
+        transfer_index = stratified_subset(train.y, n_transfer, cfg.split_seed + 1)
+    return DataSplits(cfg.name, train, val, test, transfer_index, num_classes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,12 +31,15 @@ log = logging.getLogger("kdrun")
 
 PLOT_TEMPERATURES = (1.0, 2.0, 3.0, 5.0, 10.0)
 SMALL_MODEL_PARAMS = 1_000_000  # below this, one thread is as fast as two and far steadier here
+# torch's thread count at start-up follows OMP_NUM_THREADS, which parallel launchers set per job;
+# read it before any job of an in-process sweep changes it.
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def choose_threads(requested: Optional[int], teacher_params: int) -> int:
     if requested is not None:
         return requested
-    return 1 if teacher_params < SMALL_MODEL_PARAMS else (os.cpu_count() or 1)
+    return 1 if teacher_params < SMALL_MODEL_PARAMS else max(1, DEFAULT_THREADS)
 
 
 def _build(spec: DictConfig, data: DataSplits) -> MLP:
@@ -116,7 +118,6 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
         cache_dir = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir()
     trainer_cfg = to_plain(cfg.trainer)
     common_key = {
-        "data": data.fingerprint(),
         "trainer": {k: trainer_cfg[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "seed")},
         "device": device.type,
         "threads": threads,
@@ -151,7 +152,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
     teacher_epochs, student_epochs = phase_epochs(cfg, "teacher"), phase_epochs(cfg, "student")
     run_phase(
         "teacher", teacher, train, teacher_epochs, seed, cache_kind="teacher",
-        key={**common_key, "model": to_plain(cfg.model.teacher), "epochs": teacher_epochs},
+        key={**common_key, "data": data.fingerprint(include_transfer=False), "model": to_plain(cfg.model.teacher), "epochs": teacher_epochs},
     )  # fmt: skip
 
     # Both students start from the same weights and see the same batches.
@@ -166,7 +167,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
         torch.manual_seed(seed + 2)
         run_phase(
             "baseline", baseline, transfer, student_epochs, seed + 1, cache_kind="baseline",
-            key={**common_key, "model": to_plain(cfg.model.student), "epochs": student_epochs, "transfer": len(transfer)},
+            key={**common_key, "data": data.fingerprint(), "model": to_plain(cfg.model.student), "epochs": student_epochs},
         )  # fmt: skip
     else:
         source["baseline"] = "not_trained"
