@@ -283,7 +283,8 @@ def read_summary(path: Path, metric: Metric) -> dict[str, dict[str, str]]:
     for model in MODELS:
         if model not in rows:
             raise ValueError(f"summary.csv has no {model} row")
-        if not math.isfinite(_float(rows[model].get(metric.column))):
+        not_trained = rows[model].get("source") == "not_trained"  # e.g. a baseline without labels
+        if not not_trained and not math.isfinite(_float(rows[model].get(metric.column))):
             raise ValueError(f"summary.csv: {model} {metric.column} is not a number ({rows[model].get(metric.column)!r})")
     return rows
 
@@ -388,10 +389,10 @@ def config_rows(comparison: Comparison) -> list[dict[str, Any]]:
         row["not_counted"] = len(runs) - len(done)
         row["seeds"] = " ".join(r.settings.get(SEED_KEY, r.summary_field("seed")) for r in done)
         for model in MODELS:
-            scores = [r.value(model, column) for r in done]
+            scores = [v for v in (r.value(model, column) for r in done) if math.isfinite(v)]
             row[f"{model}_mean"] = statistics.fmean(scores) if scores else math.nan
             row[f"{model}_std"] = _std(scores)
-        differences = [r.value("distilled", column) - r.value("baseline", column) for r in done]
+        differences = [d for d in (r.value("distilled", column) - r.value("baseline", column) for r in done) if math.isfinite(d)]
         mean, low, high = mean_ci(differences) if differences else (math.nan, math.nan, math.nan)
         row.update(improvement_mean=mean, improvement_std=_std(differences), improvement_ci_low=low, improvement_ci_high=high)
         row["gap_mean"] = row["teacher_mean"] - row["distilled_mean"]
