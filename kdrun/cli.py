@@ -49,24 +49,42 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
+def _exit_code(code: object) -> int:
+    """The process exit status for ``SystemExit(code)``."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
 def _train(argv: Sequence[str]) -> int:
+    import signal
+
     import hydra
 
+    from kdrun import task
     from kdrun.config import register_configs
-    from kdrun.task import train_task
 
     register_configs()
-    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(train_task)
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task.train_task)
     job_exit_codes.clear()
+    task.received_signal = None
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *argv]
+    previous_sigterm = task.handle_sigterm_as_interrupt()  # SIGTERM stops a run as Ctrl-C does
     try:
         app()
     except KeyboardInterrupt:
-        print("kdrun: interrupted; the run directory records it (status.json)", file=sys.stderr)
-        return 130
+        print(f"kdrun: interrupted by {task.signal_name()}; the run directory records it (status.json)", file=sys.stderr)
+        return task.interrupted_exit_code()
+    except SystemExit as stop:  # Hydra's own errors (already printed), --help, a bad output folder
+        return _exit_code(stop.code)
     finally:
         sys.argv = saved_argv
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return max(job_exit_codes, default=0)
 
 
@@ -114,4 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module, whose job_exit_codes the jobs and callbacks update (as
+    # __main__ this file would be a second copy with its own list).
+    from kdrun.cli import main as _main
+
+    _main()

@@ -7,6 +7,8 @@ live in ``validate`` and name the full key the user types.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -149,8 +151,26 @@ def _check_fraction(key: str, value: float) -> None:
         _fail(key, value, "a number in (0, 1)")
 
 
+def _check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """Hydra accepts ``+trainer.epoch=3`` (its own hint for a misspelt key) and the run would
+    silently use trainer.epochs: refuse every key its schema does not define."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {prefix}{close[0]}? " if close else ""
+                raise ConfigError(f"{prefix}{key} is not a setting: {hint}the settings here are {', '.join(prefix + k for k in known)}")
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _check_known_keys(child, f"{prefix}{key}.")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check every value's range. Raises ConfigError naming the first bad key."""
+    """Check every key is known and every value in range. Raises ConfigError naming the first bad key."""
+    _check_known_keys(cfg)
     ds = cfg.dataset
     has_test_split = ds.name in ("synthetic", "digits")
     _check_fraction("dataset.val_fraction", ds.val_fraction)

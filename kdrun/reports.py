@@ -21,6 +21,9 @@ SUMMARY_COLUMNS = [
 TIMING_COLUMNS = ("seconds", "train_seconds")
 MODELS = ("teacher", "distilled", "baseline")
 STATUS_FILE = "status.json"
+# What a finished job leaves besides metrics.csv, status.json and its log. A job that starts, fails
+# or is interrupted removes these first, so that no stale or partial result looks like a finished run.
+RESULT_FILES = ("summary.csv", "teacher.pt", "distilled.pt", "baseline.pt", "curves.png", "temperature.png")
 
 
 def _format(value: Any) -> str:
@@ -81,10 +84,18 @@ def write_status(run_dir: Path, status: str, **fields: Any) -> None:
 
 
 def read_status(run_dir: Path) -> Optional[dict]:
+    """The status record, or None when there is none or it cannot be read."""
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        record = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def remove_results(run_dir: Path) -> None:
+    """Delete the files of RESULT_FILES in ``run_dir`` (those present)."""
+    for name in RESULT_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- plots
@@ -97,6 +108,16 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _savefig_atomic(fig, path: Path, **kwargs: Any) -> None:
+    """Save a figure beside ``path`` and rename it into place: no reader sees half an image."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def plot_curves(path: Path, history: Sequence[dict]) -> None:
@@ -117,7 +138,7 @@ def plot_curves(path: Path, history: Sequence[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _savefig_atomic(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -143,5 +164,5 @@ def plot_temperature(path: Path, probabilities: dict[float, Sequence[Sequence[fl
                 ax.set_ylabel(f"test #{row}\nlabel {labels[row]}")
     fig.suptitle("Trained teacher's soft targets on held-out examples (orange: true class)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _savefig_atomic(fig, path, dpi=100)
     plt.close(fig)

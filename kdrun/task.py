@@ -1,9 +1,14 @@
 """The Hydra task behind ``kdrun train``: one job, with its status recorded in the run directory.
 
 A job's status.json says running, completed, failed or interrupted. A user's mistake (a bad
-value, a missing data file) or a non-finite loss becomes one message and a failed status, never
-a traceback (set HYDRA_FULL_ERROR=1 to see one); in a sweep the other jobs go on. Re-running a
-sweep into the same directory skips the jobs that completed with the same config.
+value, a missing data file, a folder that cannot be written) or a non-finite loss becomes one
+message and a failed status, never a traceback (set HYDRA_FULL_ERROR=1 to see one); in a sweep
+the other jobs go on. SIGINT and SIGTERM stop the job within a batch or so, mark it interrupted
+and keep the metrics rows written so far. Re-running a sweep into the same directory skips the
+jobs that completed with the same config and redoes the others.
+
+A job that does not complete leaves no summary.csv and no model files (reports.RESULT_FILES), so
+nothing in its folder looks like a finished run.
 """
 
 from __future__ import annotations
@@ -14,20 +19,26 @@ import logging
 import math
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun import cli
-from kdrun.reports import read_status, write_status
+from kdrun.reports import read_status, remove_results, write_status
 
 log = logging.getLogger("kdrun")
 
-EXIT_FAILED = 1  # training went wrong (a non-finite loss)
+EXIT_FAILED = 1  # training went wrong (a non-finite loss, a file that cannot be written)
 EXIT_USAGE = 2  # the user's input was wrong
 RESULT_UNCHANGED_KEYS = ("cache", "plots")  # keys that cannot change a job's results
+
+# The signal that stopped this process (SIGINT or SIGTERM); None while none has.
+received_signal: Optional[int] = None
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -37,67 +48,184 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# --------------------------------------------------------------------------- signals
+
+
 def _raise_keyboard_interrupt(signum, frame):
+    global received_signal
+    received_signal = signum
     raise KeyboardInterrupt
 
 
-def _handle_sigterm_as_interrupt():
+def handle_sigterm_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt, as Ctrl-C does. Returns the previous handler to
+    restore, or None where signals cannot be set (not the main thread, as in some launchers)."""
     try:
         return signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    except ValueError:  # not the main thread (some launchers): leave signals alone
+    except ValueError:
         return None
 
 
-def _fail(run_dir: Path, code: int, message: str) -> float:
+def signal_name() -> str:
+    return signal.Signals(received_signal or signal.SIGINT).name
+
+
+def interrupted_exit_code() -> int:
+    """128 + the signal number, as shells report it: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + int(received_signal or signal.SIGINT)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def unwritable(path: Path) -> Optional[str]:
+    """Why kdrun could not create or write the folder ``path``, or None if it can."""
+    try:
+        existing = path.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"no permission to write in {existing}"
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+class OutputDirCheck(Callback):
+    """Checks hydra.run.dir / hydra.sweep.dir before Hydra creates it, so that a folder that
+    cannot be written gives one message and exit code 2 instead of Hydra's traceback.
+    conf/config.yaml lists it in hydra.callbacks."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(config, "hydra.sweep.dir")
+
+
+def _check_output_dir(config: DictConfig, key: str) -> None:
+    try:
+        value = OmegaConf.select(config, key)
+    except Exception:  # an interpolation that does not resolve: Hydra reports it itself
+        return
+    if value is None:
+        return
+    problem = unwritable(Path(str(value)))
+    if problem is None:
+        return
+    message = f"{key}={value} cannot be used as the output folder: {problem}. Choose a folder kdrun can create and write."
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise NotADirectoryError(message)
+    print(f"kdrun ERROR: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _check_cache_dir(cfg: DictConfig) -> None:
+    """Fail before any training if the model cache is on and its folder cannot be written."""
+    from kdrun.cache import default_cache_dir
+    from kdrun.config import ConfigError
+
+    if not cfg.cache.enabled:
+        return
+    directory = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir()
+    problem = unwritable(directory)
+    if problem is not None:
+        shown = repr(cfg.cache.dir) if cfg.cache.dir else f"null (the default, {directory})"
+        raise ConfigError(
+            f"cache.dir={shown} is not allowed: {problem}. Set cache.dir to a folder kdrun can write, or cache.enabled=false"
+        )
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def _fail(run_dir: Path, code: int, message: str, digest: str) -> float:
+    """Record a failed job: one message on stderr, status failed, the exit code for cli.
+    Called from an ``except`` block; with HYDRA_FULL_ERROR=1 it re-raises for the traceback."""
+    remove_results(run_dir)
+    write_status(run_dir, "failed", config_hash=digest, message=message)
+    cli.job_exit_codes.append(code)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise
     log.error("%s", message)
-    write_status(run_dir, "failed", message=message)
-    cli.job_exit_codes.append(code)
     return math.nan
+
+
+def _describe_os_error(error: OSError) -> str:
+    where = error.filename if error.filename is not None else ""
+    reason = error.strerror or str(error)
+    return f"{where}: {reason}" if where else reason
 
 
 def train_task(cfg: DictConfig) -> float:
     """Run one experiment; return the distilled student's val accuracy (NaN if the job failed)."""
-    from rich.console import Console
-
     from kdrun.config import ConfigError, validate
-    from kdrun.data import DataError
-    from kdrun.train import NonFiniteLossError
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     digest = config_hash(cfg)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         previous = read_status(run_dir)
-        if previous and previous.get("status") == "completed" and previous.get("config_hash") == digest and (run_dir / "summary.csv").is_file():
+        if (
+            previous
+            and previous.get("status") == "completed"
+            and previous.get("config_hash") == digest
+            and (run_dir / "summary.csv").is_file()
+        ):
             log.info("job %s completed in an earlier run of this sweep; skipped (%s)", hydra_cfg.job.num, run_dir)
-            return float(previous["objective"])
+            return float(previous.get("objective", math.nan))
 
-    write_status(run_dir, "running", config_hash=digest, pid=os.getpid())
-    previous_sigterm = _handle_sigterm_as_interrupt()
+    previous_sigterm = handle_sigterm_as_interrupt()
     try:
-        validate(cfg)
+        remove_results(run_dir)  # a rerun into the same folder: the old results no longer hold
+        write_status(run_dir, "running", config_hash=digest, pid=os.getpid())
+        try:
+            validate(cfg)  # before torch is imported: a bad value fails in about a second
+            _check_cache_dir(cfg)
+        except ConfigError as error:
+            return _fail(run_dir, EXIT_USAGE, str(error), digest)
+
+        from rich.console import Console
+
+        from kdrun.data import DataError
         from kdrun.experiment import run_experiment
+        from kdrun.train import NonFiniteLossError
 
         console = Console()
         if not console.is_terminal:  # logs and CI: no terminal to measure, so room for the table
             console.width = max(console.width, 100)
-        summary = run_experiment(cfg, run_dir, console)
-    except (ConfigError, DataError) as error:
-        return _fail(run_dir, EXIT_USAGE, str(error))
-    except NonFiniteLossError as error:
-        return _fail(run_dir, EXIT_FAILED, str(error))
-    except ValueError as error:  # trainer.device names a device this machine lacks
-        if not str(error).startswith("trainer."):
-            raise
-        return _fail(run_dir, EXIT_USAGE, str(error))
+        try:
+            summary = run_experiment(cfg, run_dir, console)
+        except (ConfigError, DataError) as error:
+            return _fail(run_dir, EXIT_USAGE, str(error), digest)
+        except NonFiniteLossError as error:
+            return _fail(run_dir, EXIT_FAILED, str(error), digest)
+        except ValueError as error:  # trainer.device names a device this machine lacks
+            if not str(error).startswith("trainer."):
+                raise
+            return _fail(run_dir, EXIT_USAGE, str(error), digest)
+        except OSError as error:  # a file or folder that cannot be read or written (disk full, ...)
+            return _fail(run_dir, EXIT_FAILED, _describe_os_error(error), digest)
+        objective = summary["distilled"]["val_acc"]
+        write_status(run_dir, "completed", config_hash=digest, objective=objective)
+        return objective
     except KeyboardInterrupt:
-        write_status(run_dir, "interrupted", message="stopped by SIGINT or SIGTERM; metrics.csv holds the epochs finished before")
+        remove_results(run_dir)
+        write_status(
+            run_dir,
+            "interrupted",
+            config_hash=digest,
+            signal=signal_name(),
+            message=f"stopped by {signal_name()}; metrics.csv holds the epochs finished before",
+        )
+        raise
+    except Exception as error:  # a bug in kdrun: record it; Hydra prints the traceback
+        if (read_status(run_dir) or {}).get("status") != "failed":
+            remove_results(run_dir)
+            write_status(run_dir, "failed", config_hash=digest, message=f"internal error: {type(error).__name__}: {error}")
         raise
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
-    objective = summary["distilled"]["val_acc"]
-    write_status(run_dir, "completed", config_hash=digest, objective=objective)
-    return objective
