@@ -520,11 +520,9 @@ def heatmap_cells(comparison: Comparison) -> Optional[dict[tuple[float, float], 
 def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comparison: Comparison) -> None:
     """Mean improvement (distilled − baseline) over the alpha × temperature grid, each cell
     annotated; blue is where distillation helps."""
-    import matplotlib
+    from kdrun.plots import pyplot, savefig_atomic
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metric = comparison.metric
     scale = 100.0 if metric.percent else 1.0
     alphas = sorted({a for a, _ in cells})
@@ -550,8 +548,7 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comp
     note = "" if counts == {1} else " (mean over runs per cell)"
     ax.set_title(f"Distilled − baseline {metric.title}, {unit}{note}", fontsize=10)
     fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    savefig_atomic(fig, path, dpi=100)
 
 
 # --------------------------------------------------------------------------- the command

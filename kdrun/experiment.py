@@ -24,7 +24,8 @@ from kdrun.cache import default_cache_dir, load_or_train, save_atomic
 from kdrun.config import phase_epochs, to_plain
 from kdrun.data import DataSplits, load_data
 from kdrun.models import MLP, count_parameters
-from kdrun.reports import SUMMARY_COLUMNS, MetricsLog, plot_curves, plot_temperature, write_csv_atomic
+from kdrun.plots import plot_curves, plot_temperature
+from kdrun.reports import SUMMARY_COLUMNS, MetricsLog, write_csv_atomic
 from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, resolve_device
 
 log = logging.getLogger("kdrun")

@@ -1,5 +1,5 @@
-"""What a run leaves behind: CSVs written so that no reader sees half a row, the status file,
-plots, and the console table. Imports no torch; matplotlib is imported only to draw."""
+"""What a run leaves behind: CSVs written so that no reader sees half a row, and the status
+file. Imports no torch (kdrun compare uses it too)."""
 
 from __future__ import annotations
 
@@ -96,73 +96,3 @@ def remove_results(run_dir: Path) -> None:
     """Delete the files of RESULT_FILES in ``run_dir`` (those present)."""
     for name in RESULT_FILES:
         (run_dir / name).unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _savefig_atomic(fig, path: Path, **kwargs: Any) -> None:
-    """Save a figure beside ``path`` and rename it into place: no reader sees half an image."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def plot_curves(path: Path, history: Sequence[dict]) -> None:
-    """Train loss and val accuracy per epoch, the three models on one figure."""
-    plt = _pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for model in MODELS:
-        rows = [r for r in history if r["model"] == model]
-        if not rows:
-            continue
-        epochs = [r["epoch"] for r in rows]
-        loss_ax.plot(epochs, [r["train_loss"] for r in rows], marker=".", label=model)
-        acc_ax.plot(epochs, [r["val_acc"] for r in rows], marker=".", label=model)
-    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="loss (distilled: its own objective)")
-    loss_ax.set_yscale("log")
-    acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    _savefig_atomic(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def plot_temperature(path: Path, probabilities: dict[float, Sequence[Sequence[float]]], labels: Sequence[int], run_temperature: float) -> None:
-    """The trained teacher's softmax on a few held-out examples (rows) at several temperatures
-    (columns); the run's own temperature is marked."""
-    plt = _pyplot()
-    temperatures = sorted(probabilities)
-    n_examples = len(labels)
-    fig, axes = plt.subplots(n_examples, len(temperatures), figsize=(2.3 * len(temperatures), 1.9 * n_examples), squeeze=False, sharey=True)
-    for column, temperature in enumerate(temperatures):
-        for row in range(n_examples):
-            ax = axes[row][column]
-            probs = probabilities[temperature][row]
-            colours = ["tab:orange" if k == labels[row] else "tab:blue" for k in range(len(probs))]
-            ax.bar(range(len(probs)), probs, color=colours)
-            ax.set_ylim(0, 1)
-            ax.grid(axis="y", alpha=0.3)
-            if row == 0:
-                mark = " (this run)" if temperature == run_temperature else ""
-                ax.set_title(f"T={temperature:g}{mark}", fontweight="bold" if mark else "normal")
-            if column == 0:
-                ax.set_ylabel(f"test #{row}\nlabel {labels[row]}")
-    fig.suptitle("Trained teacher's soft targets on held-out examples (orange: true class)")
-    fig.tight_layout()
-    _savefig_atomic(fig, path, dpi=100)
-    plt.close(fig)
