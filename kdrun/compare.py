@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -27,14 +26,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
-from kdrun.reports import write_csv_atomic
+from kdrun.reports import STATUS_FILE, read_status, write_csv_atomic
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 
 MODELS = ("teacher", "distilled", "baseline")
 SUMMARY_FILE = "summary.csv"
-STATUS_FILE = "status.json"
 COMPARISON_FILE = "comparison.csv"
 BY_CONFIG_FILE = "comparison_by_config.csv"
 HEATMAP_FILE = "heatmap.png"
@@ -297,13 +295,11 @@ def _float(text: Optional[str]) -> float:
 
 
 def _read_status(run_dir: Path) -> tuple[str, str]:
-    try:
-        record = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-        return str(record.get("status", "unknown")), str(record.get("message", "") or "")
-    except FileNotFoundError:
-        return "unknown", "no status.json"
-    except (OSError, ValueError, AttributeError):
-        return "unknown", "unreadable status.json"
+    record = read_status(run_dir)
+    if record is None:
+        exists = (run_dir / STATUS_FILE).exists()
+        return "unknown", "unreadable status.json" if exists else "no status.json"
+    return str(record.get("status", "unknown")), str(record.get("message", "") or "")
 
 
 def read_run(run_dir: Path, metric: Metric) -> Run:

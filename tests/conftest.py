@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 # Overrides that make `kdrun train` fast; tests add their own after these.
 TINY = ("trainer.epochs=1", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "plots=false")
