@@ -1,0 +1,406 @@
+"""kdrun against the original notebook, timed as whole processes, side by side in one run.
+
+    python benchmarks/run.py            # everything, ~5 minutes on an idle 2-core machine
+    python benchmarks/run.py --quick    # fewer repeats, a 5-run sample of the notebook sweep
+    python benchmarks/run.py --only a,c # some sections: s (start-up), a, b, m (memory), c
+    python benchmarks/run.py --only c --device cuda   # (c) on a GPU
+
+Sections
+  s  start-up: `kdrun --help` wall time, and which heavy modules it imports (-X importtime).
+  a  one default run: benchmarks/notebook.py (the notebook as written) against `kdrun train`,
+     each a fresh process; kdrun with a fresh run dir and a fresh, empty cache dir per repeat
+     (a cold run), plus the same with plots=false, plus a warm-cache run. Repeats interleaved,
+     order rotated; medians; ratio = notebook median / kdrun median.
+  b  a 5 x 5 alpha x T sweep: 25 notebook processes against one `kdrun train -m` (fresh cache);
+     kdrun repeats interleaved between chunks of the 25 notebook runs. Per-job breakdown of the
+     kdrun sweep from its run directories (train.log time stamps, status.json mtimes,
+     summary.csv train_seconds).
+  m  peak RSS (os.wait4 ru_maxrss) of an MNIST-size `kdrun train` (synthetic 60,000 x 784,
+     teacher 2 x 1200, student 2 x 800, batch 512, 1 epoch per phase).
+  c  in this process: torch fp32 matmul GFLOP/s (2048^2) at 1 and 2 threads, then MNIST-size
+     epochs (50,000 x 784 random, batch 512) through kdrun.train.fit with kdrun.models.MLP:
+     teacher 784-1200-1200-10 (plain), student 784-800-800-10 (distilled from precomputed
+     teacher logits). FLOPs per epoch = 6 * params * n_train (forward 2, backward 4 per
+     parameter per example; slightly over-counts, since the first layer needs no input gradient)
+     + 2 * params * n_val for fit's per-epoch validation pass. Ratio = achieved / matmul rate at
+     the same thread count.
+
+Every process's wall time, CPU time (user + sys) and peak RSS come from os.wait4. The machine is
+shared: the load average is printed at the start and the end; trust same-run ratios only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "benchmarks" / "notebook.py"
+ALPHAS = (0.1, 0.3, 0.5, 0.7, 0.9)
+TEMPERATURES = (1, 2, 3, 5, 10)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    wall: float  # seconds
+    cpu: float  # user + sys seconds
+    rss_mb: float  # peak resident set, MiB
+
+
+def kdrun_command() -> list[str]:
+    script = Path(sys.executable).parent / "kdrun"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kdrun.cli"]
+
+
+def base_env(threads: int | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env["PYTHONHASHSEED"] = "0"
+    if threads is not None:
+        for name in THREAD_VARS:
+            env[name] = str(threads)
+    return env
+
+
+def run_proc(cmd: list[str], env: dict | None = None, log: Path | None = None) -> Proc:
+    """Run ``cmd`` to completion; its output goes to ``log`` (or nowhere)."""
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    try:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or base_env(), stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if log:
+            out.close()
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:] if log else ""
+        raise RuntimeError(f"exit {proc.returncode}: {' '.join(cmd)}\n{tail}")
+    return Proc(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def med(values) -> float:
+    return statistics.median(values)
+
+
+def fmt_runs(procs: list[Proc]) -> str:
+    walls = sorted(p.wall for p in procs)
+    return f"median {med(walls):6.2f} s  (min {walls[0]:.2f}, max {walls[-1]:.2f}; cpu {med([p.cpu for p in procs]):.2f} s; peak RSS {med([p.rss_mb for p in procs]):.0f} MiB)"
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "MET" if ok else "MISSED"
+
+
+# --------------------------------------------------------------------------- s: start-up
+
+
+def section_startup(tmp: Path, repeats: int) -> None:
+    print("\n== (s) start-up ==")
+    kd = kdrun_command()
+    checks = [("kdrun --help", ["--help"])]
+    if (ROOT / "kdrun" / "compare.py").exists():
+        empty = tmp / "empty_outputs"
+        empty.mkdir(exist_ok=True)
+        checks.append(("kdrun compare --help", ["compare", "--help"]))
+    else:
+        print("kdrun/compare.py does not exist yet: `kdrun compare` not checked")
+    python = [sys.executable, "-c", "import sys"]
+    bare = [run_proc(python).wall for _ in range(repeats)]
+    label = 'python -c "import sys"'
+    print(f"{label:<28} median {med(bare):.3f} s (interpreter alone)")
+    for label, args in checks:
+        walls = []
+        for _ in range(repeats):
+            try:
+                walls.append(run_proc(kd + args).wall)
+            except RuntimeError as error:  # --help may exit 0 or 2 depending on the command
+                walls = []
+                print(f"{label}: {str(error).splitlines()[0]}")
+                break
+        imp = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "kdrun.cli", *args], cwd=ROOT, env=base_env(),
+            capture_output=True, text=True,
+        )
+        top = set()
+        for line in imp.stderr.splitlines():
+            if line.startswith("import time:") and "|" in line:
+                name = line.rsplit("|", 1)[1].strip()
+                top.add(name.split(".")[0])
+        heavy = [m for m in ("torch", "matplotlib", "pandas", "hydra", "numpy") if m in top]
+        timing = f"median {med(walls):.3f} s" if walls else "n/a"
+        print(f"{label:<28} {timing}; heavy imports: {', '.join(heavy) or 'none'}"
+              f"  [torch: {'IMPORTED (target missed)' if 'torch' in top else 'not imported (target met)'}]")
+
+
+# --------------------------------------------------------------------------- a: one run
+
+
+def kdrun_train(tmp: Path, tag: str, cache: Path, *extra: str) -> list[str]:
+    return kdrun_command() + ["train", f"hydra.run.dir={tmp / 'runs' / tag}", f"cache.dir={cache}", *extra]
+
+
+def section_a(tmp: Path, repeats: int) -> None:
+    print(f"\n== (a) one default run, whole processes, {repeats} interleaved repeats ==")
+    warm_cache = tmp / "cache_warm"
+    run_proc(kdrun_train(tmp, "a_warmup", warm_cache))  # fills warm_cache; also warms the disk cache
+    variants = {
+        "notebook": lambda i: run_proc([sys.executable, str(NOTEBOOK), "0.7", "3.0", str(tmp / f"nb_{i}.png")]),
+        "notebook, 1 thread": lambda i: run_proc(
+            [sys.executable, str(NOTEBOOK), "0.7", "3.0", str(tmp / f"nb1_{i}.png")], env=base_env(threads=1)),
+        "kdrun train (cold)": lambda i: run_proc(kdrun_train(tmp, f"a_cold_{i}", tmp / f"cache_a_{i}")),
+        "kdrun train plots=false": lambda i: run_proc(
+            kdrun_train(tmp, f"a_noplot_{i}", tmp / f"cache_an_{i}", "plots=false")),
+        "kdrun train (warm cache)": lambda i: run_proc(kdrun_train(tmp, f"a_warm_{i}", warm_cache)),
+    }
+    names = list(variants)
+    results: dict[str, list[Proc]] = {n: [] for n in names}
+    for i in range(repeats):
+        order = names[i % len(names):] + names[: i % len(names)]
+        for name in order:
+            results[name].append(variants[name](i))
+    for name in names:
+        print(f"{name:<26} {fmt_runs(results[name])}")
+    nb = med([p.wall for p in results["notebook"]])
+    for name in names[1:]:
+        ratio = nb / med([p.wall for p in results[name]])
+        print(f"  notebook / {name:<26} {ratio:5.2f}x")
+    ratio = nb / med([p.wall for p in results["kdrun train (cold)"]])
+    print(f"target (a): kdrun train (cold, plots on) >= 2.5x faster than the notebook: {ratio:.2f}x  {verdict(ratio, 2.5)}")
+    ratio1 = med([p.wall for p in results["notebook, 1 thread"]]) / med([p.wall for p in results["kdrun train (cold)"]])
+    print(f"  the same against the notebook at 1 thread (immune to a busy machine): {ratio1:.2f}x  {verdict(ratio1, 2.5)}")
+    print("  notebook: torch default threads, DataLoader batch 32, teacher forward per batch, KL checks,\n"
+          "            evaluation on the training set, one 5-panel PNG; writes no checkpoints or CSVs.\n"
+          "  kdrun:    1 thread (model < 1M params), held-out split, 3 checkpoints, metrics/summary CSVs,\n"
+          "            status.json, train.log, two PNGs (training curves; teacher soft targets at 6 T) unless plots=false.")
+
+
+# --------------------------------------------------------------------------- b: sweep
+
+
+def sweep_breakdown(sweep_dir: Path, started_at: float, ended_at: float) -> str:
+    """Per-job time from the run directories: setup (end of the previous job, or process start,
+    to the job's first log line), body (first log line to status.json), training (summary.csv)."""
+    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (d / "status.json").exists()),
+                  key=lambda d: int(d.name.split("_", 1)[0]))
+    rows = []
+    previous_end = started_at
+    for job in jobs:
+        first = (job / "train.log").read_text().splitlines()[0]
+        stamp = datetime.strptime(first[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        end = (job / "status.json").stat().st_mtime
+        with open(job / "summary.csv") as handle:
+            train = sum(float(r["train_seconds"] or 0) for r in csv.DictReader(handle))
+        rows.append((stamp - previous_end, end - stamp, train))
+        previous_end = end
+    if not rows:
+        return "  (no job directories found)"
+    rest = rows[1:] or rows
+    lines = [
+        f"  job 0 (trains teacher + baseline): setup {rows[0][0]:.2f} s (incl. interpreter, imports, Hydra), body {rows[0][1]:.2f} s, of which training {rows[0][2]:.2f} s",
+        f"  jobs 1-{len(rows) - 1} (median per job): setup {med([r[0] for r in rest]):.3f} s (Hydra compose, job dir, data), "
+        f"body {med([r[1] for r in rest]):.3f} s, of which training {med([r[2] for r in rest]):.3f} s "
+        f"(rest: evaluation, checkpoints, CSVs, plots {med([r[1] - r[2] for r in rest]):.3f} s)",
+        f"  after the last job: {ended_at - previous_end:.2f} s (comparison table, heatmap, exit)",
+    ]
+    return "\n".join(lines)
+
+
+def section_b(tmp: Path, kd_repeats: int, quick: bool) -> None:
+    grid = [(a, t) for a in ALPHAS for t in TEMPERATURES]
+    sample = grid if not quick else [(ALPHAS[i], TEMPERATURES[i]) for i in range(5)]
+    scale = len(grid) / len(sample)
+    print(f"\n== (b) 5 x 5 alpha x T sweep: {len(sample)} notebook processes"
+          f"{' (a sample, scaled x%g to 25)' % scale if quick else ''} (each at default threads and at 1 thread) vs one `kdrun train -m`, {kd_repeats} repeat(s) ==")
+
+    def kd_sweep(i: int, *extra: str) -> tuple[Proc, Path, float]:
+        sweep_dir = tmp / f"sweep_{i}{'_'.join(extra).replace('=', '')}"
+        cmd = kdrun_command() + [
+            "train", "-m", f"loss.alpha={','.join(map(str, ALPHAS))}", f"loss.temperature={','.join(map(str, TEMPERATURES))}",
+            f"hydra.sweep.dir={sweep_dir}", f"cache.dir={tmp / f'cache_b_{i}{len(extra)}'}", *extra,
+        ]
+        started = time.time()
+        proc = run_proc(cmd, log=tmp / f"sweep_{i}.log")
+        return proc, sweep_dir, started, time.time()
+
+    chunks = [sample[k::kd_repeats] for k in range(kd_repeats)]
+    kd: list[Proc] = []
+    nb: list[Proc] = []
+    nb1: list[Proc] = []  # the same notebook runs at 1 thread: the baseline a busy machine does not distort
+    last = None
+    for k in range(kd_repeats):
+        proc, sweep_dir, started, ended = kd_sweep(k)
+        kd.append(proc)
+        last = (sweep_dir, started, ended)
+        for alpha, temperature in chunks[k]:
+            command = [sys.executable, str(NOTEBOOK), str(alpha), str(temperature), str(tmp / "nb_b.png")]
+            nb.append(run_proc(command))
+            nb1.append(run_proc(command, env=base_env(threads=1)))
+    noplot, noplot_dir, noplot_started, noplot_ended = kd_sweep(99, "plots=false")
+    nb_total = sum(p.wall for p in nb) * scale
+    nb1_total = sum(p.wall for p in nb1) * scale
+    kd_med = med([p.wall for p in kd])
+    scaled = "(scaled) " if quick else ""
+    print(f"notebook x25 {scaled}total           {nb_total:7.1f} s  (per run: {fmt_runs(nb)})")
+    print(f"notebook x25, 1 thread, {scaled}total {nb1_total:7.1f} s  (per run: {fmt_runs(nb1)})")
+    print(f"kdrun train -m (25 jobs)     {fmt_runs(kd)}")
+    print(f"kdrun train -m plots=false   {fmt_runs([noplot])}")
+    ratio = nb_total / kd_med
+    ratio1 = nb1_total / kd_med
+    print(f"  notebook x25 / kdrun sweep                       {ratio:5.2f}x")
+    print(f"  notebook x25 / kdrun sweep plots=false           {nb_total / noplot.wall:5.2f}x")
+    print(f"  notebook x25 at 1 thread / kdrun sweep             {ratio1:5.2f}x")
+    print(f"  notebook x25 at 1 thread / kdrun sweep plots=false {nb1_total / noplot.wall:5.2f}x")
+    print(f"target (b): the sweep >= 10x faster than 25 notebook runs: {ratio:.2f}x  {verdict(ratio, 10)}; "
+          f"against the 1-thread notebook {ratio1:.2f}x  {verdict(ratio1, 10)}")
+    print("kdrun sweep, where the time goes (last repeat, plots on):")
+    print(sweep_breakdown(*last))
+    print("kdrun sweep, where the time goes (plots=false):")
+    print(sweep_breakdown(noplot_dir, noplot_started, noplot_ended))
+
+
+# --------------------------------------------------------------------------- m: memory
+
+
+MNIST_OVERRIDES = [
+    "dataset.n_samples=60000", "dataset.input_dim=784", "model.teacher.hidden=[1200,1200]",
+    "model.student.hidden=[800,800]", "trainer.batch_size=512", "trainer.epochs=1",
+]
+
+
+def section_m(tmp: Path) -> None:
+    print("\n== (m) peak memory of an MNIST-size `kdrun train` ==")
+    print("  " + " ".join(MNIST_OVERRIDES) + " (plots on, fresh cache)")
+    proc = run_proc(kdrun_train(tmp, "m", tmp / "cache_m", *MNIST_OVERRIDES), log=tmp / "m.log")
+    print(f"peak RSS {proc.rss_mb:.0f} MiB ({proc.rss_mb * 1.048576:.0f} MB); wall {proc.wall:.1f} s, cpu {proc.cpu:.1f} s")
+    print(f"target: peak memory < 1.5 GB: {verdict(proc.rss_mb * 1.048576, 1500, higher_is_better=False)}")
+
+
+# --------------------------------------------------------------------------- c: compute
+
+
+def section_c(device_name: str, epochs: int) -> None:
+    import torch
+
+    from kdrun.data import Split
+    from kdrun.models import MLP, count_parameters
+    from kdrun.train import Distillation, FitSettings, fit, predict
+
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    print(f"\n== (c) MNIST-size epochs through kdrun.train.fit on {device_name}"
+          f"{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''} ==")
+    print(f"torch {torch.__version__}, default threads {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}, "
+          f"{platform.processor() or platform.machine()}")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def matmul_rate(n: int = 2048) -> float:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        for _ in range(2):
+            a @ b
+        sync()
+        times = []
+        for _ in range(7 if not cuda else 50):
+            started = time.perf_counter()
+            a @ b
+            sync()
+            times.append(time.perf_counter() - started)
+        return 2 * n**3 / med(times) / 1e9
+
+    generator = torch.Generator().manual_seed(0)
+    n_train, n_val, dim, classes = 50_000, 10_000, 784, 10
+    train = Split(torch.randn(n_train, dim, generator=generator), torch.randint(0, classes, (n_train,), generator=generator)).to(device)
+    val = Split(torch.randn(n_val, dim, generator=generator), torch.randint(0, classes, (n_val,), generator=generator)).to(device)
+    thread_counts = [1, 2] if not cuda else [torch.get_num_threads()]
+    results = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        rate = matmul_rate()
+        torch.manual_seed(0)
+        teacher = MLP(dim, [1200, 1200], classes).to(device)
+        student = MLP(dim, [800, 800], classes).to(device)
+        settings = FitSettings(epochs, 512, "adam", 1e-3, 0.0, 0)
+        p_t, p_s = count_parameters(teacher), count_parameters(student)
+        rows_t = fit(teacher, train, val, settings, "teacher")
+        started = time.perf_counter()
+        logits = predict(teacher, train.x)
+        sync()
+        predict_s = time.perf_counter() - started
+        rows_s = fit(student, train, val, settings, "distilled", Distillation(logits, 0.7, 3.0))
+        for name, params, rows in (("teacher 784-1200-1200-10", p_t, rows_t), ("student 784-800-800-10", p_s, rows_s)):
+            flops = 6 * params * n_train + 2 * params * n_val
+            seconds = med([r["seconds"] for r in rows])  # kdrun syncs once per epoch (loss sums) before timing ends
+            achieved = flops / seconds / 1e9
+            results.append((threads, rate, name, params, seconds, achieved))
+        print(f"threads {threads}: fp32 2048^2 matmul {rate:7.1f} GFLOP/s; teacher logits for 50,000 rows "
+              f"(2*P*N = {2 * p_t * n_train / 1e9:.0f} GFLOP) {predict_s:.2f} s = {2 * p_t * n_train / predict_s / 1e9:.0f} GFLOP/s")
+        for t, r, name, params, seconds, achieved in results[-2:]:
+            print(f"  {name:<25} {params:>9,} params  epoch {seconds:6.2f} s (median of {epochs})  "
+                  f"{achieved:7.1f} GFLOP/s = {achieved / r:5.1%} of matmul")
+    print("  FLOPs per epoch = 6 * params * 50,000 (training forward + backward) + 2 * params * 10,000 (validation)")
+    for threads in thread_counts:
+        ratio = min(r[5] / r[1] for r in results if r[0] == threads)
+        print(f"target (c): >= 75% of matmul GFLOP/s at the same thread count, {threads} thread(s), worst model: "
+              f"{ratio:.1%}  {verdict(ratio, 0.75)}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats; a 5-run sample of the notebook sweep")
+    parser.add_argument("--only", default="s,a,b,m,c", help="comma-separated sections among s,a,b,m,c")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats in (a) (default 5, quick 3)")
+    parser.add_argument("--device", default="cpu", help="device for (c) (cpu or cuda)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    sections = set(args.only.split(","))
+    repeats = args.repeats or (3 if args.quick else 5)
+
+    tmp = Path(tempfile.mkdtemp(prefix="kdrun-bench-"))
+    started = time.perf_counter()
+    print(f"kdrun benchmarks {'--quick ' if args.quick else ''}{datetime.now():%Y-%m-%d %H:%M}; "
+          f"{os.cpu_count()} cores; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; python {platform.python_version()}")
+    try:
+        if "s" in sections:
+            section_startup(tmp, repeats)
+        if "a" in sections:
+            section_a(tmp, repeats)
+        if "b" in sections:
+            section_b(tmp, 2 if args.quick else 3, args.quick)
+        if "m" in sections:
+            section_m(tmp)
+        if "c" in sections:
+            section_c(args.device, 1 if args.quick else 2)
+    finally:
+        print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end "
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
