@@ -109,7 +109,19 @@ def _complete(argv: Sequence[str]) -> Optional[int]:
     return 0
 
 
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown of torch's ~1,400 modules (about
+    0.75 s here): every file kdrun writes is closed or renamed by now; flush what is left."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     completed = _complete(argv)
     if completed is not None:
@@ -122,7 +134,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(0)
     command, rest = argv[0], argv[1:]
     if command == "train" or command.startswith("-sc") or command == "--shell-completion":
-        sys.exit(_train(rest if command == "train" else argv))
+        code = _train(rest if command == "train" else argv)
+        if from_command_line:
+            _exit_now(code)
+        sys.exit(code)
     if command == "compare":
         from kdrun.compare import main as compare_main
 

@@ -516,9 +516,7 @@ def heatmap_cells(comparison: Comparison) -> Optional[dict[tuple[float, float], 
 def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comparison: Comparison) -> None:
     """Mean improvement (distilled − baseline) over the alpha × temperature grid, each cell
     annotated; blue is where distillation helps."""
-    from kdrun.plots import pyplot, savefig_atomic
-
-    plt = pyplot()
+    from kdrun.plots import new_figure, savefig_atomic
     metric = comparison.metric
     scale = 100.0 if metric.percent else 1.0
     alphas = sorted({a for a, _ in cells})
@@ -527,7 +525,8 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comp
     finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
     limit = max(finite + [1e-9])
     width, height = 1.1 * len(temperatures) + 2.8, 0.7 * len(alphas) + 1.6
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig = new_figure(figsize=(width, height))
+    ax = fig.subplots()
     fig.subplots_adjust(left=1.1 / width, right=1 - 0.3 / width, bottom=0.75 / height, top=1 - 0.55 / height)  # no tight_layout: it draws twice
     image = ax.imshow(grid, cmap="RdBu" if metric.higher_is_better else "RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
     for i, row in enumerate(grid):

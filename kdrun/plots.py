@@ -13,32 +13,29 @@ from typing import Any, Sequence
 MODELS = ("teacher", "distilled", "baseline")
 
 
-def pyplot():
-    import matplotlib
+def new_figure(**kwargs: Any):
+    """A matplotlib Figure drawn by the Agg canvas, without importing pyplot (0.7 s here)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def savefig_atomic(fig, path: Path, **kwargs: Any) -> None:
-    """Save ``fig`` beside ``path`` and rename it into place; closes the figure."""
+    """Save ``fig`` beside ``path`` and rename it into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", **kwargs)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        pyplot().close(fig)
 
 
 def plot_curves(path: Path, history: Sequence[dict]) -> None:
     """Train loss and val accuracy per epoch, the three models on one figure."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = pyplot()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     for model in MODELS:
         rows = [r for r in history if r["model"] == model]
         if not rows:
@@ -63,10 +60,13 @@ def plot_temperature(
     """The trained teacher's softmax on a few held-out examples (one panel each), one line per
     temperature: how T spreads the probability mass over the wrong classes, which is what the
     student learns from. The run's own T is drawn thick."""
-    plt = pyplot()
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
     temperatures = sorted(probabilities)
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), squeeze=False, sharey=True)
-    colours = plt.get_cmap("viridis")
+    fig = new_figure(figsize=(4.2 * len(labels), 3.6))
+    axes = fig.subplots(1, len(labels), squeeze=False, sharey=True)
+    colours = colormaps["viridis"]
     for column, ax in enumerate(axes[0]):
         for rank, temperature in enumerate(temperatures):
             probs = probabilities[temperature][column]
@@ -78,7 +78,7 @@ def plot_temperature(
             )  # fmt: skip
         ax.axvline(labels[column], color="tab:orange", alpha=0.35, linewidth=6)
         ax.set(title=f"held-out example {column} (true class {labels[column]})", xlabel="class", ylim=(0, 1.02))
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("teacher probability")
     axes[0][-1].legend(fontsize=8)
