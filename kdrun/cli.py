@@ -113,7 +113,10 @@ def _exit_now(code: int) -> None:
     """End the process without the interpreter's teardown of torch's ~1,400 modules (about
     0.75 s here): every file kdrun writes is closed or renamed by now; flush what is left."""
     import logging
+    import threading
 
+    if threading.active_count() > 1:  # e.g. joblib's worker manager: let normal shutdown stop it
+        sys.exit(code)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
