@@ -237,4 +237,4 @@ def phase_epochs(cfg: DictConfig, phase: str) -> int:
 
 def to_plain(node: Any) -> Any:
     """A config node as plain Python containers (for hashing, checkpoints and CSVs)."""
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or OmegaConf.is_config(node) else node
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

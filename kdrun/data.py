@@ -55,6 +55,8 @@ class DataSplits:
 
     @property
     def transfer(self) -> Split:
+        if len(self.transfer_index) == len(self.train):  # the whole split: no copy of the data
+            return self.train
         return Split(self.train.x[self.transfer_index], self.train.y[self.transfer_index])
 
     def fingerprint(self, include_transfer: bool = True) -> str:
@@ -63,7 +65,7 @@ class DataSplits:
         digest = hashlib.blake2b(digest_size=16)
         parts = [self.train.x, self.train.y, self.val.x, self.val.y]
         for t in parts + ([self.transfer_index] if include_transfer else []):
-            digest.update(t.contiguous().cpu().numpy().tobytes())
+            digest.update(t.contiguous().cpu().numpy())  # the buffer itself, not a copy of it
         return digest.hexdigest()
 
 
