@@ -334,3 +334,53 @@ def distillation_loss(
     See :func:`distillation_loss_terms` for the arguments and for the soft and hard parts.
     """
     return distillation_loss_terms(student_logits, teacher_logits, labels, alpha, temperature).total
+
+
+# --------------------------------------------------------------------------- training-loop fast path
+
+
+class _TeacherTargets(NamedTuple):
+    """The teacher's side of the soft term, computed once per training run by ``_teacher_targets``.
+
+    Rows line up with the teacher logits', so a batch is a row selection of each tensor.
+    """
+
+    weights: torch.Tensor  # P * scale * T^2 * num_classes (see _soft_term)
+    log_probs: torch.Tensor  # log P, with 0 where P = 0
+    support: torch.Tensor | None  # P > 0; None when every class of every row has P > 0
+
+
+def _teacher_targets(
+    teacher_logits: torch.Tensor, temperature: float, scale: float = 1.0, dtype: torch.dtype | None = None
+) -> _TeacherTargets:
+    """P = softmax(teacher_logits / T) and log P, for ``_soft_term``, in the dtype that
+    ``_kl_per_position`` would compute in (``dtype`` is the student logits' dtype when known).
+
+    One host sync (whether every P is > 0). ``scale`` multiplies the soft term (the loss weight
+    alpha, folded in here so that each batch skips a multiplication).
+    """
+    compute = _compute_dtype(teacher_logits.dtype if dtype is None else torch.promote_types(teacher_logits.dtype, dtype))
+    log_p = F.log_softmax(teacher_logits.detach().to(compute) / temperature, dim=-1)
+    p = log_p.exp()
+    support = p > 0
+    full = bool(support.all())
+    # As in _kl_per_position: classes with P = 0 (logit -inf) contribute exactly 0, never NaN.
+    log_p = log_p if full else torch.where(support, log_p, 0.0)
+    weights = p * (scale * temperature**2 * teacher_logits.shape[-1])
+    return _TeacherTargets(weights, log_p, None if full else support)
+
+
+def _soft_term(student_logits: torch.Tensor, targets: _TeacherTargets, temperature: float) -> torch.Tensor:
+    """``scale * T^2 * KL(P || Q)`` averaged over positions, Q = softmax(student_logits / T), for
+    ``targets`` = ``_teacher_targets(...)`` restricted to the batch's rows: the soft term of
+    ``_distillation_terms`` (times scale) up to rounding, in fewer operations. The mean over every
+    element of weights * (log P - log Q) is the per-position sum averaged over positions, over
+    num_classes; the weights carry the num_classes, T^2 and scale factors."""
+    weights, log_p = targets.weights, targets.log_probs
+    if student_logits.dtype != weights.dtype:  # e.g. float16 logits: computed in float32
+        dtype = torch.promote_types(weights.dtype, student_logits.dtype)
+        student_logits, weights, log_p = student_logits.to(dtype), weights.to(dtype), log_p.to(dtype)
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    if targets.support is not None:
+        log_q = torch.where(targets.support, log_q, 0.0)
+    return (weights * (log_p - log_q)).mean()
