@@ -37,6 +37,9 @@ class CompareOnMultirunEnd(Callback):
         self.started = time.time() - 1.0  # file times can be coarser than time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from kdrun import figures
+
+        figures.queue().settle()  # jobs run in this process complete once their figures are written
         try:
             self._compare(Path(str(config.hydra.sweep.dir)))
         except Exception as error:  # never fail a finished sweep over its summary table

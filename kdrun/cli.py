@@ -62,9 +62,15 @@ def _exit_code(code: object) -> int:
 def _train(argv: Sequence[str]) -> int:
     import signal
 
+    from kdrun import figures
+
+    if _draws_figures(argv):
+        figures.queue().start()  # the figure worker imports matplotlib while this process imports torch
+
     import hydra
 
     from kdrun import task
+    from kdrun.compose import compose_each_sweep_job_once, compose_single_run_once
     from kdrun.config import register_configs
 
     register_configs()
@@ -74,18 +80,35 @@ def _train(argv: Sequence[str]) -> int:
     saved_argv = sys.argv
     sys.argv = [saved_argv[0], *argv]
     previous_sigterm = task.handle_sigterm_as_interrupt()  # SIGTERM stops a run as Ctrl-C does
+    figures.defer_in_sweeps = True
     try:
-        app()
+        multirun = any(arg in ("-m", "--multirun") for arg in argv)
+        with compose_each_sweep_job_once() if multirun else compose_single_run_once():
+            app()
     except KeyboardInterrupt:
         print(f"kdrun: interrupted by {task.signal_name()}; the run directory records it (status.json)", file=sys.stderr)
         return task.interrupted_exit_code()
     except SystemExit as stop:  # Hydra's own errors (already printed), --help, a bad output folder
         return _exit_code(stop.code)
     finally:
+        figures.defer_in_sweeps = False
+        try:
+            figures.queue().close()  # the last jobs of a sweep complete once their figures are written
+        except BaseException:
+            figures.queue().stop()
         sys.argv = saved_argv
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
     return max(job_exit_codes, default=0)
+
+
+def _draws_figures(argv: Sequence[str]) -> bool:
+    """Whether ``kdrun train argv`` will probably draw figures (a guess: it only decides whether
+    to start the figure worker early)."""
+    informational = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion", "-p", "--package")
+    if any(arg in informational or arg.startswith(("--cfg=", "--info=", "--shell-completion=")) for arg in argv):
+        return False
+    return not any(arg.replace(" ", "").lower() in ("plots=false", "plots=0", "plots=no", "plots=off") for arg in argv)
 
 
 def _complete(argv: Sequence[str]) -> Optional[int]:

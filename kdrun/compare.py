@@ -515,7 +515,8 @@ def heatmap_cells(comparison: Comparison) -> Optional[dict[tuple[float, float], 
 
 def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comparison: Comparison) -> None:
     """Mean improvement (distilled − baseline) over the alpha × temperature grid, each cell
-    annotated; blue is where distillation helps."""
+    annotated; blue is where distillation helps. When every cell averages the same number of
+    runs the count is said once, in the title, rather than in each cell (one line of text a cell)."""
     from kdrun.plots import new_figure, savefig_atomic
     metric = comparison.metric
     scale = 100.0 if metric.percent else 1.0
@@ -524,6 +525,8 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comp
     grid = [[scale * statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in temperatures] for a in alphas]
     finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
     limit = max(finite + [1e-9])
+    counts = {len(v) for v in cells.values()}
+    per_cell = len(counts) > 1  # else the title gives the one count
     width, height = 1.1 * len(temperatures) + 2.8, 0.7 * len(alphas) + 1.6
     fig = new_figure(figsize=(width, height))
     ax = fig.subplots()
@@ -534,14 +537,13 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comp
             if not math.isnan(value):
                 n = len(cells[(alphas[i], temperatures[j])])
                 text = f"{value:+.1f}" if metric.percent else f"{value:+.3f}"
-                ax.text(j, i, text + (f"\nn={n}" if n > 1 else ""), ha="center", va="center", fontsize=9, color="white" if abs(value) > 0.6 * limit else "black")
+                ax.text(j, i, text + (f"\nn={n}" if per_cell and n > 1 else ""), ha="center", va="center", fontsize=9, color="white" if abs(value) > 0.6 * limit else "black")
     ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
     ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft targets)")
     unit = "points" if metric.percent else metric.title
-    counts = {len(v) for v in cells.values()}
-    note = "" if counts == {1} else " (mean over runs per cell)"
-    ax.set_title(f"Distilled − baseline {metric.title}, {unit}{note}", fontsize=10)
+    note = " (mean over runs per cell)" if per_cell else "" if counts == {1} else f" (mean of {counts.pop()} runs per cell)"
+    ax.set_title(f"Distilled − baseline {metric.title}, {unit}{note}", fontsize=10, y=1.0)  # a given y: no tick measuring
     fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
     savefig_atomic(fig, path, dpi=100)
 
@@ -560,7 +562,13 @@ def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], group
     cells = heatmap_cells(comparison) if plot else None
     if cells is not None:
         written.append(out_dir / HEATMAP_FILE)
-        draw_heatmap(written[-1], cells, comparison)
+        from kdrun import figures
+
+        if figures.queue().running():  # at the end of a sweep: its worker has matplotlib loaded
+            figures.queue().submit(out_dir, "draw_heatmap", written[-1], cells, comparison)
+            figures.queue().wait(out_dir)
+        else:
+            draw_heatmap(written[-1], cells, comparison)
     return written
 
 

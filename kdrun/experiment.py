@@ -24,7 +24,7 @@ from kdrun.cache import default_cache_dir, load_or_train, save_atomic
 from kdrun.config import phase_epochs, to_plain
 from kdrun.data import DataSplits, load_data
 from kdrun.models import MLP, count_parameters
-from kdrun.plots import plot_curves, plot_temperature
+from kdrun import figures
 from kdrun.reports import SUMMARY_COLUMNS, MetricsLog, write_csv_atomic
 from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, resolve_device
 
@@ -96,9 +96,11 @@ def _teacher_probabilities(teacher: MLP, data: DataSplits, run_temperature: floa
     return probabilities, data.test.y[:n_examples].tolist()
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
+def run_experiment(cfg: DictConfig, run_dir: Path, console: Console, wait_for_figures: bool = True) -> dict:
     """Train and evaluate the three models; write the run directory. Returns the summary rows
-    keyed by model name."""
+    keyed by model name. The figures are drawn by ``kdrun.figures`` alongside; with
+    ``wait_for_figures=False`` they may still be on their way when this returns (the caller then
+    waits for them through ``figures.queue()``)."""
     device = resolve_device(cfg.trainer.device)
     data = load_data(cfg.dataset)
     seed = cfg.trainer.seed
@@ -134,7 +136,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
         started = time.perf_counter()
         with progress.phase(name, epochs) as phase:
             def train_now() -> list[dict]:
-                return fit(model, split, val, settings, name, distillation, on_epoch=lambda row: (metrics.append([row]), phase.update(row)))
+                def on_epoch(row: dict) -> None:
+                    metrics.append([row])
+                    phase.update(row)
+                    figures.queue().settle(block=False)  # an earlier sweep job whose figures are written completes
+
+                return fit(model, split, val, settings, name, distillation, on_epoch=on_epoch)
 
             if cache_kind is None:
                 rows, origin = train_now(), "trained"
@@ -155,6 +162,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
         "teacher", teacher, train, teacher_epochs, seed, cache_kind="teacher",
         key={**common_key, "data": data.fingerprint(include_transfer=False), "model": to_plain(cfg.model.teacher), "epochs": teacher_epochs},
     )  # fmt: skip
+    if cfg.plots:
+        probabilities, labels = _teacher_probabilities(teacher, data, cfg.loss.temperature)
+        figures.queue().submit(
+            run_dir, "plot_temperature", run_dir / "temperature.png", probabilities, labels, float(cfg.loss.temperature)
+        )
 
     # Both students start from the same weights and see the same batches.
     torch.manual_seed(seed + 1)
@@ -173,6 +185,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
     else:
         source["baseline"] = "not_trained"
         log.info("baseline  not trained: dataset.transfer_labels=false leaves it no labels to learn from")
+
+    if cfg.plots:
+        figures.queue().submit(run_dir, "plot_curves", run_dir / "curves.png", history)
 
     models = {"teacher": teacher, "distilled": distilled, "baseline": baseline}
     teacher_test = evaluate(teacher, test)
@@ -212,12 +227,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console) -> dict:
                 run_dir / f"{name}.pt",
             )
 
-    if cfg.plots:
-        plot_curves(run_dir / "curves.png", history)
-        probabilities, labels = _teacher_probabilities(teacher, data, cfg.loss.temperature)
-        plot_temperature(run_dir / "temperature.png", probabilities, labels, float(cfg.loss.temperature))
     write_csv_atomic(run_dir / "summary.csv", summary.values(), SUMMARY_COLUMNS)
     print_summary(console, summary)
+    if cfg.plots and wait_for_figures:
+        figures.queue().wait(run_dir)
     return summary
 
 

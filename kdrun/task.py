@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from kdrun import cli
+from kdrun import cli, figures
 from kdrun.reports import read_status, remove_results, write_status
 
 log = logging.getLogger("kdrun")
@@ -144,6 +144,7 @@ def _check_cache_dir(cfg: DictConfig) -> None:
 def _fail(run_dir: Path, code: int, message: str, digest: str) -> float:
     """Record a failed job: one message on stderr, status failed, the exit code for cli.
     Called from an ``except`` block; with HYDRA_FULL_ERROR=1 it re-raises for the traceback."""
+    figures.queue().discard(run_dir)
     remove_results(run_dir)
     write_status(run_dir, "failed", config_hash=digest, message=message)
     cli.job_exit_codes.append(code)
@@ -159,6 +160,18 @@ def _describe_os_error(error: OSError) -> str:
     return f"{where}: {reason}" if where else reason
 
 
+def _finish(run_dir: Path, digest: str, objective: float, figure_error: Optional[str]) -> None:
+    """A job whose figures were drawn after it returned: completed, or failed over a figure."""
+    if figure_error is None:
+        write_status(run_dir, "completed", config_hash=digest, objective=objective)
+        return
+    message = f"{run_dir}: {figure_error}"
+    remove_results(run_dir)
+    write_status(run_dir, "failed", config_hash=digest, message=message)
+    cli.job_exit_codes.append(EXIT_FAILED)
+    log.error("%s", message)
+
+
 def train_task(cfg: DictConfig) -> float:
     """Run one experiment; return the distilled student's val accuracy (NaN if the job failed)."""
     from kdrun.config import ConfigError, validate
@@ -166,6 +179,7 @@ def train_task(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     digest = config_hash(cfg)
+    figures.queue().settle(block=False)  # earlier jobs of this sweep whose figures are now written
     if hydra_cfg.mode == RunMode.MULTIRUN:
         previous = read_status(run_dir)
         if (
@@ -196,8 +210,11 @@ def train_task(cfg: DictConfig) -> float:
         console = Console()
         if not console.is_terminal:  # logs and CI: no terminal to measure, so room for the table
             console.width = max(console.width, 100)
+        # In a sweep run by this process, the next job starts while this one's figures are drawn;
+        # the job counts as completed once they are written.
+        defer = bool(cfg.plots) and figures.defer_in_sweeps and hydra_cfg.mode == RunMode.MULTIRUN
         try:
-            summary = run_experiment(cfg, run_dir, console)
+            summary = run_experiment(cfg, run_dir, console, wait_for_figures=not defer)
         except (ConfigError, DataError) as error:
             return _fail(run_dir, EXIT_USAGE, str(error), digest)
         except NonFiniteLossError as error:
@@ -209,9 +226,16 @@ def train_task(cfg: DictConfig) -> float:
         except OSError as error:  # a file or folder that cannot be read or written (disk full, ...)
             return _fail(run_dir, EXIT_FAILED, _describe_os_error(error), digest)
         objective = summary["distilled"]["val_acc"]
-        write_status(run_dir, "completed", config_hash=digest, objective=objective)
+        if defer:
+            figures.queue().when_written(run_dir, lambda error: _finish(run_dir, digest, objective, error))
+        else:
+            write_status(run_dir, "completed", config_hash=digest, objective=objective)
         return objective
     except KeyboardInterrupt:
+        try:
+            figures.queue().settle()  # the earlier jobs of a sweep complete
+        finally:
+            figures.queue().discard(run_dir)
         remove_results(run_dir)
         write_status(
             run_dir,
@@ -223,6 +247,7 @@ def train_task(cfg: DictConfig) -> float:
         raise
     except Exception as error:  # a bug in kdrun: record it; Hydra prints the traceback
         if (read_status(run_dir) or {}).get("status") != "failed":
+            figures.queue().discard(run_dir)
             remove_results(run_dir)
             write_status(run_dir, "failed", config_hash=digest, message=f"internal error: {type(error).__name__}: {error}")
         raise
