@@ -297,8 +297,9 @@ def serve() -> None:
     drawn: dict[str, tuple[Path, tuple]] = {}  # request without its path -> the file drawn for it, its stat
     while True:
         header = _read_exactly(requests, 8)
-        if not header:
-            return
+        if not header:  # the main process is done: every answer is written, skip the teardown
+            replies.flush()
+            os._exit(0)
         request_id, function, path, args = pickle.loads(_read_exactly(requests, struct.unpack("<Q", header)[0]))
         path = Path(path)
         error = None
