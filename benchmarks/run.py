@@ -196,29 +196,29 @@ def section_a(tmp: Path, repeats: int) -> None:
 
 
 def sweep_breakdown(sweep_dir: Path, started_at: float, ended_at: float) -> str:
-    """Per-job time from the run directories: setup (end of the previous job, or process start,
-    to the job's first log line), body (first log line to status.json), training (summary.csv)."""
-    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (d / "status.json").exists()),
+    """Per-job time from the run directories. A job starts at its first log line; its wall time
+    runs to the next job's start (the last one's to its summary.csv). In a sweep run in one
+    process a job's figures are drawn by the figure worker while the next job runs, and Hydra
+    composes every job's config before the first job starts (counted in the start-up)."""
+    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (d / "summary.csv").exists()),
                   key=lambda d: int(d.name.split("_", 1)[0]))
-    rows = []
-    previous_end = started_at
+    if not jobs:
+        return "  (no job directories found)"
+    starts, trains = [], []
     for job in jobs:
         first = (job / "train.log").read_text().splitlines()[0]
-        stamp = datetime.strptime(first[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        end = (job / "status.json").stat().st_mtime
+        starts.append(datetime.strptime(first[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp())
         with open(job / "summary.csv") as handle:
-            train = sum(float(r["train_seconds"] or 0) for r in csv.DictReader(handle))
-        rows.append((stamp - previous_end, end - stamp, train))
-        previous_end = end
-    if not rows:
-        return "  (no job directories found)"
-    rest = rows[1:] or rows
+            trains.append(sum(float(r["train_seconds"] or 0) for r in csv.DictReader(handle)))
+    last_summary = (jobs[-1] / "summary.csv").stat().st_mtime
+    walls = [b - a for a, b in zip(starts, starts[1:] + [last_summary])]
+    rest_walls, rest_trains = (walls[1:], trains[1:]) if len(jobs) > 1 else (walls, trains)
     lines = [
-        f"  job 0 (trains teacher + baseline): setup {rows[0][0]:.2f} s (incl. interpreter, imports, Hydra), body {rows[0][1]:.2f} s, of which training {rows[0][2]:.2f} s",
-        f"  jobs 1-{len(rows) - 1} (median per job): setup {med([r[0] for r in rest]):.3f} s (Hydra compose, job dir, data), "
-        f"body {med([r[1] for r in rest]):.3f} s, of which training {med([r[2] for r in rest]):.3f} s "
-        f"(rest: evaluation, checkpoints, CSVs, plots {med([r[1] - r[2] for r in rest]):.3f} s)",
-        f"  after the last job: {ended_at - previous_end:.2f} s (comparison table, heatmap, exit)",
+        f"  start-up: {starts[0] - started_at:.2f} s (interpreter, imports, Hydra composing all {len(jobs)} job configs)",
+        f"  job 0 (trains teacher + baseline): {walls[0]:.2f} s, of which training {trains[0]:.2f} s",
+        f"  jobs 1-{len(jobs) - 1} (median per job): {med(rest_walls):.3f} s, of which training {med(rest_trains):.3f} s "
+        f"(rest: job set-up, evaluation, checkpoints, CSVs, handing figures over {med(rest_walls) - med(rest_trains):.3f} s)",
+        f"  after the last job's summary: {ended_at - last_summary:.2f} s (its figures, comparison table, heatmap, exit)",
     ]
     return "\n".join(lines)
 

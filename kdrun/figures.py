@@ -19,6 +19,7 @@ process as before, so none is ever lost.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -247,10 +248,12 @@ defer_in_sweeps = False
 
 
 def queue() -> FigureQueue:
-    """The process's figure queue."""
+    """The process's figure queue (closed at exit: a caller of the Python API that never waited
+    still gets every figure)."""
     global _queue
     if _queue is None:
         _queue = FigureQueue()
+        atexit.register(_queue.close)
     return _queue
 
 
