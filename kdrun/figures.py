@@ -67,12 +67,13 @@ class FigureQueue:
         self.errors: dict[Path, str] = {}
         self.callbacks: "OrderedDict[Path, Callable[[Optional[str]], None]]" = OrderedDict()
         self.buffer = b""
+        self.disabled = False  # set when a worker died: draw here instead
 
     # ------------------------------------------------------------------ the worker
 
     def start(self) -> None:
         """Start the worker now (it imports matplotlib meanwhile); a no-op where it would not help."""
-        if self.process is not None or os.name != "posix" or _cpu_count() < 2:
+        if self.process is not None or self.disabled or os.name != "posix" or _cpu_count() < 2:
             return
         package_parent = str(Path(__file__).resolve().parent.parent)
         code = f"import sys; sys.path.insert(0, {package_parent!r}); from kdrun.figures import serve; serve()"
@@ -90,20 +91,27 @@ class FigureQueue:
     def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def _abandon_worker(self) -> None:
-        """The worker died or cannot be reached: draw what it still owed here."""
+    def _kill_worker(self) -> None:
         process, self.process = self.process, None
-        if process is not None:
+        self.buffer = b""
+        if process is None:
+            return
+        try:
+            process.kill()
+            process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        for stream in (process.stdin, process.stdout):
             try:
-                process.kill()
-                process.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
+                stream.close()
+            except OSError:
                 pass
-            for stream in (process.stdin, process.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+
+    def _abandon_worker(self) -> None:
+        """The worker died or cannot be reached: draw what it still owed here, and from now on
+        every figure (a worker that died once, e.g. without matplotlib, would die again)."""
+        self._kill_worker()
+        self.disabled = True
         owed, self.pending = list(self.pending.values()), OrderedDict()
         for run_dir, function, path, args in owed:
             self._draw_here(run_dir, function, path, args)
@@ -210,21 +218,10 @@ class FigureQueue:
             raise
 
     def stop(self) -> None:
-        """Stop the worker at once; figures not yet written are not drawn."""
-        process, self.process = self.process, None
+        """Stop the worker at once; figures not yet written are not drawn (a later figure starts
+        a new worker)."""
+        self._kill_worker()
         self.pending.clear()
-        self.buffer = b""
-        if process is not None:
-            try:
-                process.kill()
-                process.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-            for stream in (process.stdin, process.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
 
     def close(self) -> None:
         """Settle every run, then let the worker exit."""

@@ -135,6 +135,7 @@ def test_queue_draws_here_when_the_worker_dies(tmp_path):
         queue.submit(tmp_path, "plot_curves", tmp_path / "curves.png", HISTORY)
         queue.wait(tmp_path)
         assert _is_png(tmp_path / "curves.png")
+        assert not queue.running()  # no new worker after one died: figures are drawn here
     finally:
         queue.close()
 
