@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 import kdrun
+from kdrun.reports import replace_atomically
 
 try:
     import fcntl
@@ -53,12 +54,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load_entry(path: Path, device: torch.device) -> Optional[dict]:

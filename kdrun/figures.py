@@ -267,15 +267,6 @@ def _read_exactly(stream, size: int) -> bytes:
     return data
 
 
-def _copy_atomic(source: Path, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _stamp(path: Path) -> Optional[tuple]:
     try:
         status = path.stat()
@@ -291,6 +282,7 @@ def serve() -> None:
     os.dup2(2, 1)  # a stray print must not corrupt the answers
     requests = sys.stdin.buffer
     from kdrun.plots import warm_up
+    from kdrun.reports import replace_atomically
 
     warm_up()  # matplotlib's import and font loads, while the main process imports torch
 
@@ -307,7 +299,7 @@ def serve() -> None:
             key = hashlib.sha256(pickle.dumps((function, args))).hexdigest()
             earlier, stamp = drawn.get(key, (None, None))
             if earlier is not None and stamp is not None and _stamp(earlier) == stamp:
-                _copy_atomic(earlier, path)
+                replace_atomically(path, lambda tmp: shutil.copyfile(earlier, tmp))
             else:
                 _draw(function, path, args)
                 drawn[key] = (path, _stamp(path))

@@ -13,7 +13,6 @@ level 3 (about half the time of the default 6, the file ~20% larger). No rcParam
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,12 +36,9 @@ def savefig_atomic(fig, path: Path, **kwargs: Any) -> None:
     fmt = path.suffix.lstrip(".") or "png"
     if fmt == "png":
         kwargs.setdefault("pil_kwargs", PNG_OPTIONS)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from kdrun.reports import replace_atomically
+
+    replace_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
 def warm_up() -> float:

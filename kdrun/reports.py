@@ -10,7 +10,7 @@ import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 METRICS_COLUMNS = ["model", "epoch", "train_loss", "soft_loss", "hard_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 SUMMARY_COLUMNS = [
@@ -44,17 +44,25 @@ def _csv_text(rows: Iterable[dict], columns: Sequence[str], header: bool = True)
     return buffer.getvalue()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers see all or nothing."""
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``: readers see
+    the old file or the whole new one, never half of it; a failed write leaves no temporary."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    replace_atomically(path, write)
 
 
 def write_csv_atomic(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
