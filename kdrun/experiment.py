@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from kdrun import figures
 from kdrun.cache import default_cache_dir, load_or_train, save_atomic
 from kdrun.config import phase_epochs, to_plain
 from kdrun.data import DataSplits, load_data
 from kdrun.models import MLP, count_parameters
-from kdrun import figures
 from kdrun.reports import SUMMARY_COLUMNS, MetricsLog, write_csv_atomic
 from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, resolve_device
 
