@@ -224,19 +224,16 @@ class FigureQueue:
         self.pending.clear()
 
     def close(self) -> None:
-        """Settle every run, then let the worker exit."""
+        """Settle every run, wait for the figures still owed, then end the worker. A worker that
+        owes nothing is stopped at once (after a typo it may still be loading matplotlib)."""
         self.settle(block=True)
-        process, self.process = self.process, None
-        if process is not None:
-            try:
-                process.stdin.close()
-                process.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                process.kill()
-            try:
-                process.stdout.close()
-            except OSError:
-                pass
+        try:
+            while self.pending:
+                self._read_replies(None)
+        except BaseException:
+            self._kill_worker()
+            raise
+        self._kill_worker()
 
 
 _queue: Optional[FigureQueue] = None
