@@ -86,9 +86,6 @@ class FigureQueue:
 
     def running(self) -> bool:
         """Whether a worker is up (then handing it a figure costs no matplotlib import here)."""
-        return self._alive()
-
-    def _alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def _kill_worker(self) -> None:
@@ -127,7 +124,7 @@ class FigureQueue:
     def submit(self, run_dir: Path, function: str, path: Path, *args: Any) -> None:
         """Draw ``<module>.<function>(path, *args)`` (FIGURE_FUNCTIONS), in the worker where there is one."""
         self.start()
-        if not self._alive():
+        if not self.running():
             self._draw_here(run_dir, function, path, args)
             return
         self.next_id += 1
@@ -143,7 +140,7 @@ class FigureQueue:
         """Take the worker's answers that arrive within ``timeout`` seconds (None: the next one)."""
         if not self.pending:
             return
-        if not self._alive():
+        if not self.running():
             self._abandon_worker()
             return
         fd = self.process.stdout.fileno()
@@ -168,14 +165,19 @@ class FigureQueue:
     def _written(self, run_dir: Path) -> bool:
         return all(owner != run_dir for owner, *_ in self.pending.values())
 
-    def wait(self, run_dir: Path) -> None:
-        """Block until the figures of ``run_dir`` are written; FigureError if one failed."""
+    def _read_until(self, done: Callable[[], bool]) -> None:
+        """Take answers until ``done()``. Interrupted meanwhile: the worker is stopped, so that
+        nothing writes into a run directory afterwards."""
         try:
-            while not self._written(run_dir):
+            while not done():
                 self._read_replies(None)
         except BaseException:
-            self.stop()  # interrupted: nothing may write into the run directory afterwards
+            self.stop()
             raise
+
+    def wait(self, run_dir: Path) -> None:
+        """Block until the figures of ``run_dir`` are written; FigureError if one failed."""
+        self._read_until(lambda: self._written(run_dir))
         error = self.errors.pop(run_dir, None)
         if error:
             raise FigureError(error)
@@ -184,20 +186,14 @@ class FigureQueue:
         """Make sure nothing more will be written into ``run_dir`` (a run that failed or was
         interrupted, whose results are about to be removed); forget its errors and callback."""
         self.callbacks.pop(run_dir, None)
-        try:
-            while not self._written(run_dir):
-                self._read_replies(None)
-        except BaseException:
-            self.stop()
-            raise
+        self._read_until(lambda: self._written(run_dir))
         self.errors.pop(run_dir, None)
 
     def when_written(self, run_dir: Path, callback: Callable[[Optional[str]], None]) -> None:
         """Call ``callback(error or None)`` once the figures of ``run_dir`` are written; meanwhile
         the caller goes on. Waits first if the worker is ``MAX_RUNS_BEHIND`` runs behind."""
         self.callbacks[run_dir] = callback
-        while len(self._runs_waiting()) >= MAX_RUNS_BEHIND:
-            self._read_replies(None)
+        self._read_until(lambda: len(self._runs_waiting()) < MAX_RUNS_BEHIND)
         self.settle(block=False)
 
     def settle(self, block: bool = True) -> None:
@@ -227,12 +223,7 @@ class FigureQueue:
         """Settle every run, wait for the figures still owed, then end the worker. A worker that
         owes nothing is stopped at once (after a typo it may still be loading matplotlib)."""
         self.settle(block=True)
-        try:
-            while self.pending:
-                self._read_replies(None)
-        except BaseException:
-            self._kill_worker()
-            raise
+        self._read_until(lambda: not self.pending)
         self._kill_worker()
 
 
