@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -28,10 +27,6 @@ except ImportError:  # Windows: no cross-process lock, entries are still written
     fcntl = None
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdrun"
 
 
 def cache_key(parts: dict[str, Any]) -> str:

@@ -62,9 +62,13 @@ def _exit_code(code: object) -> int:
 def _train(argv: Sequence[str]) -> int:
     import signal
 
-    from kdrun import figures
+    from kdrun import figures, training_process
 
-    if _draws_figures(argv):
+    multirun = any(arg in ("-m", "--multirun") for arg in argv)
+    if _runs_a_job(argv) and not multirun and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        # torch loads there while Hydra composes the config here (it starts the figure worker)
+        training_process.process().start(draws_figures=_draws_figures(argv))
+    elif _runs_a_job(argv) and _draws_figures(argv):
         figures.queue().start()  # the figure worker imports matplotlib while this process imports torch
 
     import hydra
@@ -82,7 +86,6 @@ def _train(argv: Sequence[str]) -> int:
     previous_sigterm = task.handle_sigterm_as_interrupt()  # SIGTERM stops a run as Ctrl-C does
     figures.defer_in_sweeps = True
     try:
-        multirun = any(arg in ("-m", "--multirun") for arg in argv)
         with compose_each_sweep_job_once() if multirun else compose_single_run_once():
             app()
     except KeyboardInterrupt:
@@ -92,6 +95,7 @@ def _train(argv: Sequence[str]) -> int:
         return _exit_code(stop.code)
     finally:
         figures.defer_in_sweeps = False
+        training_process.process().stop()
         try:
             figures.queue().close()  # the last jobs of a sweep complete once their figures are written
         except BaseException:
@@ -102,13 +106,19 @@ def _train(argv: Sequence[str]) -> int:
     return max(job_exit_codes, default=0)
 
 
-def _draws_figures(argv: Sequence[str]) -> bool:
-    """Whether ``kdrun train argv`` will probably draw figures (a guess: it only decides whether
-    to start the figure worker early)."""
+def _runs_a_job(argv: Sequence[str]) -> bool:
+    """Whether ``kdrun train argv`` will probably run a job rather than print help or a config
+    (a guess: it only decides which helper processes to start early)."""
     informational = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion", "-p", "--package")
-    if any(arg in informational or arg.startswith(("--cfg=", "--info=", "--shell-completion=")) for arg in argv):
-        return False
-    return not any(arg.replace(" ", "").lower() in ("plots=false", "plots=0", "plots=no", "plots=off") for arg in argv)
+    return not any(arg in informational or arg.startswith(("--cfg=", "--info=", "--shell-completion=")) for arg in argv)
+
+
+def _draws_figures(argv: Sequence[str]) -> bool:
+    """Whether a job of ``kdrun train argv`` will probably draw figures (a guess, as above: the
+    last plots= override on the command line)."""
+    settings = [arg.replace(" ", "").lower().lstrip("+") for arg in argv]
+    plots = [setting.partition("=")[2] for setting in settings if setting.startswith("plots=")]
+    return not plots or plots[-1] not in ("false", "0", "no", "off")
 
 
 def _complete(argv: Sequence[str]) -> Optional[int]:

@@ -26,10 +26,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
+from kdrun.errors import EXIT_USAGE
 from kdrun.reports import STATUS_FILE, read_status, write_csv_atomic
 
 EXIT_OK = 0
-EXIT_USAGE = 2
 
 MODELS = ("teacher", "distilled", "baseline")
 SUMMARY_FILE = "summary.csv"

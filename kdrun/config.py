@@ -10,12 +10,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+# omegaconf.MISSING. The schemas below are also the training process's config objects, and that
+# process does without omegaconf and Hydra (their import is ~0.3 s on its critical path).
+MISSING = "???"
 
 
 class ConfigError(ValueError):
@@ -115,6 +121,8 @@ class KDRunConf:
 
 
 def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="kdrun_schema", node=KDRunConf)
     cs.store(group="dataset", name="synthetic_schema", node=SyntheticDataConf)
@@ -154,6 +162,8 @@ def _check_fraction(key: str, value: float) -> None:
 def _check_known_keys(node: DictConfig, prefix: str = "") -> None:
     """Hydra accepts ``+trainer.epoch=3`` (its own hint for a misspelt key) and the run would
     silently use trainer.epochs: refuse every key its schema does not define."""
+    from omegaconf import DictConfig, OmegaConf
+
     schema = OmegaConf.get_type(node)
     if dataclasses.is_dataclass(schema):
         known = [f.name for f in dataclasses.fields(schema)]
@@ -235,6 +245,20 @@ def phase_epochs(cfg: DictConfig, phase: str) -> int:
     return int(cfg.trainer.epochs if value is None else value)
 
 
+def model_cache_dir(cfg: DictConfig) -> Optional[Path]:
+    """Where trained teachers and baseline students are cached; None with cache.enabled=false."""
+    if not cfg.cache.enabled:
+        return None
+    if cfg.cache.dir:
+        return Path(cfg.cache.dir).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdrun"
+
+
 def to_plain(node: Any) -> Any:
-    """A config node as plain Python containers (for hashing, checkpoints and CSVs)."""
+    """A config node (a schema's dataclass, or Hydra's DictConfig) as plain Python containers,
+    for hashing, checkpoints and CSVs."""
+    if dataclasses.is_dataclass(node):
+        return dataclasses.asdict(node)
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-from omegaconf import DictConfig
+
+from kdrun.config import DigitsDataConf, IdxDataConf, SplitConf, SyntheticDataConf
 
 
 class DataError(ValueError):
@@ -84,23 +85,23 @@ def make_synthetic(n_samples: int, input_dim: int, num_classes: int, signal_scal
     return RawData(x, y, num_classes)
 
 
-def _load_synthetic(cfg: DictConfig) -> RawData:
+def _load_synthetic(cfg: SyntheticDataConf) -> RawData:
     return make_synthetic(cfg.n_samples, cfg.input_dim, cfg.num_classes, cfg.signal_scale, cfg.seed)
 
 
-def _load_digits(cfg: DictConfig) -> RawData:
+def _load_digits(cfg: DigitsDataConf) -> RawData:
     from kdrun.digits import load_digits
 
     return load_digits()
 
 
-def _load_idx(cfg: DictConfig) -> RawData:
+def _load_idx(cfg: IdxDataConf) -> RawData:
     from kdrun.idx import load_idx_dataset
 
     return load_idx_dataset(cfg.root, cfg.name)
 
 
-LOADERS: dict[str, Callable[[DictConfig], RawData]] = {
+LOADERS: dict[str, Callable[[SplitConf], RawData]] = {
     "synthetic": _load_synthetic,
     "digits": _load_digits,
     "mnist": _load_idx,
@@ -165,7 +166,7 @@ def _check_labels(y: torch.Tensor, num_classes: int, where: str) -> None:
         )
 
 
-def load_data(cfg: DictConfig) -> DataSplits:
+def load_data(cfg: SplitConf) -> DataSplits:
     """Load ``cfg`` (the ``dataset`` node), split it, normalise it with training statistics."""
     raw = LOADERS[cfg.name](cfg)
     x, y = raw.x.reshape(len(raw.x), -1).float(), raw.y.long()

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from kdrun import figures
-from kdrun.cache import default_cache_dir, load_or_train, save_atomic
-from kdrun.config import phase_epochs, to_plain
+from kdrun.cache import load_or_train, save_atomic
+from kdrun.config import KDRunConf, MLPConf, model_cache_dir, phase_epochs, to_plain
 from kdrun.data import DataSplits, load_data
 from kdrun.models import MLP, count_parameters
 from kdrun.reports import SUMMARY_COLUMNS, MetricsLog, write_csv_atomic
@@ -43,7 +42,7 @@ def choose_threads(requested: Optional[int], teacher_params: int) -> int:
     return 1 if teacher_params < SMALL_MODEL_PARAMS else max(1, DEFAULT_THREADS)
 
 
-def _build(spec: DictConfig, data: DataSplits) -> MLP:
+def _build(spec: MLPConf, data: DataSplits) -> MLP:
     return MLP(data.input_dim, list(spec.hidden), data.num_classes, spec.dropout)
 
 
@@ -96,9 +95,17 @@ def _teacher_probabilities(teacher: MLP, data: DataSplits, run_temperature: floa
     return probabilities, data.test.y[:n_examples].tolist()
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, console: Console, wait_for_figures: bool = True) -> dict:
+def make_console() -> Console:
+    console = Console()
+    if not console.is_terminal:  # logs and CI: no terminal to measure, so room for the table
+        console.width = max(console.width, 100)
+    return console
+
+
+def run_experiment(cfg: KDRunConf, run_dir: Path, console: Console, wait_for_figures: bool = True) -> dict:
     """Train and evaluate the three models; write the run directory. Returns the summary rows
-    keyed by model name. The figures are drawn by ``kdrun.figures`` alongside; with
+    keyed by model name. ``cfg`` is the schema's dataclasses (``OmegaConf.to_object`` of the
+    composed config) or the composed DictConfig itself. The figures are drawn by ``kdrun.figures`` alongside; with
     ``wait_for_figures=False`` they may still be on their way when this returns (the caller then
     waits for them through ``figures.queue()``)."""
     device = resolve_device(cfg.trainer.device)
@@ -116,9 +123,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console, wait_for_fi
         data.name, len(train), len(transfer), len(val), len(test), data.num_classes, device, threads, run_dir,
     )  # fmt: skip
 
-    cache_dir = None
-    if cfg.cache.enabled:
-        cache_dir = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir()
+    cache_dir = model_cache_dir(cfg)
     trainer_cfg = to_plain(cfg.trainer)
     common_key = {
         "trainer": {k: trainer_cfg[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "seed")},
@@ -222,7 +227,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Console, wait_for_fi
                 {
                     "state_dict": model.state_dict(),
                     "model": {"input_dim": model.input_dim, "hidden": model.hidden, "num_classes": model.num_classes, "dropout": model.dropout},
-                    "config": OmegaConf.to_container(cfg, resolve=True),
+                    "config": to_plain(cfg),
                 },
                 run_dir / f"{name}.pt",
             )

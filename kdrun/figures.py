@@ -27,15 +27,17 @@ import pickle
 import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from kdrun.processes import helpers_worth_starting, receive, send, start_helper
+
 FIGURE_FUNCTIONS = {"plot_curves": "kdrun.plots", "plot_temperature": "kdrun.plots", "draw_heatmap": "kdrun.compare"}
 MAX_RUNS_BEHIND = 2  # a sweep waits when the worker falls this many jobs behind
+NICENESS = 5
 
 
 class FigureError(OSError):
@@ -48,13 +50,6 @@ def _draw(function: str, path: Path, args: tuple) -> None:
     if function not in FIGURE_FUNCTIONS:
         raise ValueError(f"unknown figure function {function!r}")
     getattr(importlib.import_module(FIGURE_FUNCTIONS[function]), function)(path, *args)
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class FigureQueue:
@@ -73,14 +68,10 @@ class FigureQueue:
 
     def start(self) -> None:
         """Start the worker now (it imports matplotlib meanwhile); a no-op where it would not help."""
-        if self.process is not None or self.disabled or os.name != "posix" or _cpu_count() < 2:
+        if self.process is not None or self.disabled or not helpers_worth_starting():
             return
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        code = f"import sys; sys.path.insert(0, {package_parent!r}); from kdrun.figures import serve; serve()"
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
-            )
+            self.process = start_helper("kdrun.figures", "serve()", stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         except OSError:
             self.process = None
 
@@ -128,11 +119,9 @@ class FigureQueue:
             self._draw_here(run_dir, function, path, args)
             return
         self.next_id += 1
-        request = pickle.dumps((self.next_id, function, str(path), args), protocol=pickle.HIGHEST_PROTOCOL)
         self.pending[self.next_id] = (run_dir, function, path, args)
         try:
-            self.process.stdin.write(struct.pack("<Q", len(request)) + request)
-            self.process.stdin.flush()
+            send(self.process.stdin, (self.next_id, function, str(path), args))
         except OSError:
             self._abandon_worker()
 
@@ -245,16 +234,6 @@ def queue() -> FigureQueue:
 # ---------------------------------------------------------------------------- the worker side
 
 
-def _read_exactly(stream, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            return b""
-        data += chunk
-    return data
-
-
 def _stamp(path: Path) -> Optional[tuple]:
     try:
         status = path.stat()
@@ -266,9 +245,9 @@ def _stamp(path: Path) -> Optional[tuple]:
 def serve() -> None:
     """The worker: read requests on stdin until it closes, answer one line each on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
+    os.nice(NICENESS)  # where cores are short (while torch and Hydra load), training goes first
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # a stray print must not corrupt the answers
-    requests = sys.stdin.buffer
     from kdrun.plots import warm_up
     from kdrun.reports import replace_atomically
 
@@ -276,11 +255,11 @@ def serve() -> None:
 
     drawn: dict[str, tuple[Path, tuple]] = {}  # request without its path -> the file drawn for it, its stat
     while True:
-        header = _read_exactly(requests, 8)
-        if not header:  # the main process is done: every answer is written, skip the teardown
+        request = receive(sys.stdin.fileno())
+        if request is None:  # the main process is done: every answer is written, skip the teardown
             replies.flush()
             os._exit(0)
-        request_id, function, path, args = pickle.loads(_read_exactly(requests, struct.unpack("<Q", header)[0]))
+        request_id, function, path, args = request
         path = Path(path)
         error = None
         try:

@@ -28,13 +28,13 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from kdrun import cli, figures
+from kdrun import cli, figures, training_process
+from kdrun.errors import EXIT_FAILED, EXIT_USAGE, failure_of
 from kdrun.reports import read_status, remove_results, write_status
+from kdrun.training_process import ExperimentFailed
 
 log = logging.getLogger("kdrun")
 
-EXIT_FAILED = 1  # training went wrong (a non-finite loss, a file that cannot be written)
-EXIT_USAGE = 2  # the user's input was wrong
 RESULT_UNCHANGED_KEYS = ("cache", "plots")  # keys that cannot change a job's results
 
 # The signal that stopped this process (SIGINT or SIGTERM); None while none has.
@@ -124,12 +124,11 @@ def _check_output_dir(config: DictConfig, key: str) -> None:
 
 def _check_cache_dir(cfg: DictConfig) -> None:
     """Fail before any training if the model cache is on and its folder cannot be written."""
-    from kdrun.cache import default_cache_dir
-    from kdrun.config import ConfigError
+    from kdrun.config import ConfigError, model_cache_dir
 
-    if not cfg.cache.enabled:
+    directory = model_cache_dir(cfg)
+    if directory is None:
         return
-    directory = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir()
     problem = unwritable(directory)
     if problem is not None:
         shown = repr(cfg.cache.dir) if cfg.cache.dir else f"null (the default, {directory})"
@@ -154,12 +153,6 @@ def _fail(run_dir: Path, code: int, message: str, digest: str) -> float:
     return math.nan
 
 
-def _describe_os_error(error: OSError) -> str:
-    where = error.filename if error.filename is not None else ""
-    reason = error.strerror or str(error)
-    return f"{where}: {reason}" if where else reason
-
-
 def _finish(run_dir: Path, digest: str, objective: float, figure_error: Optional[str]) -> None:
     """A job whose figures were drawn after it returned: completed, or failed over a figure."""
     if figure_error is None:
@@ -170,6 +163,19 @@ def _finish(run_dir: Path, digest: str, objective: float, figure_error: Optional
     write_status(run_dir, "failed", config_hash=digest, message=message)
     cli.job_exit_codes.append(EXIT_FAILED)
     log.error("%s", message)
+
+
+def _in_training_process(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig) -> Optional[dict]:
+    """Run the experiment in the training process started by ``kdrun train``, if there is one
+    that can take it: its summary, or None (then it runs here)."""
+    if (
+        hydra_cfg.mode != RunMode.RUN
+        or not training_process.process().running()
+        or os.environ.get("HYDRA_FULL_ERROR") == "1"  # the traceback is wanted from here
+        or hydra_cfg.job.env_set  # environment variables set for this job only
+    ):
+        return None
+    return training_process.process().run(OmegaConf.to_object(cfg), run_dir)
 
 
 def train_task(cfg: DictConfig) -> float:
@@ -201,30 +207,22 @@ def train_task(cfg: DictConfig) -> float:
         except ConfigError as error:
             return _fail(run_dir, EXIT_USAGE, str(error), digest)
 
-        from rich.console import Console
-
-        from kdrun.data import DataError
-        from kdrun.experiment import run_experiment
-        from kdrun.train import NonFiniteLossError
-
-        console = Console()
-        if not console.is_terminal:  # logs and CI: no terminal to measure, so room for the table
-            console.width = max(console.width, 100)
         # In a sweep run by this process, the next job starts while this one's figures are drawn;
         # the job counts as completed once they are written.
         defer = bool(cfg.plots) and figures.defer_in_sweeps and hydra_cfg.mode == RunMode.MULTIRUN
         try:
-            summary = run_experiment(cfg, run_dir, console, wait_for_figures=not defer)
-        except (ConfigError, DataError) as error:
-            return _fail(run_dir, EXIT_USAGE, str(error), digest)
-        except NonFiniteLossError as error:
-            return _fail(run_dir, EXIT_FAILED, str(error), digest)
-        except ValueError as error:  # trainer.device names a device this machine lacks
-            if not str(error).startswith("trainer."):
+            summary = _in_training_process(cfg, run_dir, hydra_cfg) if not defer else None
+            if summary is None:
+                from kdrun.experiment import make_console, run_experiment
+
+                summary = run_experiment(OmegaConf.to_object(cfg), run_dir, make_console(), wait_for_figures=not defer)
+        except ExperimentFailed as failure:
+            return _fail(run_dir, failure.code, str(failure), digest)
+        except Exception as error:
+            failure = failure_of(error)
+            if failure is None:
                 raise
-            return _fail(run_dir, EXIT_USAGE, str(error), digest)
-        except OSError as error:  # a file or folder that cannot be read or written (disk full, ...)
-            return _fail(run_dir, EXIT_FAILED, _describe_os_error(error), digest)
+            return _fail(run_dir, *failure, digest)
         objective = summary["distilled"]["val_acc"]
         if defer:
             figures.queue().when_written(run_dir, lambda error: _finish(run_dir, digest, objective, error))

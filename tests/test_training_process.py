@@ -1,0 +1,183 @@
+"""kdrun.training_process: a single ``kdrun train`` run trains in a second process that imported
+torch while Hydra composed the config. Same results as in-process, failures and interrupts
+handled by the main process, and the job still runs where that process cannot take it."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, kdrun_command, kdrun_env, run_kdrun
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from kdrun import training_process
+from kdrun.cli import config_dir
+from kdrun.config import register_configs
+from kdrun.processes import helpers_worth_starting
+from kdrun.reports import read_status
+
+pytestmark = pytest.mark.skipif(not helpers_worth_starting(), reason="no training process on one CPU or off POSIX")
+
+
+
+def job_config(*overrides: str, cache_dir: Path):
+    """A composed config as the task hands it over: the schema's dataclasses."""
+    register_configs()
+    data = [] if any(o.startswith("dataset=") for o in overrides) else ["dataset.n_samples=120"]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, *data, f"cache.dir={cache_dir}", *overrides])
+    return OmegaConf.to_object(cfg)
+
+
+@pytest.fixture
+def trainer():
+    process = training_process.TrainingProcess()
+    process.start(draws_figures=False)
+    assert process.running()
+    yield process
+    process.stop()
+
+
+def _without_timing(summary: dict) -> dict:
+    return {model: {k: v for k, v in row.items() if k != "train_seconds"} for model, row in summary.items()}
+
+
+def test_same_results_there_as_here(tmp_path, trainer, caplog):
+    from rich.console import Console
+
+    from kdrun.experiment import run_experiment
+
+    cfg = job_config("trainer.epochs=3", cache_dir=tmp_path / "cache-there")
+    for run in ("there", "here"):
+        (tmp_path / run).mkdir()  # as Hydra does before the task starts
+    with caplog.at_level(logging.INFO, logger="kdrun"):
+        there = trainer.run(cfg, tmp_path / "there")
+    records = [r for r in caplog.records if r.name == "kdrun"]
+    here = run_experiment(
+        job_config("trainer.epochs=3", cache_dir=tmp_path / "cache-here"), tmp_path / "here", Console(file=open(os.devnull, "w"))
+    )
+    assert _without_timing(there) == _without_timing(here)
+    for name in ("metrics.csv", "summary.csv"):
+        rows = [list(csv.reader(open(tmp_path / run / name))) for run in ("there", "here")]
+        columns = rows[0][0]
+        keep = [i for i, c in enumerate(columns) if "seconds" not in c]
+        assert [[r[i] for i in keep] for r in rows[0]] == [[r[i] for i in keep] for r in rows[1]]
+    assert {p.name for p in (tmp_path / "there").iterdir()} == {p.name for p in (tmp_path / "here").iterdir()}
+    # Its log records were handled by this process's logging, in order.
+    messages = [r.getMessage() for r in records]
+    epochs = [m for m in messages if " epoch " in m]
+    assert [m.split()[0] for m in epochs] == ["teacher"] * 3 + ["distilled"] * 3 + ["baseline"] * 3, messages
+    assert messages[-1].startswith("Gap from teacher")
+    assert all(r.process == trainer.process.pid for r in records)
+    assert trainer.running()  # ready for another job
+
+
+def test_a_users_mistake_comes_back_as_exit_code_and_message(tmp_path, trainer):
+    cfg = job_config("dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}", cache_dir=tmp_path / "cache")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(training_process.ExperimentFailed) as failure:
+        trainer.run(cfg, tmp_path / "run")
+    assert failure.value.code == 2
+    assert "nowhere" in str(failure.value) and "Traceback" not in str(failure.value)
+
+
+def test_a_bug_comes_back_with_its_traceback(tmp_path, trainer):
+    cfg = job_config(cache_dir=tmp_path / "cache")
+    cfg.model = None  # no such config can be composed: stands in for a bug in kdrun
+    with pytest.raises(training_process.TrainingProcessError) as failure:
+        trainer.run(cfg, tmp_path / "run")
+    assert "Traceback" in str(failure.value) and "AttributeError" in str(failure.value)
+
+
+def test_a_dead_training_process_leaves_the_job_to_this_one(tmp_path, trainer):
+    trainer.process.kill()
+    trainer.process.wait()
+    assert trainer.run(job_config(cache_dir=tmp_path / "cache"), tmp_path / "run") is None
+    assert not trainer.running()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.is_file() else []
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").is_file(), reason="needs Linux /proc")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_kdrun_train_trains_there_and_an_interrupt_stops_both(tmp_path, signum):
+    """The long-running single run of a user: the training process does the work; a signal to
+    the main process stops it too, before the main process marks the run interrupted."""
+    import subprocess
+
+    run = tmp_path / "run"
+    command = kdrun_command("train", f"hydra.run.dir={run}", "trainer.epochs=100000", "cache.enabled=false", "plots=true", cwd=tmp_path)
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env())
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = run / "metrics.csv"
+            if metrics.is_file() and metrics.read_text().count("\n") > 3:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        trainers = [pid for pid in _children(proc.pid) if "kdrun.training_process" in _command_line(pid)]
+        assert len(trainers) == 1
+        figure_workers = [pid for pid in _children(trainers[0]) if "kdrun.figures" in _command_line(pid)]
+        assert len(figure_workers) == 1  # started by the training process, which submits the figures
+        assert "torch" not in Path(f"/proc/{proc.pid}/maps").read_text()  # the main process never loaded it
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any("kdrun" in _command_line(pid) for pid in (*trainers, *figure_workers)):
+        time.sleep(0.05)
+    assert not any("kdrun" in _command_line(pid) for pid in (*trainers, *figure_workers)), "a helper process still runs"
+    status = read_status(run)
+    assert status["status"] == "interrupted" and status["signal"] == signum.name
+    assert not (run / "summary.csv").exists() and not list(run.glob("*.pt")) and not list(run.glob("*.png"))
+
+
+def test_output_order_and_files_of_a_run(tmp_path):
+    """Log lines of the training process and the table it prints keep their order on stdout."""
+    result = run_kdrun("train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=4", "plots=true", cwd=tmp_path, check=True)
+    lines = result.stdout.splitlines()
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("teacher   epoch"))
+    last_epoch = max(i for i, line in enumerate(lines) if line.startswith("baseline  epoch"))
+    table = next(i for i, line in enumerate(lines) if "distilled" in line and "│" in line)
+    improvement = next(i for i, line in enumerate(lines) if line.startswith("Distillation improvement"))
+    assert first_epoch < last_epoch < table < improvement, result.stdout
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "teacher   epoch 4/4" in log and "Distillation improvement" in log
+    run = tmp_path / "run"
+    assert {"summary.csv", "teacher.pt", "curves.png", "temperature.png"} <= {p.name for p in run.iterdir()}
+    assert read_status(run)["status"] == "completed"
+    assert not math.isnan(read_status(run)["objective"])
+
+
+def test_log_levels_follow_the_main_process(tmp_path):
+    """hydra.verbose=true turns on DEBUG here; the training process then sends its DEBUG records
+    (the epochs between the quarter marks) too."""
+    for verbose in (False, True):
+        run = tmp_path / f"verbose-{verbose}"
+        run_kdrun("train", f"hydra.run.dir={run}", "trainer.epochs=8", f"hydra.verbose={str(verbose).lower()}", cwd=tmp_path, check=True)
+        log = (run / "train.log").read_text()
+        assert "teacher   epoch 8/8" in log
+        assert ("teacher   epoch 1/8" in log) is verbose, log
