@@ -62,13 +62,15 @@ def _exit_code(code: object) -> int:
 def _train(argv: Sequence[str]) -> int:
     import signal
 
-    from kdrun import figures, training_process
+    from kdrun import training_process
 
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
     if _runs_a_job(argv) and not multirun and os.environ.get("HYDRA_FULL_ERROR") != "1":
         # torch loads there while Hydra composes the config here (it starts the figure worker)
         training_process.process().start(draws_figures=_draws_figures(argv))
-    elif _runs_a_job(argv) and _draws_figures(argv):
+    from kdrun import figures
+
+    if _runs_a_job(argv) and _draws_figures(argv) and not training_process.process().running():
         figures.queue().start()  # the figure worker imports matplotlib while this process imports torch
 
     import hydra
