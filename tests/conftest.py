@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Union
 
@@ -86,6 +87,19 @@ def start_kdrun(*args: str, cwd: Path, tiny: bool = True, cache_dir: Union[Path,
         kdrun_command(*args, cwd=cwd, tiny=tiny, cache_dir=cache_dir),
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env(),
     )  # fmt: skip
+
+
+def wait_for_metrics(proc: subprocess.Popen, folder: Path, pattern: str = "metrics.csv", rows: int = 3, timeout: float = 120) -> None:
+    """Wait until the first ``folder.glob(pattern)`` file has more than ``rows`` rows: a job of
+    ``proc`` is training. Fails the test, showing kdrun's stderr, if kdrun ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = sorted(folder.glob(pattern))
+        if found and found[0].read_text().count("\n") > rows:
+            return
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[1]
+    raise AssertionError(f"no {pattern} with {rows} rows under {folder} after {timeout} s")
 
 
 def has_traceback(text: str) -> bool:

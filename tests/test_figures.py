@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import has_traceback, run_kdrun, start_kdrun
+from conftest import has_traceback, run_kdrun, start_kdrun, wait_for_metrics
 
 from kdrun import figures
 from kdrun.reports import read_status
@@ -75,13 +75,7 @@ def test_interrupted_sweep_job_leaves_no_figures_and_the_earlier_job_completes(t
     sweep = tmp_path / "sweep"
     proc = start_kdrun("train", "-m", f"hydra.sweep.dir={sweep}", PLOTS, "trainer.epochs=1,100000", "cache.enabled=false", cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            long_job = [p for p in sweep.glob("1_*") if (p / "metrics.csv").is_file()]
-            if long_job and (long_job[0] / "metrics.csv").read_text().count("\n") > 3:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[1]
+        wait_for_metrics(proc, sweep, "1_*/metrics.csv")
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=15)
     finally:

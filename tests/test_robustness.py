@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-from conftest import has_traceback, run_kdrun, start_kdrun
+from conftest import has_traceback, run_kdrun, start_kdrun, wait_for_metrics
 
 from kdrun.reports import METRICS_COLUMNS, SUMMARY_COLUMNS, TIMING_COLUMNS, MetricsLog, read_status, write_csv_atomic
 
@@ -274,13 +274,7 @@ def test_interrupt_stops_quickly_and_keeps_metrics(tmp_path, signum):
     run = tmp_path / "run"
     proc = start_kdrun("train", f"hydra.run.dir={run}", "trainer.epochs=100000", "cache.enabled=false", cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            metrics = run / "metrics.csv"
-            if metrics.is_file() and metrics.read_text().count("\n") > 5:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[1]
+        wait_for_metrics(proc, run, rows=5)
         assert read_status(run)["status"] == "running"
         proc.send_signal(signum)
         sent = time.monotonic()

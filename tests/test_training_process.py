@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, kdrun_command, kdrun_env, run_kdrun
+from conftest import TINY, run_kdrun, start_kdrun, wait_for_metrics
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -120,19 +120,10 @@ def _command_line(pid: int) -> str:
 def test_kdrun_train_trains_there_and_an_interrupt_stops_both(tmp_path, signum):
     """The long-running single run of a user: the training process does the work; a signal to
     the main process stops it too, before the main process marks the run interrupted."""
-    import subprocess
-
     run = tmp_path / "run"
-    command = kdrun_command("train", f"hydra.run.dir={run}", "trainer.epochs=100000", "cache.enabled=false", "plots=true", cwd=tmp_path)
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env())
+    proc = start_kdrun("train", f"hydra.run.dir={run}", "trainer.epochs=100000", "cache.enabled=false", "plots=true", cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            metrics = run / "metrics.csv"
-            if metrics.is_file() and metrics.read_text().count("\n") > 3:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.communicate()[1]
+        wait_for_metrics(proc, run)
         trainers = [pid for pid in _children(proc.pid) if "kdrun.training_process" in _command_line(pid)]
         assert len(trainers) == 1
         figure_workers = [pid for pid in _children(trainers[0]) if "kdrun.figures" in _command_line(pid)]
