@@ -33,7 +33,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from kdrun.processes import helpers_worth_starting, receive, send, start_helper
+from kdrun.processes import MessageReader, helpers_worth_starting, send, start_helper
 
 FIGURE_FUNCTIONS = {"plot_curves": "kdrun.plots", "plot_temperature": "kdrun.plots", "draw_heatmap": "kdrun.compare"}
 MAX_RUNS_BEHIND = 2  # a sweep waits when the worker falls this many jobs behind
@@ -254,8 +254,9 @@ def serve() -> None:
     warm_up()  # matplotlib's import and font loads, while the main process imports torch
 
     drawn: dict[str, tuple[Path, tuple]] = {}  # request without its path -> the file drawn for it, its stat
+    requests = MessageReader(sys.stdin.fileno())
     while True:
-        request = receive(sys.stdin.fileno())
+        request = requests.receive()
         if request is None:  # the main process is done: every answer is written, skip the teardown
             replies.flush()
             os._exit(0)
@@ -272,7 +273,10 @@ def serve() -> None:
                 drawn[key] = (path, _stamp(path))
         except Exception as caught:
             error = f"{type(caught).__name__}: {caught}"
-        replies.write(json.dumps({"id": request_id, "error": error}) + "\n")
+        try:
+            replies.write(json.dumps({"id": request_id, "error": error}) + "\n")
+        except BrokenPipeError:  # the process that asked is gone
+            os._exit(0)
 
 
 if __name__ == "__main__":

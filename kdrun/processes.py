@@ -27,9 +27,14 @@ def helpers_worth_starting() -> bool:
 
 def start_helper(module: str, call: str, **popen_options: Any) -> subprocess.Popen:
     """``python -c "from <module> import serve; <call>"`` with this kdrun first on sys.path (a
-    source checkout works as an installed one). Raises OSError where it cannot start."""
+    source checkout works as an installed one) and without the current directory on it (as for
+    the ``kdrun`` script, a file there must not stand in for a module). Raises OSError where it
+    cannot start."""
     package_parent = str(Path(__file__).resolve().parent.parent)
-    code = f"import sys; sys.path.insert(0, {package_parent!r}); from {module} import serve; {call}"
+    code = (
+        f"import sys; sys.path[:] = [{package_parent!r}] + [p for p in sys.path if p != '']; "
+        f"from {module} import serve; {call}"
+    )
     return subprocess.Popen([sys.executable, "-c", code], close_fds=True, **popen_options)
 
 
@@ -39,20 +44,23 @@ def send(stream: BinaryIO, message: Any) -> None:
     stream.flush()
 
 
-def _read_exactly(fd: int, size: int) -> Optional[bytes]:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
+class MessageReader:
+    """Reads the messages ``send`` wrote to a pipe. The bytes of a read that a signal
+    interrupts midway are kept for the next call, so the messages never get out of step."""
 
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
 
-def receive(fd: int) -> Optional[Any]:
-    """The next message on ``fd``; None once the other side has closed it."""
-    header = _read_exactly(fd, _HEADER.size)
-    if header is None:
-        return None
-    data = _read_exactly(fd, _HEADER.unpack(header)[0])
-    return None if data is None else pickle.loads(data)
+    def receive(self) -> Optional[Any]:
+        """The next message; None once the other side has closed the pipe."""
+        while True:
+            if len(self.buffer) >= _HEADER.size:
+                end = _HEADER.size + _HEADER.unpack_from(self.buffer)[0]
+                if len(self.buffer) >= end:
+                    data, self.buffer = self.buffer[_HEADER.size : end], self.buffer[end:]
+                    return pickle.loads(data)
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self.buffer += chunk

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun import cli, figures, training_process
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, failure_of
 from kdrun.reports import read_status, remove_results, write_status
-from kdrun.training_process import ExperimentFailed
+from kdrun.training_process import ExperimentFailed, TrainingProcessError
 
 log = logging.getLogger("kdrun")
 
@@ -168,14 +168,19 @@ def _finish(run_dir: Path, digest: str, objective: float, figure_error: Optional
 def _in_training_process(cfg: DictConfig, run_dir: Path, hydra_cfg: DictConfig) -> Optional[dict]:
     """Run the experiment in the training process started by ``kdrun train``, if there is one
     that can take it: its summary, or None (then it runs here)."""
+    trainer = training_process.process()
+    if not trainer.running():
+        return None
     if (
-        hydra_cfg.mode != RunMode.RUN
-        or not training_process.process().running()
+        hydra_cfg.mode != RunMode.RUN  # a sweep without -m (hparams_search): its jobs run here
         or os.environ.get("HYDRA_FULL_ERROR") == "1"  # the traceback is wanted from here
         or hydra_cfg.job.env_set  # environment variables set for this job only
     ):
+        trainer.stop()  # it would only hold a core and memory
+        if cfg.plots:
+            figures.queue().start()
         return None
-    return training_process.process().run(OmegaConf.to_object(cfg), run_dir)
+    return trainer.run(OmegaConf.to_object(cfg), run_dir)
 
 
 def train_task(cfg: DictConfig) -> float:
@@ -218,6 +223,8 @@ def train_task(cfg: DictConfig) -> float:
                 summary = run_experiment(OmegaConf.to_object(cfg), run_dir, make_console(), wait_for_figures=not defer)
         except ExperimentFailed as failure:
             return _fail(run_dir, failure.code, str(failure), digest)
+        except TrainingProcessError:
+            raise  # a bug in kdrun (failure_of would import torch here only to say so)
         except Exception as error:
             failure = failure_of(error)
             if failure is None:

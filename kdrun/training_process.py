@@ -11,10 +11,11 @@ itself (the results table).
 
 This process stays in charge: it writes status.json, turns a failure into one message and an
 exit code, and on SIGINT/SIGTERM passes a SIGINT on and waits until the training process has
-stopped writing before it removes the results. The training process runs in its own session (a
-Ctrl-C at the terminal reaches this process only, which passes it on once) and ends itself when
-this process is gone. Where it cannot start or dies before taking the job, the job runs in this
-process as before.
+stopped writing before it removes the results (a second Ctrl-C stops it at once). The training
+process leads a process group of its own with its figure worker: a Ctrl-C at the terminal
+reaches this process only, which passes it on once; Ctrl-Z and ``fg`` are passed on to the
+group; ``stop`` ends the group; and the group ends itself when this process is gone. Where the
+training process cannot start, or dies before taking the job, the job runs in this process.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from kdrun.processes import helpers_worth_starting, receive, send, start_helper
+from kdrun.processes import MessageReader, helpers_worth_starting, send, start_helper
 
-STOP_SECONDS = 10.0  # how long an interrupted training process may take to stop writing
+log = logging.getLogger(__name__)
+
+STOP_SECONDS = 60.0  # an interrupted training process finishes the batch or file it is on first
+EXIT_SECONDS = 2.0  # a training process told to end, before it is killed
 
 
 class ExperimentFailed(Exception):
@@ -48,49 +52,68 @@ class TrainingProcessError(RuntimeError):
     """A bug in kdrun surfaced in the training process, or the process ended mid-job."""
 
 
+class RemoteTraceback(Exception):
+    """The training process's traceback, shown as the cause of a TrainingProcessError."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _lowest_log_level() -> int:
+    """The lowest level any logger here handles: records below it need not be sent."""
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    return min(logger.getEffectiveLevel() for logger in loggers if isinstance(logger, logging.Logger))
+
+
 class TrainingProcess:
-    """This process's side: starts the training process and hands it one job."""
+    """This process's side: starts the training process and hands it a job."""
 
     def __init__(self) -> None:
         self.process: Optional[subprocess.Popen] = None
-        self.replies: Optional[int] = None  # the read end of the training process's answers
+        self.requests = None  # jobs and acknowledgements to the training process
+        self.replies: Optional[MessageReader] = None
+        self.previous_sigtstp: Any = None
 
     def start(self, draws_figures: bool) -> None:
         if self.process is not None or not helpers_worth_starting():
             return
-        read_end, write_end = os.pipe()
+        requests_read, requests_write = os.pipe()
+        replies_read, replies_write = os.pipe()
         try:
             self.process = start_helper(
-                "kdrun.training_process", f"serve({write_end}, {draws_figures!r})",
-                stdin=subprocess.PIPE, pass_fds=(write_end,), start_new_session=True,
+                "kdrun.training_process", f"serve({requests_read}, {replies_write}, {draws_figures!r})",
+                stdin=subprocess.DEVNULL, pass_fds=(requests_read, replies_write), start_new_session=True,
             )  # fmt: skip
         except OSError:
-            os.close(read_end)
-            self.process = None
+            os.close(requests_write)
+            os.close(replies_read)
         else:
-            self.replies = read_end
+            self.requests = os.fdopen(requests_write, "wb")
+            self.replies = MessageReader(replies_read)
+            self._pass_on_job_control()
         finally:
-            os.close(write_end)
+            os.close(requests_read)
+            os.close(replies_write)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def run(self, cfg: Any, run_dir: Path) -> Optional[dict]:
         """Run the experiment for ``cfg`` (the schema's dataclasses) there; its summary, or None
-        when the process could not take the job (then run it here). Its log records are handled
-        by this process's logging, as Hydra configured it. Raises ExperimentFailed,
+        when the process could not take the job (then run it here). Raises ExperimentFailed,
         KeyboardInterrupt (this process was interrupted, or that one) or TrainingProcessError."""
         if not self.running():
             return None
-        try:
-            send(self.process.stdin, (cfg, str(run_dir), os.getcwd(), logging.getLogger("kdrun").getEffectiveLevel()))
-        except OSError:
-            self.stop()
-            return None
         started = False
         try:
+            try:
+                send(self.requests, ("job", cfg, str(run_dir), os.getcwd(), _lowest_log_level()))
+            except OSError:
+                self.stop()
+                return None
+            log.debug("job handed to the training process (pid %d)", self.process.pid)
             while True:
-                reply = receive(self.replies)
+                reply = self.replies.receive()
                 if reply is None:
                     code = self.process.wait()
                     self.stop()
@@ -109,7 +132,8 @@ class TrainingProcess:
                 elif kind == "interrupted":
                     raise KeyboardInterrupt
                 else:
-                    raise TrainingProcessError(f"in the training process:\n{content[0]}")
+                    description, remote_traceback = content
+                    raise TrainingProcessError(f"in the training process: {description}") from RemoteTraceback(remote_traceback)
         except KeyboardInterrupt:
             self._interrupt_and_wait()
             raise
@@ -121,45 +145,71 @@ class TrainingProcess:
         if logger.isEnabledFor(record.levelno):
             logger.handle(record)
         try:
-            self.process.stdin.write(b"\n")
-            self.process.stdin.flush()
+            send(self.requests, ("handled",))
         except OSError:  # it died meanwhile: the next read says so
             pass
 
     def _interrupt_and_wait(self) -> None:
-        """Pass the interrupt on; return once the training process answered or ended (it may
-        still be writing a file when this process is interrupted)."""
+        """Pass the interrupt on; return once the training process answered or ended (it may be
+        writing a file). Interrupted again meanwhile, or past STOP_SECONDS, it is killed."""
         if not self.running():
             return
+        answered = False
         try:
             self.process.send_signal(signal.SIGINT)
             deadline = time.monotonic() + STOP_SECONDS
-            while self.running() and time.monotonic() < deadline:
-                readable, _, _ = select.select([self.replies], [], [], max(0.0, deadline - time.monotonic()))
-                if not readable:
-                    continue
-                reply = receive(self.replies)
-                if reply is None or reply[0] == "interrupted":
-                    break
-                if reply[0] == "log":
-                    self._handle_record(reply[1])
+            while not answered and self.running() and time.monotonic() < deadline:
+                readable, _, _ = select.select([self.replies.fd], [], [], max(0.0, deadline - time.monotonic()))
+                if readable:
+                    reply = self.replies.receive()
+                    answered = reply is None or reply[0] != "log"  # its answer for the job: it stopped writing
+                    if not answered:
+                        self._handle_record(reply[1])
         finally:
-            self.stop()
+            self.stop(grace=EXIT_SECONDS if answered else 0.0)
 
-    def stop(self) -> None:
-        """End the training process (it is waiting for a job or has finished it)."""
+    def stop(self, grace: float = EXIT_SECONDS) -> None:
+        """End the training process and its figure worker: waiting for a job or done with one,
+        it ends itself when told, within ``grace`` seconds; else the group is killed."""
         process, self.process = self.process, None
         if process is not None:
             try:
-                process.stdin.close()
-            except OSError:
+                self.requests.close()
+                process.wait(timeout=grace)
+            except (OSError, subprocess.TimeoutExpired):
                 pass
-            if process.poll() is None:
-                process.kill()
+            finally:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)  # it leads its group: the figure worker too
+                except OSError:  # the group has ended
+                    pass
                 process.wait()
+                self._restore_job_control()
         if self.replies is not None:
-            os.close(self.replies)
+            os.close(self.replies.fd)
             self.replies = None
+
+    # Ctrl-Z stops the terminal's foreground group, which the training process is not in.
+    def _pass_on_job_control(self) -> None:
+        try:
+            self.previous_sigtstp = signal.signal(signal.SIGTSTP, self._suspend)
+        except (ValueError, AttributeError):  # not the main thread; no job control here
+            self.previous_sigtstp = None
+
+    def _restore_job_control(self) -> None:
+        if self.previous_sigtstp is not None:
+            signal.signal(signal.SIGTSTP, self.previous_sigtstp)
+            self.previous_sigtstp = None
+
+    def _suspend(self, signum: int, frame: Any) -> None:
+        group = self.process.pid if self.process is not None else None
+        if group is not None:
+            os.killpg(group, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # this process stops here until it is continued
+        signal.signal(signal.SIGTSTP, self._suspend)
+        if group is not None:
+            os.killpg(group, signal.SIGCONT)
 
 
 _process: Optional[TrainingProcess] = None
@@ -175,36 +225,52 @@ def process() -> TrainingProcess:
 # ---------------------------------------------------------------------------- the other side
 
 
+def _exit(code: int) -> None:
+    """End without the interpreter's teardown of torch's modules, output flushed."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _end_with_parent(parent: int) -> None:
     """Mid-job nothing reads the main process's pipe, so a main process that was killed would go
-    unnoticed: look for it twice a second."""
+    unnoticed: look for it twice a second, and end the group (the figure worker too)."""
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
-            os._exit(1)
+            os.killpg(0, signal.SIGKILL)
 
 
 class _ToParent(logging.Handler):
     """Hands each log record to the main process and waits until it has been handled there, so
     that log lines and what this process prints itself (the results table) keep their order."""
 
-    def __init__(self, replies) -> None:
+    def __init__(self, replies, requests: MessageReader) -> None:
         super().__init__()
-        self.replies = replies
+        self.replies, self.requests = replies, requests
 
     def emit(self, record: logging.LogRecord) -> None:
-        attributes = dict(record.__dict__)
-        attributes.update(msg=record.getMessage(), args=None, exc_info=None)
-        if record.exc_info:
-            attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
-        send(self.replies, ("log", attributes))
-        os.read(sys.stdin.fileno(), 1)  # the main process has handled it
+        try:
+            attributes = dict(record.__dict__)
+            attributes.update(msg=record.getMessage(), args=None, exc_info=None)
+            if record.exc_info:
+                attributes["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            send(self.replies, ("log", attributes))
+        except Exception:
+            self.handleError(record)
+            return
+        self.requests.receive()  # ("handled",)
 
 
-def serve(reply_fd: int, draws_figures: bool) -> None:
-    """Import torch and kdrun's training code, then run the jobs read on stdin."""
-    replies = os.fdopen(reply_fd, "wb")
+def serve(requests_fd: int, replies_fd: int, draws_figures: bool) -> None:
+    """Import torch and kdrun's training code, then run the jobs the main process sends."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where it was ignored
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # sent here directly: stop as on SIGINT
+    replies = os.fdopen(replies_fd, "wb")
+    requests = MessageReader(requests_fd)
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         from kdrun import figures
@@ -213,25 +279,31 @@ def serve(reply_fd: int, draws_figures: bool) -> None:
             figures.queue().start()  # matplotlib loads there (at a lower priority) while torch loads here
         importlib.import_module("kdrun.experiment")  # torch and the training code, while Hydra composes
     except BaseException:  # torch missing, or interrupted: the job runs in the main process
-        os._exit(1)
+        _exit(1)
 
     root = logging.getLogger()
-    root.handlers[:] = [_ToParent(replies)]
+    root.handlers[:] = [_ToParent(replies, requests)]
     try:
         while True:
-            request = receive(sys.stdin.fileno())
+            request = requests.receive()
             if request is None:  # the main process is done with this one
-                os._exit(0)
-            reply = _run_job(replies, root, *request)
+                figures.queue().stop()
+                _exit(0)
+            if request[0] != "job":  # an acknowledgement that came too late
+                continue
+            reply = _run_job(replies, root, *request[1:])
             send(replies, reply)
             if reply[0] == "interrupted":
-                os._exit(130)
+                _exit(130)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     except BaseException:  # the main process is gone, or this one was stopped between jobs
-        os._exit(1)
+        figures.queue().stop()
+        _exit(1)
 
 
 def _run_job(replies, root: logging.Logger, cfg: Any, run_dir: str, cwd: str, level: int) -> tuple:
-    """Run one experiment; the answer for the main process."""
+    """Run one experiment; the answer for the main process. Once it has failed or was
+    interrupted, further signals wait until the figures are settled and the answer is sent."""
     import traceback
 
     from kdrun import figures
@@ -244,10 +316,15 @@ def _run_job(replies, root: logging.Logger, cfg: Any, run_dir: str, cwd: str, le
         root.setLevel(level)
         return ("ok", run_experiment(cfg, Path(run_dir), make_console()))
     except KeyboardInterrupt:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         reply = ("interrupted",)
     except BaseException as error:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         failure = failure_of(error)
-        reply = ("failed", *failure) if failure is not None else ("internal", traceback.format_exc())
+        if failure is not None:
+            reply = ("failed", *failure)
+        else:
+            reply = ("internal", f"{type(error).__name__}: {error}", traceback.format_exc())
     try:  # the main process removes the results next: no figure may land after that
         figures.queue().discard(Path(run_dir))
     except BaseException:

@@ -9,11 +9,12 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_kdrun, start_kdrun, wait_for_metrics
+from conftest import TINY, kdrun_command, kdrun_env, run_kdrun, start_kdrun, wait_for_metrics
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -93,14 +94,25 @@ def test_a_bug_comes_back_with_its_traceback(tmp_path, trainer):
     cfg.model = None  # no such config can be composed: stands in for a bug in kdrun
     with pytest.raises(training_process.TrainingProcessError) as failure:
         trainer.run(cfg, tmp_path / "run")
-    assert "Traceback" in str(failure.value) and "AttributeError" in str(failure.value)
+    assert "\n" not in str(failure.value) and "AttributeError" in str(failure.value)  # one line for status.json
+    cause = failure.value.__cause__
+    assert isinstance(cause, training_process.RemoteTraceback)
+    assert "Traceback" in str(cause) and "run_experiment" in str(cause)  # the training process's own traceback
 
 
-def test_a_dead_training_process_leaves_the_job_to_this_one(tmp_path, trainer):
-    trainer.process.kill()
-    trainer.process.wait()
-    assert trainer.run(job_config(cache_dir=tmp_path / "cache"), tmp_path / "run") is None
-    assert not trainer.running()
+def test_a_training_process_that_cannot_import_torch_leaves_the_job_to_this_one(tmp_path, monkeypatch):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "torch.py").write_text("raise ImportError('no torch here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    trainer = training_process.TrainingProcess()
+    trainer.start(draws_figures=False)
+    try:
+        assert trainer.process is not None
+        assert trainer.run(job_config(cache_dir=tmp_path / "cache"), tmp_path / "run") is None
+        assert not trainer.running()
+    finally:
+        trainer.stop()
 
 
 def _children(pid: int) -> list[int]:
@@ -115,40 +127,130 @@ def _command_line(pid: int) -> str:
         return ""
 
 
-@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").is_file(), reason="needs Linux /proc")
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_kdrun_train_trains_there_and_an_interrupt_stops_both(tmp_path, signum):
-    """The long-running single run of a user: the training process does the work; a signal to
-    the main process stops it too, before the main process marks the run interrupted."""
+def _helpers(pid: int) -> list[int]:
+    """The training process started by kdrun ``pid`` and the figure worker it started."""
+    trainers = [child for child in _children(pid) if "kdrun.training_process" in _command_line(child)]
+    return trainers + [child for t in trainers for child in _children(t) if "kdrun.figures" in _command_line(child)]
+
+
+def _wait_gone(pids: list[int], seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any("kdrun" in _command_line(pid) for pid in pids):
+        time.sleep(0.05)
+    return not any("kdrun" in _command_line(pid) for pid in pids)
+
+
+# The teacher trains for one epoch, so temperature.png is on its way while the students train.
+LONG_RUN = ("trainer.teacher_epochs=1", "trainer.student_epochs=100000", "cache.enabled=false", "plots=true")
+needs_proc = pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").is_file(), reason="needs Linux /proc")
+
+
+@needs_proc
+@pytest.mark.parametrize("signals", [(signal.SIGINT,), (signal.SIGTERM,), (signal.SIGINT, signal.SIGINT)], ids=["SIGINT", "SIGTERM", "SIGINT twice"])
+def test_kdrun_train_trains_there_and_an_interrupt_stops_both(tmp_path, signals):
+    """A user's single run: the training process does the work; a signal to the main process
+    (a second one too) stops it and its figure worker before the run is marked interrupted."""
     run = tmp_path / "run"
-    proc = start_kdrun("train", f"hydra.run.dir={run}", "trainer.epochs=100000", "cache.enabled=false", "plots=true", cwd=tmp_path)
+    proc = start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
     try:
         wait_for_metrics(proc, run)
-        trainers = [pid for pid in _children(proc.pid) if "kdrun.training_process" in _command_line(pid)]
-        assert len(trainers) == 1
-        figure_workers = [pid for pid in _children(trainers[0]) if "kdrun.figures" in _command_line(pid)]
-        assert len(figure_workers) == 1  # started by the training process, which submits the figures
-        assert "torch" not in Path(f"/proc/{proc.pid}/maps").read_text()  # the main process never loaded it
-        proc.send_signal(signum)
+        helpers = _helpers(proc.pid)
+        assert len(helpers) == 2, helpers  # the training process, and the figure worker it started
+        assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()  # the main process never loaded torch
+        for signum in signals:
+            proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 128 + signum, stderr
+    assert proc.returncode == 128 + signals[0], stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any("kdrun" in _command_line(pid) for pid in (*trainers, *figure_workers)):
-        time.sleep(0.05)
-    assert not any("kdrun" in _command_line(pid) for pid in (*trainers, *figure_workers)), "a helper process still runs"
+    assert _wait_gone(helpers), "a helper process still runs"
     status = read_status(run)
-    assert status["status"] == "interrupted" and status["signal"] == signum.name
+    assert status["status"] == "interrupted" and status["signal"] == signals[0].name
+    time.sleep(0.5)  # a figure drawn late would land now
     assert not (run / "summary.csv").exists() and not list(run.glob("*.pt")) and not list(run.glob("*.png"))
+
+
+@needs_proc
+def test_sigterm_stops_a_run_started_with_sigint_ignored(tmp_path):
+    """`kdrun train ... &` in a script starts with SIGINT ignored: SIGTERM must still stop it."""
+    run = tmp_path / "run"
+    command = kdrun_command("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        wait_for_metrics(proc, run)
+        helpers = _helpers(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, stderr = proc.communicate(timeout=15)
+        stopped_after = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and stopped_after < 5, (stopped_after, stderr)
+    assert _wait_gone(helpers) and read_status(run)["status"] == "interrupted"
+
+
+@needs_proc
+def test_killed_main_process_takes_the_training_process_with_it(tmp_path):
+    run = tmp_path / "run"
+    proc = start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
+    try:
+        wait_for_metrics(proc, run)
+        helpers = _helpers(proc.pid)
+        assert len(helpers) == 2
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert _wait_gone(helpers, seconds=5), "the training process outlived a killed kdrun"
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@needs_proc
+def test_ctrl_z_suspends_the_training_process_too(tmp_path):
+    run = tmp_path / "run"
+    proc = start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
+    try:
+        wait_for_metrics(proc, run)
+        trainer = _helpers(proc.pid)[0]
+        proc.send_signal(signal.SIGTSTP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (_state(proc.pid), _state(trainer)) != ("T", "T"):
+            time.sleep(0.05)
+        assert (_state(proc.pid), _state(trainer)) == ("T", "T")
+        rows = (run / "metrics.csv").read_text().count("\n")
+        time.sleep(1)
+        assert (run / "metrics.csv").read_text().count("\n") == rows  # no training while suspended
+        proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (run / "metrics.csv").read_text().count("\n") == rows:
+            time.sleep(0.05)
+        assert (run / "metrics.csv").read_text().count("\n") > rows  # going on after `fg`
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
 
 
 def test_output_order_and_files_of_a_run(tmp_path):
     """Log lines of the training process and the table it prints keep their order on stdout."""
-    result = run_kdrun("train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=4", "plots=true", cwd=tmp_path, check=True)
+    result = run_kdrun(
+        "train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=4", "plots=true", "hydra.verbose=kdrun.training_process",
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    assert "job handed to the training process" in result.stdout
     lines = result.stdout.splitlines()
     first_epoch = next(i for i, line in enumerate(lines) if line.startswith("teacher   epoch"))
     last_epoch = max(i for i, line in enumerate(lines) if line.startswith("baseline  epoch"))
