@@ -105,9 +105,9 @@ def make_console() -> Console:
 def run_experiment(cfg: KDRunConf, run_dir: Path, console: Console, wait_for_figures: bool = True) -> dict:
     """Train and evaluate the three models; write the run directory. Returns the summary rows
     keyed by model name. ``cfg`` is the schema's dataclasses (``OmegaConf.to_object`` of the
-    composed config) or the composed DictConfig itself. The figures are drawn by ``kdrun.figures`` alongside; with
-    ``wait_for_figures=False`` they may still be on their way when this returns (the caller then
-    waits for them through ``figures.queue()``)."""
+    composed config) or the composed DictConfig itself. The figures are drawn by
+    ``kdrun.figures`` alongside; with ``wait_for_figures=False`` they may still be on their way
+    when this returns (the caller then waits for them through ``figures.queue()``)."""
     device = resolve_device(cfg.trainer.device)
     data = load_data(cfg.dataset)
     seed = cfg.trainer.seed
