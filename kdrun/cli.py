@@ -65,12 +65,13 @@ def _train(argv: Sequence[str]) -> int:
     from kdrun import training_process
 
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
-    if _runs_a_job(argv) and not multirun and os.environ.get("HYDRA_FULL_ERROR") != "1":
+    runs_a_job = _runs_a_job(argv)
+    if runs_a_job and not multirun and os.environ.get("HYDRA_FULL_ERROR") != "1":
         # torch loads there while Hydra composes the config here (it starts the figure worker)
         training_process.process().start(draws_figures=_draws_figures(argv))
     from kdrun import figures
 
-    if _runs_a_job(argv) and _draws_figures(argv) and not training_process.process().running():
+    if runs_a_job and _draws_figures(argv) and not training_process.process().running():
         figures.queue().start()  # the figure worker imports matplotlib while this process imports torch
 
     import hydra

@@ -13,12 +13,13 @@ For ``kdrun train`` the helper adds a tiny config that trains in a second or two
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 # Overrides that make `kdrun train` fast; tests add their own after these.
 TINY = ("trainer.epochs=1", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "plots=false")
@@ -81,12 +82,34 @@ def run_kdrun(
     return result
 
 
-def start_kdrun(*args: str, cwd: Path, tiny: bool = True, cache_dir: Union[Path, None, object] = DEFAULT_CACHE) -> subprocess.Popen:
-    """Start ``kdrun *args`` without waiting (for signal tests); stdout and stderr are pipes."""
+def start_kdrun(*args: str, cwd: Path, tiny: bool = True, cache_dir: Union[Path, None, object] = DEFAULT_CACHE, **popen_options) -> subprocess.Popen:
+    """Start ``kdrun *args`` without waiting (for signal tests); stdout and stderr are pipes.
+    Use it as ``with killed_if_left(start_kdrun(...)) as proc:``."""
     return subprocess.Popen(
         kdrun_command(*args, cwd=cwd, tiny=tiny, cache_dir=cache_dir),
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env(),
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env(), **popen_options,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def killed_if_left(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Yield ``proc``; kill it on the way out if a failed assertion left it running."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def interrupt(proc: subprocess.Popen, *signals: int, timeout: float = 15) -> tuple[str, float]:
+    """Send ``signals`` to kdrun one after the other and wait for it to end: its stderr, and the
+    seconds from the first signal to its end."""
+    sent = time.monotonic()
+    for signum in signals:
+        proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=timeout)
+    return stderr, time.monotonic() - sent
 
 
 def wait_for_metrics(proc: subprocess.Popen, folder: Path, pattern: str = "metrics.csv", rows: int = 3, timeout: float = 120) -> None:

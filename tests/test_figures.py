@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import has_traceback, run_kdrun, start_kdrun, wait_for_metrics
+from conftest import has_traceback, interrupt, killed_if_left, run_kdrun, start_kdrun, wait_for_metrics
 
 from kdrun import figures
 from kdrun.reports import read_status
@@ -73,15 +73,9 @@ def test_joblib_sweep_writes_figures_in_its_workers(tmp_path):
 
 def test_interrupted_sweep_job_leaves_no_figures_and_the_earlier_job_completes(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = start_kdrun("train", "-m", f"hydra.sweep.dir={sweep}", PLOTS, "trainer.epochs=1,100000", "cache.enabled=false", cwd=tmp_path)
-    try:
+    with killed_if_left(start_kdrun("train", "-m", f"hydra.sweep.dir={sweep}", PLOTS, "trainer.epochs=1,100000", "cache.enabled=false", cwd=tmp_path)) as proc:
         wait_for_metrics(proc, sweep, "1_*/metrics.csv")
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stderr, _ = interrupt(proc, signal.SIGINT)
     assert proc.returncode == 130, stderr
     assert not has_traceback(stderr), stderr
     first, second = _job_dirs(sweep)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
-from conftest import has_traceback, run_kdrun, start_kdrun, wait_for_metrics
+from conftest import has_traceback, interrupt, killed_if_left, run_kdrun, start_kdrun, wait_for_metrics
 
 from kdrun.reports import METRICS_COLUMNS, SUMMARY_COLUMNS, TIMING_COLUMNS, MetricsLog, read_status, write_csv_atomic
 
@@ -272,18 +272,10 @@ def _read_metrics(path: Path) -> list[list[str]]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_stops_quickly_and_keeps_metrics(tmp_path, signum):
     run = tmp_path / "run"
-    proc = start_kdrun("train", f"hydra.run.dir={run}", "trainer.epochs=100000", "cache.enabled=false", cwd=tmp_path)
-    try:
+    with killed_if_left(start_kdrun("train", f"hydra.run.dir={run}", "trainer.epochs=100000", "cache.enabled=false", cwd=tmp_path)) as proc:
         wait_for_metrics(proc, run, rows=5)
         assert read_status(run)["status"] == "running"
-        proc.send_signal(signum)
-        sent = time.monotonic()
-        _, stderr = proc.communicate(timeout=15)
-        stopped_after = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stderr, stopped_after = interrupt(proc, signum)
     assert stopped_after < 5, stopped_after
     assert proc.returncode == 128 + signum, stderr
     assert not has_traceback(stderr), stderr

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, kdrun_command, kdrun_env, run_kdrun, start_kdrun, wait_for_metrics
+from conftest import TINY, interrupt, killed_if_left, run_kdrun, start_kdrun, wait_for_metrics
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -134,11 +134,16 @@ def _helpers(pid: int) -> list[int]:
     return trainers + [child for t in trainers for child in _children(t) if "kdrun.figures" in _command_line(child)]
 
 
-def _wait_gone(pids: list[int], seconds: float = 5) -> bool:
+def _eventually(condition, seconds: float = 10) -> bool:
+    """Whether ``condition()`` holds within ``seconds``."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any("kdrun" in _command_line(pid) for pid in pids):
+    while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not any("kdrun" in _command_line(pid) for pid in pids)
+    return condition()
+
+
+def _wait_gone(pids: list[int], seconds: float = 5) -> bool:
+    return _eventually(lambda: not any("kdrun" in _command_line(pid) for pid in pids), seconds)
 
 
 # The teacher trains for one epoch, so temperature.png is on its way while the students train.
@@ -152,19 +157,12 @@ def test_kdrun_train_trains_there_and_an_interrupt_stops_both(tmp_path, signals)
     """A user's single run: the training process does the work; a signal to the main process
     (a second one too) stops it and its figure worker before the run is marked interrupted."""
     run = tmp_path / "run"
-    proc = start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
-    try:
+    with killed_if_left(start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)) as proc:
         wait_for_metrics(proc, run)
         helpers = _helpers(proc.pid)
         assert len(helpers) == 2, helpers  # the training process, and the figure worker it started
         assert "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()  # the main process never loaded torch
-        for signum in signals:
-            proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stderr, _ = interrupt(proc, *signals)
     assert proc.returncode == 128 + signals[0], stderr
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert _wait_gone(helpers), "a helper process still runs"
@@ -178,22 +176,13 @@ def test_kdrun_train_trains_there_and_an_interrupt_stops_both(tmp_path, signals)
 def test_sigterm_stops_a_run_started_with_sigint_ignored(tmp_path):
     """`kdrun train ... &` in a script starts with SIGINT ignored: SIGTERM must still stop it."""
     run = tmp_path / "run"
-    command = kdrun_command("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
-    proc = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env(),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )  # fmt: skip
-    try:
+    ignoring_sigint = start_kdrun(
+        "train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+    )
+    with killed_if_left(ignoring_sigint) as proc:
         wait_for_metrics(proc, run)
         helpers = _helpers(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        _, stderr = proc.communicate(timeout=15)
-        stopped_after = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stderr, stopped_after = interrupt(proc, signal.SIGTERM)
     assert proc.returncode == 143 and stopped_after < 5, (stopped_after, stderr)
     assert _wait_gone(helpers) and read_status(run)["status"] == "interrupted"
 
@@ -201,12 +190,10 @@ def test_sigterm_stops_a_run_started_with_sigint_ignored(tmp_path):
 @needs_proc
 def test_killed_main_process_takes_the_training_process_with_it(tmp_path):
     run = tmp_path / "run"
-    proc = start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
-    try:
+    with killed_if_left(start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)) as proc:
         wait_for_metrics(proc, run)
         helpers = _helpers(proc.pid)
         assert len(helpers) == 2
-    finally:
         proc.kill()
         proc.communicate()
     assert _wait_gone(helpers, seconds=5), "the training process outlived a killed kdrun"
@@ -219,29 +206,21 @@ def _state(pid: int) -> str:
 @needs_proc
 def test_ctrl_z_suspends_the_training_process_too(tmp_path):
     run = tmp_path / "run"
-    proc = start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)
-    try:
+
+    def rows() -> int:
+        return (run / "metrics.csv").read_text().count("\n")
+
+    with killed_if_left(start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)) as proc:
         wait_for_metrics(proc, run)
         trainer = _helpers(proc.pid)[0]
         proc.send_signal(signal.SIGTSTP)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (_state(proc.pid), _state(trainer)) != ("T", "T"):
-            time.sleep(0.05)
-        assert (_state(proc.pid), _state(trainer)) == ("T", "T")
-        rows = (run / "metrics.csv").read_text().count("\n")
+        assert _eventually(lambda: (_state(proc.pid), _state(trainer)) == ("T", "T"))
+        suspended_at = rows()
         time.sleep(1)
-        assert (run / "metrics.csv").read_text().count("\n") == rows  # no training while suspended
+        assert rows() == suspended_at  # no training while suspended
         proc.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (run / "metrics.csv").read_text().count("\n") == rows:
-            time.sleep(0.05)
-        assert (run / "metrics.csv").read_text().count("\n") > rows  # going on after `fg`
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        assert _eventually(lambda: rows() > suspended_at)  # going on after `fg`
+        stderr, _ = interrupt(proc, signal.SIGINT)
     assert proc.returncode == 130, stderr
 
 
