@@ -66,6 +66,14 @@ def handle_sigterm_as_interrupt():
         return None
 
 
+def note_signal(interruption: KeyboardInterrupt) -> None:
+    """Keep the signal that stopped the training process (training_process.Interrupted) as the
+    run's own, unless this process received one first."""
+    global received_signal
+    if received_signal is None:
+        received_signal = getattr(interruption, "signum", None)
+
+
 def signal_name() -> str:
     return signal.Signals(received_signal or signal.SIGINT).name
 
@@ -236,7 +244,8 @@ def train_task(cfg: DictConfig) -> float:
         else:
             write_status(run_dir, "completed", config_hash=digest, objective=objective)
         return objective
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
+        note_signal(interruption)
         try:
             figures.queue().settle()  # the earlier jobs of a sweep complete
         finally:

@@ -52,6 +52,15 @@ class TrainingProcessError(RuntimeError):
     """A bug in kdrun surfaced in the training process, or the process ended mid-job."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """The training process stopped the job on a signal: ``signum``, SIGINT or SIGTERM (a batch
+    system may signal every process of a job, not only the main one)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+
+
 class RemoteTraceback(Exception):
     """The training process's traceback, shown as the cause of a TrainingProcessError."""
 
@@ -101,7 +110,8 @@ class TrainingProcess:
     def run(self, cfg: Any, run_dir: Path) -> Optional[dict]:
         """Run the experiment for ``cfg`` (the schema's dataclasses) there; its summary, or None
         when the process could not take the job (then run it here). Raises ExperimentFailed,
-        KeyboardInterrupt (this process was interrupted, or that one) or TrainingProcessError."""
+        KeyboardInterrupt (this process was interrupted), Interrupted (that one was) or
+        TrainingProcessError."""
         if not self.running():
             return None
         started = False
@@ -130,7 +140,7 @@ class TrainingProcess:
                 elif kind == "failed":
                     raise ExperimentFailed(*content)
                 elif kind == "interrupted":
-                    raise KeyboardInterrupt
+                    raise Interrupted(*content)
                 else:
                     description, remote_traceback = content
                     raise TrainingProcessError(f"in the training process: {description}") from RemoteTraceback(remote_traceback)
@@ -265,10 +275,19 @@ class _ToParent(logging.Handler):
         self.requests.receive()  # ("handled",)
 
 
+_received_signal = signal.SIGINT  # the signal that interrupted the job (the main process sends SIGINT)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    global _received_signal
+    _received_signal = signum
+    raise KeyboardInterrupt
+
+
 def serve(requests_fd: int, replies_fd: int, draws_figures: bool) -> None:
     """Import torch and kdrun's training code, then run the jobs the main process sends."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where it was ignored
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # sent here directly: stop as on SIGINT
+    signal.signal(signal.SIGINT, _interrupt)  # even where it was ignored
+    signal.signal(signal.SIGTERM, _interrupt)  # sent here directly: stop as on SIGINT
     replies = os.fdopen(replies_fd, "wb")
     requests = MessageReader(requests_fd)
     threading.Thread(target=_end_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -294,7 +313,7 @@ def serve(requests_fd: int, replies_fd: int, draws_figures: bool) -> None:
             reply = _run_job(replies, root, *request[1:])
             send(replies, reply)
             if reply[0] == "interrupted":
-                _exit(130)
+                _exit(128 + reply[1])
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     except BaseException:  # the main process is gone, or this one was stopped between jobs
         figures.queue().stop()
@@ -317,7 +336,7 @@ def _run_job(replies, root: logging.Logger, cfg: Any, run_dir: str, cwd: str, le
         return ("ok", run_experiment(cfg, Path(run_dir), make_console()))
     except KeyboardInterrupt:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        reply = ("interrupted",)
+        reply = ("interrupted", int(_received_signal))
     except BaseException as error:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         failure = failure_of(error)

@@ -188,6 +188,20 @@ def test_sigterm_stops_a_run_started_with_sigint_ignored(tmp_path):
 
 
 @needs_proc
+def test_sigterm_to_the_training_process_alone_is_reported_as_sigterm(tmp_path):
+    """A batch system may signal any process of a job: the run says which signal stopped it."""
+    run = tmp_path / "run"
+    with killed_if_left(start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)) as proc:
+        wait_for_metrics(proc, run)
+        training_process = _helpers(proc.pid)[0]
+        os.kill(training_process, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 143 and "interrupted by SIGTERM" in stderr, stderr
+    status = read_status(run)
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
+
+
+@needs_proc
 def test_killed_main_process_takes_the_training_process_with_it(tmp_path):
     run = tmp_path / "run"
     with killed_if_left(start_kdrun("train", f"hydra.run.dir={run}", *LONG_RUN, cwd=tmp_path)) as proc:
