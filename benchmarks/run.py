@@ -20,10 +20,11 @@ Sections
   c  in this process: torch fp32 matmul GFLOP/s (2048^2) at 1 and 2 threads, then MNIST-size
      epochs (50,000 x 784 random, batch 512) through kdrun.train.fit with kdrun.models.MLP:
      teacher 784-1200-1200-10 (plain), student 784-800-800-10 (distilled from precomputed
-     teacher logits). FLOPs per epoch = 6 * params * n_train (forward 2, backward 4 per
-     parameter per example; slightly over-counts, since the first layer needs no input gradient)
-     + 2 * params * n_val for fit's per-epoch validation pass. Ratio = achieved / matmul rate at
-     the same thread count.
+     teacher logits). FLOPs per epoch count the matrix products only: per training example
+     2 * W forward, 2 * W for the weight gradients and 2 * W' for the input gradients, where W
+     is the weight count of all layers and W' of all but the first (the data needs no
+     gradient); per validation example 2 * W. Ratio = achieved / matmul rate at the same thread
+     count.
 
 Every process's wall time, CPU time (user + sys) and peak RSS come from os.wait4. The machine is
 shared: the load average is printed at the start and the end; trust same-run ratios only.
@@ -298,6 +299,8 @@ def section_m(tmp: Path) -> None:
 def section_c(device_name: str, epochs: int) -> None:
     import torch
 
+    from torch import nn
+
     from kdrun.data import Split
     from kdrun.models import MLP, count_parameters
     from kdrun.train import Distillation, FitSettings, fit, predict
@@ -308,6 +311,10 @@ def section_c(device_name: str, epochs: int) -> None:
           f"{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''} ==")
     print(f"torch {torch.__version__}, default threads {torch.get_num_threads()}, os.cpu_count {os.cpu_count()}, "
           f"{platform.processor() or platform.machine()}")
+
+    def matmul_flops(model: nn.Module, n_train: int, n_val: int) -> int:
+        weights = [m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear)]
+        return (6 * sum(weights) - 2 * weights[0]) * n_train + 2 * sum(weights) * n_val
 
     def sync():
         if cuda:
@@ -339,15 +346,16 @@ def section_c(device_name: str, epochs: int) -> None:
         teacher = MLP(dim, [1200, 1200], classes).to(device)
         student = MLP(dim, [800, 800], classes).to(device)
         settings = FitSettings(epochs, 512, "adam", 1e-3, 0.0, 0)
-        p_t, p_s = count_parameters(teacher), count_parameters(student)
+        p_t = count_parameters(teacher)
         rows_t = fit(teacher, train, val, settings, "teacher")
         started = time.perf_counter()
         logits = predict(teacher, train.x)
         sync()
         predict_s = time.perf_counter() - started
         rows_s = fit(student, train, val, settings, "distilled", Distillation(logits, 0.7, 3.0))
-        for name, params, rows in (("teacher 784-1200-1200-10", p_t, rows_t), ("student 784-800-800-10", p_s, rows_s)):
-            flops = 6 * params * n_train + 2 * params * n_val
+        for name, model, rows in (("teacher 784-1200-1200-10", teacher, rows_t), ("student 784-800-800-10", student, rows_s)):
+            params = count_parameters(model)
+            flops = matmul_flops(model, n_train, n_val)
             seconds = med([r["seconds"] for r in rows])  # kdrun syncs once per epoch (loss sums) before timing ends
             achieved = flops / seconds / 1e9
             results.append((threads, rate, name, params, seconds, achieved))
@@ -356,7 +364,8 @@ def section_c(device_name: str, epochs: int) -> None:
         for t, r, name, params, seconds, achieved in results[-2:]:
             print(f"  {name:<25} {params:>9,} params  epoch {seconds:6.2f} s (median of {epochs})  "
                   f"{achieved:7.1f} GFLOP/s = {achieved / r:5.1%} of matmul")
-    print("  FLOPs per epoch = 6 * params * 50,000 (training forward + backward) + 2 * params * 10,000 (validation)")
+    print("  FLOPs per epoch: matrix products only; 50,000 training examples x (2W forward + 2W weight gradients")
+    print("  + 2W' input gradients) + 10,000 validation examples x 2W (W: weights of all layers, W': all but the first)")
     for threads in thread_counts:
         ratio = min(r[5] / r[1] for r in results if r[0] == threads)
         print(f"target (c): >= 75% of matmul GFLOP/s at the same thread count, {threads} thread(s), worst model: "
