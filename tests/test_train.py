@@ -155,6 +155,30 @@ def test_with_alpha_zero_the_distilled_student_is_the_baseline_bit_for_bit(tmp_p
     assert not all(torch.equal(distilled[k], baseline[k]) for k in distilled)
 
 
+@pytest.mark.parametrize("distill", [False, True])
+def test_batches_gathered_per_step_train_exactly_as_batches_cut_from_the_epochs_order(monkeypatch, distill):
+    """Large training sets are gathered a batch at a time, small ones reordered once per epoch:
+    the two must give the same weights and metrics, bit for bit."""
+    import kdrun.train as train_module
+    from kdrun.data import Split
+
+    generator = torch.Generator().manual_seed(0)
+    train = Split(torch.randn(100, 12, generator=generator), torch.randint(0, 4, (100,), generator=generator))
+    val = Split(torch.randn(20, 12, generator=generator), torch.randint(0, 4, (20,), generator=generator))
+    distillation = train_module.Distillation(torch.randn(100, 4, generator=generator), 0.6, 3.0) if distill else None
+    settings = train_module.FitSettings(2, 16, "adam", 1e-2, 0.0, batch_seed=3)
+    results = []
+    for limit in (train_module.EPOCH_GATHER_BYTES, 0):
+        monkeypatch.setattr(train_module, "EPOCH_GATHER_BYTES", limit)
+        torch.manual_seed(0)
+        model = MLP(12, [8], 4)
+        rows = train_module.fit(model, train, val, settings, "student", distillation)
+        results.append(([{k: v for k, v in row.items() if k != "seconds"} for row in rows], model.state_dict()))
+    (rows_epoch, weights_epoch), (rows_batch, weights_batch) = results
+    assert rows_epoch == rows_batch
+    assert all(torch.equal(weights_epoch[k], weights_batch[k]) for k in weights_epoch)
+
+
 def test_per_phase_epochs_and_default_output_directory(tmp_path):
     result = kdrun("train", *TINY, "trainer.teacher_epochs=3", "trainer.student_epochs=1", "plots=false",
                    f"cache.dir={tmp_path}/cache", cwd=tmp_path)  # fmt: skip
