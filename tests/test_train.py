@@ -3,6 +3,7 @@ that make the comparison fair (held-out split, identical student start, same bat
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import re
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdrun.data import make_synthetic, stratified_split
 from kdrun.models import MLP, count_parameters
@@ -261,3 +263,24 @@ def test_configs_are_found_from_an_installed_wheel(tmp_path):
     result = kdrun("train", *TINY, "plots=false", f"cache.dir={tmp_path}/cache", cwd=elsewhere, env=env)
     assert result.returncode == 0, result.stderr
     assert list((elsewhere / "outputs").glob("*/*/summary.csv"))
+
+
+@pytest.mark.parametrize("name, weight_decay", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.01)])
+def test_fused_adam_steps_exactly_as_torch_optim_with_fused_kernel(name: str, weight_decay: float) -> None:
+    from kdrun.optim import FusedAdam, make_optimizer
+
+    torch.manual_seed(0)
+    ours = MLP(6, [8, 8], 3)
+    theirs = copy.deepcopy(ours)
+    optimizer = make_optimizer(ours, name, 1e-2, weight_decay)
+    assert isinstance(optimizer, FusedAdam)
+    reference_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    reference = reference_class(theirs.parameters(), lr=1e-2, weight_decay=weight_decay, fused=True)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for _ in range(5):
+        for model, opt in ((ours, optimizer), (theirs, reference)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    for mine, expected in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(mine, expected)
