@@ -2,7 +2,8 @@
 
 Trains the teacher, then the distilled student, then the baseline student (the same initial
 weights and the same batches as the distilled one: the loss is the only difference), evaluates
-all three on held-out data and writes the run directory. Returns the distilled student's
+all three on held-out data and writes the run directory. Where a second core is free, the
+baseline trains beside the teacher and its results come out in its turn (``TrainedAhead``). Returns the distilled student's
 validation accuracy, the number a sweeper optimises.
 """
 
@@ -11,16 +12,17 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from kdrun import figures
-from kdrun.cache import load_or_train, save_atomic
+from kdrun.cache import ClaimedEntry, claim_missing_entry, load_or_train, save_atomic
 from kdrun.config import KDRunConf, MLPConf, model_cache_dir, phase_epochs, to_plain
 from kdrun.data import DataSplits, load_data
 from kdrun.models import MLP, count_parameters
@@ -88,6 +90,71 @@ class _Phase:
             self.bar.stop()
 
 
+class _Cancelled(Exception):
+    pass
+
+
+class TrainedAhead:
+    """A model trained on a second thread ahead of its turn; its rows wait to be replayed then.
+
+    The baseline student depends on neither the teacher nor alpha and T, so where this process
+    has a second core and the models run on one thread each (small models on the CPU), it trains
+    beside the teacher. It is the same model, bit for bit, as one trained in its turn: the same
+    initial weights and batches, one thread, and no draws from the global RNG (no dropout), which
+    the teacher's dropout uses meanwhile. Replayed in its turn, its rows reach metrics.csv, the
+    progress display and the log in the usual order, and its error (a NaN loss) is raised there.
+    """
+
+    def __init__(self, train: Callable[[Callable[[dict], None]], list[dict]], entry: ClaimedEntry) -> None:
+        self.entry = entry  # the cache entry's lock, held until the model is stored or dropped
+        self.rows: list[dict] = []
+        self.error: Optional[BaseException] = None
+        self.seconds = math.nan
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(train,), name="kdrun-train-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, train: Callable[[Callable[[dict], None]], list[dict]]) -> None:
+        started = time.perf_counter()
+
+        def collect(row: dict) -> None:
+            if self._cancelled.is_set():
+                raise _Cancelled
+            self.rows.append(row)
+
+        try:
+            train(collect)
+        except BaseException as error:
+            self.error = error
+        self.seconds = time.perf_counter() - started
+
+    def replay(self, on_epoch: Callable[[dict], None]) -> list[dict]:
+        """Wait for the model; pass each row to ``on_epoch``; raise the error it stopped on."""
+        self._thread.join()
+        for row in self.rows:
+            on_epoch(row)
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+    def cancel(self) -> None:
+        """Stop it after its current epoch and drop it (the cache entry is released unwritten)."""
+        self._cancelled.set()
+        self._thread.join()
+        self.entry.release()
+
+
+def _trains_baseline_ahead(cfg: KDRunConf, device: torch.device, threads: int) -> bool:
+    return (
+        device.type == "cpu"
+        and cfg.trainer.threads is None  # chosen here: small models, one thread each
+        and threads == 1
+        and DEFAULT_THREADS >= 2  # this process has a second core (parallel launchers give each job one)
+        and cfg.model.student.dropout == 0
+        and bool(cfg.dataset.transfer_labels)
+    )
+
+
 def _teacher_probabilities(teacher: MLP, data: DataSplits, run_temperature: float, n_examples: int = 3):
     logits = predict(teacher, data.test.x[:n_examples]).float().cpu()
     temperatures = sorted(set(PLOT_TEMPERATURES) | {float(run_temperature)})
@@ -136,8 +203,11 @@ def run_experiment(cfg: KDRunConf, run_dir: Path, console: Console, wait_for_fig
     source: dict[str, str] = {}
     seconds: dict[str, float] = {}
 
-    def run_phase(name: str, model: MLP, split, epochs: int, batch_seed: int, distillation=None, cache_kind=None, key=None):
-        settings = FitSettings(epochs, cfg.trainer.batch_size, cfg.trainer.optimizer, cfg.trainer.lr, cfg.trainer.weight_decay, batch_seed)
+    def settings_for(epochs: int, batch_seed: int) -> FitSettings:
+        trainer = cfg.trainer
+        return FitSettings(epochs, trainer.batch_size, trainer.optimizer, trainer.lr, trainer.weight_decay, batch_seed)
+
+    def run_phase(name: str, model: MLP, split, epochs: int, batch_seed: int, distillation=None, cache_kind=None, key=None, ahead=None):
         started = time.perf_counter()
         with progress.phase(name, epochs) as phase:
             def train_now() -> list[dict]:
@@ -146,9 +216,14 @@ def run_experiment(cfg: KDRunConf, run_dir: Path, console: Console, wait_for_fig
                     phase.update(row)
                     figures.queue().settle(block=False)  # an earlier sweep job whose figures are written completes
 
-                return fit(model, split, val, settings, name, distillation, on_epoch=on_epoch)
+                if ahead is not None:
+                    return ahead.replay(on_epoch)
+                return fit(model, split, val, settings_for(epochs, batch_seed), name, distillation, on_epoch=on_epoch)
 
-            if cache_kind is None:
+            if ahead is not None:
+                rows, origin = train_now(), "trained"
+                ahead.entry.store(model, rows)
+            elif cache_kind is None:
                 rows, origin = train_now(), "trained"
             else:
                 rows, origin = load_or_train(cache_kind, key, model, train_now, cache_dir)
@@ -158,38 +233,49 @@ def run_experiment(cfg: KDRunConf, run_dir: Path, console: Console, wait_for_fig
                         phase.update(row)
         history.extend(rows)
         source[name] = origin
-        seconds[name] = time.perf_counter() - started
+        seconds[name] = ahead.seconds if ahead is not None else time.perf_counter() - started
         if origin == "cached":
             log.info("%-9s reused from the cache (%s)", name, cache_dir)
 
     teacher_epochs, student_epochs = phase_epochs(cfg, "teacher"), phase_epochs(cfg, "student")
-    run_phase(
-        "teacher", teacher, train, teacher_epochs, seed, cache_kind="teacher",
-        key={**common_key, "data": data.fingerprint(include_transfer=False), "model": to_plain(cfg.model.teacher), "epochs": teacher_epochs},
-    )  # fmt: skip
-    if cfg.plots:
-        probabilities, labels = _teacher_probabilities(teacher, data, cfg.loss.temperature)
-        figures.queue().submit(
-            run_dir, "plot_temperature", run_dir / "temperature.png", probabilities, labels, float(cfg.loss.temperature)
-        )
-
-    # Both students start from the same weights and see the same batches.
-    torch.manual_seed(seed + 1)
-    initial_student = _build(cfg.model.student, data).to(device)
+    # Both students start from the same weights and see the same batches. Their initial weights
+    # come from seed + 1 whatever the teacher drew meanwhile.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        initial_student = _build(cfg.model.student, data).to(device)
     distilled, baseline = copy.deepcopy(initial_student), copy.deepcopy(initial_student)
-    teacher_logits = predict(teacher, transfer.x)
-    distillation = Distillation(teacher_logits, cfg.loss.alpha, cfg.loss.temperature, cfg.dataset.transfer_labels)
-    torch.manual_seed(seed + 2)  # dropout masks
-    run_phase("distilled", distilled, transfer, student_epochs, seed + 1, distillation=distillation)
-    if cfg.dataset.transfer_labels:
-        torch.manual_seed(seed + 2)
+    baseline_key = {**common_key, "data": data.fingerprint(), "model": to_plain(cfg.model.student), "epochs": student_epochs}
+    baseline_ahead = None
+    if _trains_baseline_ahead(cfg, device, threads):
+        entry = claim_missing_entry("baseline", baseline_key, cache_dir)
+        if entry is not None:  # else it is in the cache, or another job is training it
+            settings = settings_for(student_epochs, seed + 1)
+            baseline_ahead = TrainedAhead(lambda on_epoch: fit(baseline, transfer, val, settings, "baseline", on_epoch=on_epoch), entry)
+            log.debug("baseline  trains on a second thread beside the teacher")
+    try:
         run_phase(
-            "baseline", baseline, transfer, student_epochs, seed + 1, cache_kind="baseline",
-            key={**common_key, "data": data.fingerprint(), "model": to_plain(cfg.model.student), "epochs": student_epochs},
+            "teacher", teacher, train, teacher_epochs, seed, cache_kind="teacher",
+            key={**common_key, "data": data.fingerprint(include_transfer=False), "model": to_plain(cfg.model.teacher), "epochs": teacher_epochs},
         )  # fmt: skip
-    else:
-        source["baseline"] = "not_trained"
-        log.info("baseline  not trained: dataset.transfer_labels=false leaves it no labels to learn from")
+        if cfg.plots:
+            probabilities, labels = _teacher_probabilities(teacher, data, cfg.loss.temperature)
+            figures.queue().submit(
+                run_dir, "plot_temperature", run_dir / "temperature.png", probabilities, labels, float(cfg.loss.temperature)
+            )
+
+        teacher_logits = predict(teacher, transfer.x)
+        distillation = Distillation(teacher_logits, cfg.loss.alpha, cfg.loss.temperature, cfg.dataset.transfer_labels)
+        torch.manual_seed(seed + 2)  # dropout masks
+        run_phase("distilled", distilled, transfer, student_epochs, seed + 1, distillation=distillation)
+        if cfg.dataset.transfer_labels:
+            torch.manual_seed(seed + 2)
+            run_phase("baseline", baseline, transfer, student_epochs, seed + 1, cache_kind="baseline", key=baseline_key, ahead=baseline_ahead)
+        else:
+            source["baseline"] = "not_trained"
+            log.info("baseline  not trained: dataset.transfer_labels=false leaves it no labels to learn from")
+    finally:
+        if baseline_ahead is not None:
+            baseline_ahead.cancel()  # a no-op once it is stored
 
     if cfg.plots:
         figures.queue().submit(run_dir, "plot_curves", run_dir / "curves.png", history)

@@ -181,6 +181,71 @@ def test_batches_gathered_per_step_train_exactly_as_batches_cut_from_the_epochs_
     assert all(torch.equal(weights_epoch[k], weights_batch[k]) for k in weights_epoch)
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="the baseline trains beside the teacher only with a second core")
+def test_the_baseline_trained_beside_the_teacher_is_the_baseline_trained_in_its_turn(tmp_path):
+    """With a second core the baseline trains on another thread while the teacher trains (whose
+    dropout draws from the global RNG meanwhile); trainer.threads=1, chosen by hand, keeps the
+    old order. Every metric and weight must come out the same, bit for bit."""
+    common = [*TINY, "trainer.epochs=3", "model.teacher.dropout=0.3", "plots=false", "cache.enabled=false", "hydra.verbose=kdrun"]
+    for name, extra in (("beside", []), ("in_turn", ["trainer.threads=1"])):
+        result = kdrun("train", *common, *extra, f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    log_beside, log_in_turn = ((tmp_path / d / "train.log").read_text() for d in ("beside", "in_turn"))
+    assert "second thread" in log_beside and "second thread" not in log_in_turn
+
+    def without_seconds(rows: list[dict], key: str) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != key} for row in rows]
+
+    metrics = [without_seconds(read_csv(tmp_path / d / "metrics.csv"), "seconds") for d in ("beside", "in_turn")]
+    assert [r["model"] for r in metrics[0]] == ["teacher"] * 3 + ["distilled"] * 3 + ["baseline"] * 3
+    assert metrics[0] == metrics[1]
+    summaries = [without_seconds(read_csv(tmp_path / d / "summary.csv"), "train_seconds") for d in ("beside", "in_turn")]
+    assert summaries[0] == summaries[1]
+    for model in ("teacher", "distilled", "baseline"):
+        beside, in_turn = (torch.load(tmp_path / d / f"{model}.pt", weights_only=True)["state_dict"] for d in ("beside", "in_turn"))
+        assert all(torch.equal(beside[k], in_turn[k]) for k in beside)
+    lines = [line.split("] ", 1)[1] for line in log_beside.splitlines() if "epoch 3/3" in line]
+    assert [line.split()[0] for line in lines] == ["teacher", "distilled", "baseline"]
+
+
+def test_a_model_trained_ahead_replays_its_rows_then_its_error_and_holds_its_cache_entry(tmp_path):
+    from kdrun.cache import claim_missing_entry, load_or_train
+    from kdrun.experiment import TrainedAhead
+    from kdrun.train import NonFiniteLossError
+
+    def fails_at_epoch_3(on_epoch):
+        for epoch in (1, 2):
+            on_epoch({"model": "baseline", "epoch": epoch})
+        raise NonFiniteLossError("baseline", 3, 5, float("nan"))
+
+    key, cache = {"model": "x"}, tmp_path / "cache"
+    entry = claim_missing_entry("baseline", key, cache)
+    assert entry is not None
+    assert claim_missing_entry("baseline", key, cache) is None  # held: another job would not train it too
+    ahead = TrainedAhead(fails_at_epoch_3, entry)
+    replayed = []
+    with pytest.raises(NonFiniteLossError, match="epoch 3"):
+        ahead.replay(replayed.append)
+    assert [row["epoch"] for row in replayed] == [1, 2]
+    ahead.cancel()  # what run_experiment does on the way out: the entry is released, unwritten
+    assert not list(cache.glob("*.pt"))
+
+    def trains_until_cancelled(on_epoch):
+        while True:
+            on_epoch({"model": "baseline"})
+
+    model = MLP(4, [3], 2)
+    entry = claim_missing_entry("baseline", key, cache)
+    assert entry is not None  # released above
+    ahead = TrainedAhead(trains_until_cancelled, entry)
+    ahead.cancel()  # returns: the thread stopped at its next epoch
+    assert not ahead._thread.is_alive()
+    entry = claim_missing_entry("baseline", key, cache)
+    entry.store(model, [{"epoch": 1}])
+    assert claim_missing_entry("baseline", key, cache) is None  # stored
+    assert load_or_train("baseline", key, MLP(4, [3], 2), lambda: pytest.fail("trained again"), cache) == ([{"epoch": 1}], "cached")
+
+
 def test_per_phase_epochs_and_default_output_directory(tmp_path):
     result = kdrun("train", *TINY, "trainer.teacher_epochs=3", "trainer.student_epochs=1", "plots=false",
                    f"cache.dir={tmp_path}/cache", cwd=tmp_path)  # fmt: skip
