@@ -189,7 +189,8 @@ def section_a(tmp: Path, repeats: int) -> None:
     print(f"  the same against the notebook at 1 thread (immune to a busy machine): {ratio1:.2f}x  {verdict(ratio1, 2.5)}")
     print("  notebook: torch default threads, DataLoader batch 32, teacher forward per batch, KL checks,\n"
           "            evaluation on the training set, one 5-panel PNG; writes no checkpoints or CSVs.\n"
-          "  kdrun:    1 thread (model < 1M params), held-out split, 3 checkpoints, metrics/summary CSVs,\n"
+          "  kdrun:    1 thread per model (< 1M params), the baseline on a second thread beside the teacher,\n"
+          "            held-out split, 3 checkpoints, metrics/summary CSVs,\n"
           "            status.json, train.log, two PNGs (training curves; teacher soft targets at 6 T) unless plots=false.")
 
 
@@ -216,7 +217,8 @@ def sweep_breakdown(sweep_dir: Path, started_at: float, ended_at: float) -> str:
     rest_walls, rest_trains = (walls[1:], trains[1:]) if len(jobs) > 1 else (walls, trains)
     lines = [
         f"  start-up: {starts[0] - started_at:.2f} s (interpreter, imports, Hydra composing all {len(jobs)} job configs)",
-        f"  job 0 (trains teacher + baseline): {walls[0]:.2f} s, of which training {trains[0]:.2f} s",
+        f"  job 0 (trains teacher + baseline): {walls[0]:.2f} s; training {trains[0]:.2f} s summed over the models "
+        "(the baseline trains beside the teacher)",
         f"  jobs 1-{len(jobs) - 1} (median per job): {med(rest_walls):.3f} s, of which training {med(rest_trains):.3f} s "
         f"(rest: job set-up, evaluation, checkpoints, CSVs, handing figures over {med(rest_walls) - med(rest_trains):.3f} s)",
         f"  after the last job's summary: {ended_at - last_summary:.2f} s (its figures, comparison table, heatmap, exit)",
