@@ -121,14 +121,16 @@ def _store(path: Path, model: torch.nn.Module, history: list[dict], key_parts: d
 
 class ClaimedEntry:
     """A missing entry's lock, held until ``store`` or ``release``: a model trained ahead of its
-    turn is stored under it, and no other job trains the same model meanwhile."""
+    turn is stored under it, and no other job trains the same model meanwhile. Without a cache
+    (``path`` None) it stores nothing."""
 
-    def __init__(self, path: Path, handle: Any, key_parts: dict[str, Any]) -> None:
+    def __init__(self, path: Optional[Path], handle: Any, key_parts: dict[str, Any]) -> None:
         self.path, self.handle, self.key_parts = path, handle, key_parts
 
     def store(self, model: torch.nn.Module, history: list[dict]) -> None:
         try:
-            _store(self.path, model, history, self.key_parts)
+            if self.path is not None:
+                _store(self.path, model, history, self.key_parts)
         finally:
             self.release()
 
@@ -142,7 +144,7 @@ def claim_missing_entry(kind: str, key_parts: dict[str, Any], directory: Optiona
     stored already or another job holds the lock (it is training that model). With
     ``directory=None`` (no cache) there is nothing to hold: an entry that stores nothing."""
     if directory is None:
-        return _NotStored()
+        return ClaimedEntry(None, None, key_parts)
     path = _entry_path(kind, key_parts, directory)
     handle = _acquire(path.with_suffix(".lock"), wait=False)
     if handle is None:  # another job is training it
@@ -151,11 +153,3 @@ def claim_missing_entry(kind: str, key_parts: dict[str, Any], directory: Optiona
         _release(handle)
         return None
     return ClaimedEntry(path, handle, key_parts)
-
-
-class _NotStored(ClaimedEntry):
-    def __init__(self) -> None:
-        super().__init__(Path(), None, {})
-
-    def store(self, model: torch.nn.Module, history: list[dict]) -> None:
-        pass

@@ -3,8 +3,8 @@
 Trains the teacher, then the distilled student, then the baseline student (the same initial
 weights and the same batches as the distilled one: the loss is the only difference), evaluates
 all three on held-out data and writes the run directory. Where a second core is free, the
-baseline trains beside the teacher and its results come out in its turn (``TrainedAhead``). Returns the distilled student's
-validation accuracy, the number a sweeper optimises.
+baseline trains beside the teacher and its results come out in its turn (``TrainedAhead``).
+Returns the distilled student's validation accuracy, the number a sweeper optimises.
 """
 
 from __future__ import annotations
