@@ -350,8 +350,9 @@ def section_c(device_name: str, epochs: int) -> None:
         settings = FitSettings(epochs, 512, "adam", 1e-3, 0.0, 0)
         print(f"threads {threads}:")
         ratios_by_model = []
-        for name, model, distillation in (("teacher 784-1200-1200-10", teacher, None), ("student 784-800-800-10", student, "distil")):
-            if distillation is not None:
+        for name, model, distils in (("teacher 784-1200-1200-10", teacher, False), ("student 784-800-800-10", student, True)):
+            distillation = None
+            if distils:
                 started = time.perf_counter()
                 logits = predict(teacher, train.x)
                 sync()

@@ -244,8 +244,9 @@ def run_experiment(cfg: KDRunConf, run_dir: Path, console: Console, wait_for_fig
         torch.manual_seed(seed + 1)
         initial_student = _build(cfg.model.student, data).to(device)
     distilled, baseline = copy.deepcopy(initial_student), copy.deepcopy(initial_student)
-    baseline_key = {**common_key, "data": data.fingerprint(), "model": to_plain(cfg.model.student), "epochs": student_epochs}
-    baseline_ahead = None
+    baseline_ahead = baseline_key = None
+    if cfg.dataset.transfer_labels:  # else there is no baseline (and no need to hash the data for its key)
+        baseline_key = {**common_key, "data": data.fingerprint(), "model": to_plain(cfg.model.student), "epochs": student_epochs}
     if _trains_baseline_ahead(cfg, device, threads):
         entry = claim_missing_entry("baseline", baseline_key, cache_dir)
         if entry is not None:  # else it is in the cache, or another job is training it
