@@ -20,42 +20,23 @@ import re
 import statistics
 import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
 from kdrun.errors import EXIT_USAGE
-from kdrun.reports import STATUS_FILE, read_status, write_csv_atomic
+from kdrun.run_files import METRICS, MODELS, RESULT_UNCHANGED_KEYS, Metric, STATUS_FILE, read_status, write_csv_atomic
+from kdrun.stats import mean_ci
 
 EXIT_OK = 0
 
-MODELS = ("teacher", "distilled", "baseline")
 SUMMARY_FILE = "summary.csv"
 COMPARISON_FILE = "comparison.csv"
 BY_CONFIG_FILE = "comparison_by_config.csv"
 HEATMAP_FILE = "heatmap.png"
 SEED_KEY = "trainer.seed"
-# Settings that cannot change a run's results (as hydra.job.config.override_dirname.exclude_keys).
-IGNORED_KEYS = frozenset({"trainer.device", "trainer.threads", "cache.enabled", "cache.dir", "dataset.root", "plots"})
 NOT_COUNTED = ("failed", "interrupted", "running", "unknown")
-
-
-@dataclass(frozen=True)
-class Metric:
-    column: str  # the summary.csv column
-    title: str
-    percent: bool  # shown as a percentage, differences in points
-    higher_is_better: bool
-
-
-METRICS = {
-    "test_acc": Metric("test_acc", "test accuracy", True, True),
-    "val_acc": Metric("val_acc", "val accuracy", True, True),
-    "test_nll": Metric("test_nll", "test NLL", False, False),
-    "agreement": Metric("agreement", "test agreement with the teacher", True, True),
-}
 
 
 class CompareError(Exception):
@@ -91,79 +72,6 @@ class Comparison:
     skipped: list[Run]  # malformed summary.csv
     varying: list[str]  # settings whose values differ across the listed runs
     metric: Metric
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def regularized_beta(x: float, a: float, b: float) -> float:
-    """I_x(a, b), the regularised incomplete beta function."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: int) -> float:
-    """P(|T| > t) for Student's t with ``df`` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2)."""
-    return regularized_beta(df / (df + t * t), df / 2.0, 0.5)
-
-
-@lru_cache(maxsize=None)
-def t_critical(df: int, confidence: float = 0.95) -> float:
-    """The two-sided critical value t_{(1+confidence)/2, df}, computed exactly (no scipy): bisection
-    on t of the tail probability above, which falls monotonically in t. Exact to ~1e-12."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
-    tail = 1.0 - confidence
-    low, high = 0.0, 1.0
-    while t_two_sided_p(high, df) > tail:
-        low, high = high, high * 2.0
-    for _ in range(200):
-        middle = (low + high) / 2.0
-        if t_two_sided_p(middle, df) > tail:
-            low = middle
-        else:
-            high = middle
-        if high - low < 1e-13 * high:
-            break
-    return (low + high) / 2.0
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the t-interval around it: mean ± t_{0.975, n-1} · s / √n, where s is the sample
-    standard deviation (n − 1 in the denominator). Used on paired differences (distilled −
-    baseline of the same seed), so the seed-to-seed spread they share cancels. With one value
-    the interval is (nan, nan)."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, math.nan, math.nan
-    half = t_critical(n - 1, confidence) * statistics.stdev(values) / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def _std(values: Sequence[float]) -> float:
@@ -328,7 +236,7 @@ def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
         raise CompareError(f"no runs (directories with .hydra/ and status.json or summary.csv) below {', '.join(map(str, dirs))}")
     runs = [read_run(path, METRICS[metric]) for path in paths]
     listed = [r for r in runs if r.status != "malformed"]
-    keys = list(dict.fromkeys(k for r in listed for k in _override_keys(r.path) if k not in IGNORED_KEYS))
+    keys = list(dict.fromkeys(k for r in listed for k in _override_keys(r.path) if k not in RESULT_UNCHANGED_KEYS))
     for run in listed:
         run.settings = read_settings(run.path, keys)
     varying = [k for k in keys if len({r.settings[k] for r in listed}) > 1]
@@ -513,41 +421,6 @@ def heatmap_cells(comparison: Comparison) -> Optional[dict[tuple[float, float], 
     return cells
 
 
-def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], comparison: Comparison) -> None:
-    """Mean improvement (distilled − baseline) over the alpha × temperature grid, each cell
-    annotated; blue is where distillation helps. When every cell averages the same number of
-    runs the count is said once, in the title, rather than in each cell (one line of text a cell)."""
-    from kdrun.plots import new_figure, savefig_atomic
-    metric = comparison.metric
-    scale = 100.0 if metric.percent else 1.0
-    alphas = sorted({a for a, _ in cells})
-    temperatures = sorted({t for _, t in cells})
-    grid = [[scale * statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in temperatures] for a in alphas]
-    finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
-    limit = max(finite + [1e-9])
-    counts = {len(v) for v in cells.values()}
-    per_cell = len(counts) > 1  # else the title gives the one count
-    width, height = 1.1 * len(temperatures) + 2.8, 0.7 * len(alphas) + 1.6
-    fig = new_figure(figsize=(width, height))
-    ax = fig.subplots()
-    fig.subplots_adjust(left=1.1 / width, right=1 - 0.3 / width, bottom=0.75 / height, top=1 - 0.55 / height)  # no tight_layout: it draws twice
-    image = ax.imshow(grid, cmap="RdBu" if metric.higher_is_better else "RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            if not math.isnan(value):
-                n = len(cells[(alphas[i], temperatures[j])])
-                text = f"{value:+.1f}" if metric.percent else f"{value:+.3f}"
-                ax.text(j, i, text + (f"\nn={n}" if per_cell and n > 1 else ""), ha="center", va="center", fontsize=9, color="white" if abs(value) > 0.6 * limit else "black")
-    ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
-    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
-    ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft targets)")
-    unit = "points" if metric.percent else metric.title
-    note = " (mean over runs per cell)" if per_cell else "" if counts == {1} else f" (mean of {counts.pop()} runs per cell)"
-    ax.set_title(f"Distilled − baseline {metric.title}, {unit}{note}", fontsize=10, y=1.0)  # a given y: no tick measuring
-    fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
-    savefig_atomic(fig, path, dpi=100)
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -562,13 +435,9 @@ def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], group
     cells = heatmap_cells(comparison) if plot else None
     if cells is not None:
         written.append(out_dir / HEATMAP_FILE)
-        from kdrun import figures
+        from kdrun.plots import draw_heatmap
 
-        if figures.queue().running():  # at the end of a sweep: its worker has matplotlib loaded
-            figures.queue().submit(out_dir, "draw_heatmap", written[-1], cells, comparison)
-            figures.queue().wait(out_dir)
-        else:
-            draw_heatmap(written[-1], cells, comparison)
+        draw_heatmap(written[-1], cells, comparison.metric)
     return written
 
 

@@ -1,7 +1,9 @@
-"""How a job that went wrong ends: an exit code and one message, or a traceback for a bug.
+"""The errors a user can cause, and the exit codes a job ends with.
 
-Imports neither torch nor Hydra, so that both the Hydra process and the training process
-(``kdrun.training_process``) can classify an error the same way.
+A ``ConfigError`` (a setting) or a ``DataError`` (a data file or loader) is the user's mistake:
+one message naming the setting or file, exit code 2. A ``NonFiniteLossError`` is a run that
+went wrong: exit code 1. Anything else is a bug, reported with its traceback. Imports nothing
+heavy, so every layer can raise these.
 """
 
 from __future__ import annotations
@@ -12,6 +14,25 @@ EXIT_FAILED = 1  # training went wrong (a non-finite loss, a file that cannot be
 EXIT_USAGE = 2  # the user's input was wrong
 
 
+class ConfigError(ValueError):
+    """A setting's value is not allowed. The message names the key, the value and what is allowed."""
+
+
+class DataError(ValueError):
+    """A dataset cannot be loaded; the message names the file or setting and what was expected."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A model's training loss became NaN or infinite."""
+
+    def __init__(self, model_name: str, epoch: int, epochs: int, value: float) -> None:
+        super().__init__(
+            f"{model_name}: training loss is {value} at epoch {epoch} of {epochs}; the run stopped. "
+            "Lower trainer.lr, or check the data for NaN or huge values."
+        )
+        self.model_name, self.epoch = model_name, epoch
+
+
 def describe_os_error(error: OSError) -> str:
     where = error.filename if error.filename is not None else ""
     reason = error.strerror or str(error)
@@ -19,19 +40,12 @@ def describe_os_error(error: OSError) -> str:
 
 
 def failure_of(error: BaseException) -> Optional[tuple[int, str]]:
-    """(exit code, message) for an error of ``run_experiment`` that is a user's mistake or a
-    failed run; None for a bug in kdrun (then the traceback is wanted). Called once the
-    experiment's modules are loaded."""
-    from kdrun.config import ConfigError
-    from kdrun.data import DataError
-    from kdrun.train import NonFiniteLossError
-
+    """(exit code, message) for an error that is a user's mistake or a failed run; None for a
+    bug in kdrun, whose traceback is wanted."""
     if isinstance(error, (ConfigError, DataError)):
         return EXIT_USAGE, str(error)
     if isinstance(error, NonFiniteLossError):
         return EXIT_FAILED, str(error)
-    if isinstance(error, ValueError) and str(error).startswith("trainer."):  # a device this machine lacks
-        return EXIT_USAGE, str(error)
     if isinstance(error, OSError):  # a file or folder that cannot be read or written (disk full, ...)
         return EXIT_FAILED, describe_os_error(error)
     return None

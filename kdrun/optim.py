@@ -2,8 +2,8 @@
 
 Adam and AdamW call PyTorch's fused kernels (``torch._fused_adam_`` / ``torch._fused_adamw_``)
 directly: the same arithmetic as ``torch.optim.Adam(fused=True)`` (bit for bit, checked in the
-tests), without ``torch.optim.Optimizer``, whose first use imports ``torch._dynamo`` — about 1.4 s
-of a 2.5 s run here. Where the fused kernel is missing (old torch, some devices) or for SGD,
+tests), without ``torch.optim.Optimizer``, whose first use imports ``torch._dynamo`` (about a
+second; benchmarks/README.md). Where the fused kernel is missing (old torch, some devices) or for SGD,
 ``torch.optim`` is used.
 """
 
@@ -37,7 +37,7 @@ class FusedAdam:
         self.exp_avgs = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
         # One step counter shared by every parameter (the kernel only reads it): one add per step
-        # instead of a foreach add over a tensor per parameter (3-5 us instead of ~23 us for 8 here).
+        # instead of a foreach add over one tensor per parameter.
         self.step_count = torch.zeros((), dtype=torch.float32, device=self.params[0].device if self.params else None)
         self.steps = [self.step_count] * len(self.params)
 
@@ -75,13 +75,14 @@ def _fused_adam_supported(device: torch.device) -> bool:
     return hasattr(torch, "_fused_adam_") and (device.type == "cuda" or (device.type == "cpu" and _torch_version() >= (2, 4)))
 
 
-def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float = 0.0) -> Optimizer:
+def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float = 0.0) -> Optimizer:
     """``name`` is adam, adamw or sgd (checked by the config)."""
-    device = next(model.parameters()).device
+    params = [p for p in params if p.requires_grad]
+    device = params[0].device if params else torch.device("cpu")
     if name in ("adam", "adamw") and _fused_adam_supported(device):
-        return FusedAdam(model.parameters(), lr=lr, weight_decay=weight_decay, decoupled_weight_decay=name == "adamw")
+        return FusedAdam(params, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=name == "adamw")
     if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)

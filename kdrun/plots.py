@@ -1,5 +1,6 @@
-"""The figures of a run (and of a comparison). matplotlib is imported only when one is drawn, and
-each figure is written to a temporary file and renamed, so no reader sees half an image.
+"""Every figure kdrun draws: a run's training curves and its teacher's soft targets, and a
+comparison's heatmap. matplotlib is imported only when one is drawn, and each figure is written
+to a temporary file and renamed, so no reader sees half an image.
 
 Figures are kept cheap on purpose: a sweep draws them once per job. Most of a small figure's time
 goes to tick objects, text layout and the PNG encoder rather than to the data, so these figures
@@ -13,10 +14,12 @@ level 3 (about half the time of the default 6, the file ~20% larger). No rcParam
 from __future__ import annotations
 
 import math
+import shutil
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-MODELS = ("teacher", "distilled", "baseline")
+from kdrun.run_files import MODELS, Metric, replace_atomically
 PNG_OPTIONS = {"compress_level": 3}
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 # Tick mantissas for a log axis, coarsest first: the first that puts 3 ticks in view is used.
@@ -36,29 +39,7 @@ def savefig_atomic(fig, path: Path, **kwargs: Any) -> None:
     fmt = path.suffix.lstrip(".") or "png"
     if fmt == "png":
         kwargs.setdefault("pil_kwargs", PNG_OPTIONS)
-    from kdrun.reports import replace_atomically
-
     replace_atomically(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
-
-
-def warm_up() -> float:
-    """Pay matplotlib's once-per-process costs now rather than in the first figure: its import
-    (~0.8 s here, the font list read from matplotlib's cache directory included), PIL's PNG
-    encoder, and the font lookups and loads for the sizes these figures use (each size is looked
-    up once per process, each font file loaded once per thread). A figure worker can call this
-    when it starts, while the first job is still training. Returns the seconds it took."""
-    import io
-    import time
-
-    started = time.perf_counter()
-    fig = new_figure(figsize=(2, 1))
-    ax = fig.subplots()
-    ax.plot([1, 2], [1, 2], marker=".", label="warm")
-    ax.set_title("warm", y=1.0)  # 'large': titles, suptitle
-    ax.set_xticks([1, 2], ["1", "10⁻²"])  # 'medium': ticks, axis labels, legend
-    ax.legend(fontsize=9)  # the temperature legend, heatmap cells
-    fig.savefig(io.BytesIO(), format="png", dpi=50, pil_kwargs=PNG_OPTIONS)
-    return time.perf_counter() - started
 
 
 def integer_ticks(low: int, high: int, most: int = 6) -> list[int]:
@@ -146,12 +127,29 @@ def plot_curves(path: Path, history: Sequence[dict]) -> None:
     savefig_atomic(fig, path, dpi=100)
 
 
+# The temperature figures drawn by this process, by what they show: the jobs of a sweep that
+# share a teacher and a T get a copy instead of a new drawing.
+_temperature_figures: dict[str, Path] = {}
+
+
 def plot_temperature(
     path: Path, probabilities: dict[float, Sequence[Sequence[float]]], labels: Sequence[int], run_temperature: float
 ) -> None:
     """The trained teacher's softmax on a few held-out examples (one panel each), one line per
     temperature: how T spreads the probability mass over the wrong classes, which is what the
     student learns from. The run's own T is drawn thick."""
+    shown = repr((sorted(probabilities.items()), list(labels), run_temperature))
+    drawn = _temperature_figures.get(shown)
+    if drawn is not None and drawn.is_file():
+        replace_atomically(path, lambda tmp: shutil.copyfile(drawn, tmp))
+        return
+    _draw_temperature(path, probabilities, labels, run_temperature)
+    _temperature_figures[shown] = path
+
+
+def _draw_temperature(
+    path: Path, probabilities: dict[float, Sequence[Sequence[float]]], labels: Sequence[int], run_temperature: float
+) -> None:
     from matplotlib import colormaps
 
     temperatures = sorted(probabilities)
@@ -185,4 +183,37 @@ def plot_temperature(
     if handles:  # one row under the title, clear of every panel's data
         fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.925), ncol=len(handles), frameon=False, fontsize=9)
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.78, wspace=0.06)
+    savefig_atomic(fig, path, dpi=100)
+
+
+def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metric: Metric) -> None:
+    """Mean improvement (distilled − baseline) over the alpha × temperature grid, each cell
+    annotated; blue is where distillation helps. When every cell averages the same number of
+    runs the count is said once, in the title, rather than in each cell (one line of text a cell)."""
+    scale = 100.0 if metric.percent else 1.0
+    alphas = sorted({a for a, _ in cells})
+    temperatures = sorted({t for _, t in cells})
+    grid = [[scale * statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in temperatures] for a in alphas]
+    finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
+    limit = max(finite + [1e-9])
+    counts = {len(v) for v in cells.values()}
+    per_cell = len(counts) > 1  # else the title gives the one count
+    width, height = 1.1 * len(temperatures) + 2.8, 0.7 * len(alphas) + 1.6
+    fig = new_figure(figsize=(width, height))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=1.1 / width, right=1 - 0.3 / width, bottom=0.75 / height, top=1 - 0.55 / height)  # no tight_layout: it draws twice
+    image = ax.imshow(grid, cmap="RdBu" if metric.higher_is_better else "RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                n = len(cells[(alphas[i], temperatures[j])])
+                text = f"{value:+.1f}" if metric.percent else f"{value:+.3f}"
+                ax.text(j, i, text + (f"\nn={n}" if per_cell and n > 1 else ""), ha="center", va="center", fontsize=9, color="white" if abs(value) > 0.6 * limit else "black")
+    ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft targets)")
+    unit = "points" if metric.percent else metric.title
+    note = " (mean over runs per cell)" if per_cell else "" if counts == {1} else f" (mean of {counts.pop()} runs per cell)"
+    ax.set_title(f"Distilled − baseline {metric.title}, {unit}{note}", fontsize=10, y=1.0)  # a given y: no tick measuring
+    fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
     savefig_atomic(fig, path, dpi=100)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdrun import compare
-from kdrun.reports import SUMMARY_COLUMNS, write_csv_atomic
+from kdrun import compare, stats
+from kdrun.run_files import SUMMARY_COLUMNS, write_csv_atomic
 
 
 def make_run(
@@ -72,21 +72,21 @@ def read_csv(path: Path) -> list[dict]:
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)])
 def test_t_critical_matches_tables(df: int, expected: float) -> None:
-    assert compare.t_critical(df) == pytest.approx(expected, abs=5e-4)
+    assert stats.t_critical(df) == pytest.approx(expected, abs=5e-4)
 
 
 def test_t_critical_tends_to_normal_and_other_levels() -> None:
-    assert compare.t_critical(100_000) == pytest.approx(1.95996, abs=1e-4)
-    assert compare.t_critical(10, 0.99) == pytest.approx(3.169, abs=5e-4)
-    assert compare.t_two_sided_p(compare.t_critical(7), 7) == pytest.approx(0.05, abs=1e-12)
+    assert stats.t_critical(100_000) == pytest.approx(1.95996, abs=1e-4)
+    assert stats.t_critical(10, 0.99) == pytest.approx(3.169, abs=5e-4)
+    assert stats.t_two_sided_p(stats.t_critical(7), 7) == pytest.approx(0.05, abs=1e-12)
 
 
 def test_mean_ci_formula() -> None:
-    mean, low, high = compare.mean_ci([0.01, 0.02, 0.03])
+    mean, low, high = stats.mean_ci([0.01, 0.02, 0.03])
     half = 4.302652729911275 * statistics.stdev([0.01, 0.02, 0.03]) / math.sqrt(3)
     assert mean == pytest.approx(0.02)
     assert (low, high) == pytest.approx((0.02 - half, 0.02 + half), abs=1e-12)
-    assert math.isnan(compare.mean_ci([0.5])[1])
+    assert math.isnan(stats.mean_ci([0.5])[1])
 
 
 # --------------------------------------------------------------------------- the table and its files
@@ -126,7 +126,7 @@ def test_seeds_grouped_with_paired_confidence_interval(tmp_path: Path) -> None:
     groups = {row["loss.temperature"]: row for row in read_csv(tmp_path / "sweep" / "comparison_by_config.csv")}
     assert set(groups) == {"1", "4"}
     one, four = groups["1"], groups["4"]
-    half = compare.t_critical(2) * 0.01 / math.sqrt(3)  # stdev of 0.01, 0.02, 0.03 is 0.01
+    half = stats.t_critical(2) * 0.01 / math.sqrt(3)  # stdev of 0.01, 0.02, 0.03 is 0.01
     assert one["n"] == "3" and one["not_counted"] == "0"
     assert float(one["improvement_mean"]) == pytest.approx(0.02)
     assert float(one["improvement_ci_low"]) == pytest.approx(0.02 - half)
@@ -205,7 +205,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make_input, message: s
 
 
 def test_no_torch_import() -> None:
-    code = "import kdrun.compare, kdrun.callbacks, sys; assert 'torch' not in sys.modules and 'pandas' not in sys.modules"
+    code = "import kdrun.compare, kdrun.app, sys; assert 'torch' not in sys.modules and 'pandas' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

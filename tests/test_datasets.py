@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from rich.console import Console
 
-from kdrun.cli import config_dir
-from kdrun.config import ConfigError, register_configs, validate
-from kdrun.data import DataError, load_data
-from kdrun.digits import load_digits
-from kdrun.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx_dataset, read_idx, write_idx
+from kdrun.app import compose
+from kdrun.config import validate
+from kdrun.data import load_data
+from kdrun.data.digits import load_digits
+from kdrun.data.idx import IMAGES_MAGIC, LABELS_MAGIC, load_idx_dataset, read_idx, write_idx
+from kdrun.errors import ConfigError, DataError
 from kdrun.models import MLP, count_parameters
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,20 +46,11 @@ def make_idx_set(folder: Path, n_train: int = 60, n_test: int = 20, shape=(28, 2
     return arrays
 
 
-def compose_cfg(overrides):
-    register_configs()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
 def run_cli(args, cwd):
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
     env.pop("HYDRA_FULL_ERROR", None)
-    # Not `python -m kdrun.cli`: run that way, the module runs as __main__ and the exit codes the
-    # task records in kdrun.cli are not the ones __main__ returns (exit 0 after a failed job).
-    launcher = "import sys; from kdrun.cli import main; main()"
     return subprocess.run(
-        [sys.executable, "-c", launcher, "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "kdrun", "train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -88,20 +78,20 @@ def test_read_idx_matches_the_format_written_by_hand(tmp_path):
 def test_idx_dataset_loads_in_every_layout(tmp_path, name, layout, gz):
     folder = tmp_path if layout == "flat" else tmp_path / FOLDERS[name] / "raw"
     arrays = make_idx_set(folder, gz=gz)
-    raw = load_idx_dataset(tmp_path, name)
-    assert raw.num_classes == 10
-    assert raw.x.shape == (60, 784) and raw.x.dtype == torch.float32
-    assert raw.x_test.shape == (20, 784) and raw.y_test.dtype == torch.int64
-    expected = torch.from_numpy(arrays["train-images-idx3-ubyte"].reshape(60, -1).astype(np.float32) / 255)
-    assert torch.equal(raw.x, expected)
-    assert raw.y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
-    assert raw.y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()  # the published test split, as published
+    loaded = load_idx_dataset(tmp_path, name)
+    (x, y), (x_test, y_test) = loaded["train"], loaded["test"]
+    assert loaded["num_classes"] == 10
+    assert x.shape == (60, 1, 28, 28) and x.dtype == torch.uint8  # images keep their shape
+    assert x_test.shape == (20, 1, 28, 28) and y_test.dtype == torch.int64
+    assert torch.equal(x[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"]))
+    assert y.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert y_test.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()  # the published test split, as published
 
 
 def test_idx_dataset_accepts_other_image_sizes(tmp_path):
     make_idx_set(tmp_path, n_train=30, n_test=10, shape=(5, 7), gz=True)
-    raw = load_idx_dataset(str(tmp_path), "mnist")
-    assert raw.x.shape == (30, 35) and raw.x_test.shape == (10, 35)
+    loaded = load_idx_dataset(str(tmp_path), "mnist")
+    assert loaded["train"][0].shape == (30, 1, 5, 7) and loaded["test"][0].shape == (10, 1, 5, 7)
 
 
 def test_fashion_mnist_never_reads_mnist_folder(tmp_path):
@@ -207,12 +197,13 @@ def test_damaged_file_through_the_cli_is_one_message_and_exit_2(tmp_path):
 
 
 def test_bundled_digits():
-    raw = load_digits()
-    assert raw.x.shape == (1797, 64) and raw.x.dtype == torch.float32
-    assert raw.num_classes == 10 and raw.y.dtype == torch.int64
-    assert float(raw.x.min()) == 0.0 and float(raw.x.max()) == 1.0
-    assert raw.y.bincount().tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
-    assert raw.x_test is None  # one pool: kdrun splits it
+    loaded = load_digits()
+    x, y = loaded["train"]
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.float32
+    assert loaded["num_classes"] == 10 and y.dtype == torch.int64
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert y.bincount().tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert "test" not in loaded  # one pool: kdrun splits it
 
 
 @pytest.mark.slow
@@ -239,7 +230,7 @@ def test_digits_end_to_end_through_the_cli(tmp_path):
 
 @pytest.mark.parametrize("size, expected", [(100, 100), (0.1, None), (1.0, "all"), (None, "all")])
 def test_transfer_set_sizes(size, expected):
-    data = load_data(compose_cfg(["dataset=digits", f"dataset.transfer_size={'null' if size is None else size}"]).dataset)
+    data = load_data(compose(["dataset=digits", f"dataset.transfer_size={'null' if size is None else size}"]).dataset)
     n_train, index = len(data.train), data.transfer_index
     if expected == "all":
         assert len(index) == n_train
@@ -263,9 +254,9 @@ def test_teacher_trains_on_the_whole_training_split_and_students_on_the_transfer
         return real_fit(model, split, val, settings, name, *args, **kwargs)
 
     monkeypatch.setattr(experiment, "fit", recording_fit)
-    cfg = compose_cfg(["dataset=digits", "dataset.transfer_size=50", "trainer.epochs=1", "cache.enabled=false", "plots=false"])
+    cfg = compose(["dataset=digits", "dataset.transfer_size=50", "trainer.epochs=1", "cache.enabled=false", "plots=false"])
     validate(cfg)
-    summary = experiment.run_experiment(cfg, tmp_path, Console(file=open(os.devnull, "w")))
+    summary = experiment.run_experiment(cfg, tmp_path).summary
     n_train, n_transfer = summary["teacher"]["n_train"], summary["teacher"]["n_transfer"]
     assert n_transfer < n_train / 10
     assert seen == {"teacher": n_train, "distilled": n_transfer, "baseline": n_transfer}
@@ -277,10 +268,10 @@ def test_normalisation_uses_training_statistics_only(tmp_path):
 
     arrays = make_idx_set(tmp_path, n_train=120, n_test=20, shape=(4, 4))
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.full((20, 4, 4), 255, dtype=np.uint8))  # far from train
-    cfg = compose_cfg(["dataset=mnist", f"dataset.root={tmp_path}", "dataset.val_fraction=0.25"]).dataset
+    cfg = compose(["dataset=mnist", f"dataset.root={tmp_path}", "dataset.val_fraction=0.25"]).dataset
     data = load_data(cfg)
     assert len(data.train) == 90 and len(data.val) == 30 and len(data.test) == 20
-    raw = torch.from_numpy(arrays["train-images-idx3-ubyte"].reshape(120, -1).astype(np.float32) / 255)
+    raw = torch.from_numpy(arrays["train-images-idx3-ubyte"].reshape(120, 1, 4, 4).astype(np.float32) / 255)
     labels = torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64))
     train_idx, val_idx = stratified_split(labels, (0.25,), cfg.split_seed)
     mean, std = raw[train_idx].mean(), raw[train_idx].std()
@@ -288,12 +279,27 @@ def test_normalisation_uses_training_statistics_only(tmp_path):
     assert torch.allclose(data.val.x, (raw[val_idx] - mean) / std, atol=1e-5)
     assert torch.allclose(data.test.x, torch.full_like(data.test.x, float((1.0 - mean) / std)), atol=1e-5)
     # statistics that included the val or test rows would have given other values
-    for other in (raw, torch.cat([raw[train_idx], torch.ones(20, 16)])):
-        assert not torch.allclose(data.test.x, (torch.ones(20, 16) - other.mean()) / other.std(), atol=1e-5)
+    for other in (raw, torch.cat([raw[train_idx], torch.ones(20, 1, 4, 4)])):
+        assert not torch.allclose(data.test.x, (torch.ones(20, 1, 4, 4) - other.mean()) / other.std(), atol=1e-5)
+    assert data.normalization == {"mean": pytest.approx(float(mean)), "std": pytest.approx(float(std))}
+
+
+def test_held_out_parts_have_exactly_their_fraction_of_the_examples():
+    """MNIST's 60,000 training images with val_fraction 1/12 give 5,000 val and 55,000 train,
+    whatever the class sizes (each class rounded alone gave 5,001)."""
+    from kdrun.data import stratified_split
+
+    labels = torch.cat([torch.full((size,), label) for label, size in enumerate([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])])
+    train, val = stratified_split(labels, (1 / 12,), seed=0)
+    assert (len(train), len(val)) == (55_000, 5_000)
+    for label in range(10):  # each class within one example of its share
+        assert abs(int((labels[val] == label).sum()) - int((labels == label).sum()) / 12) < 1
+    train, val, test = stratified_split(labels[::120], (0.15, 0.15), seed=0)
+    assert (len(train), len(val), len(test)) == (350, 75, 75)
 
 
 def test_transfer_labels_false_requires_alpha_1():
-    cfg = compose_cfg(["dataset=digits", "dataset.transfer_labels=false", "loss.alpha=0.7"])
+    cfg = compose(["dataset=digits", "dataset.transfer_labels=false", "loss.alpha=0.7"])
     with pytest.raises(ConfigError, match=r"loss.alpha=0.7 .*transfer_labels=false.*alpha must be 1"):
         validate(cfg)
 
@@ -301,12 +307,12 @@ def test_transfer_labels_false_requires_alpha_1():
 def test_transfer_labels_false_reports_the_baseline_as_not_trained(tmp_path):
     from kdrun.experiment import run_experiment
 
-    cfg = compose_cfg(
+    cfg = compose(
         ["dataset=digits", "dataset.transfer_labels=false", "dataset.transfer_size=0.1", "loss.alpha=1",
          "trainer.teacher_epochs=2", "trainer.student_epochs=20", "cache.enabled=false", "plots=false"]
     )  # fmt: skip
     validate(cfg)
-    summary = run_experiment(cfg, tmp_path, Console(file=open(os.devnull, "w")))
+    summary = run_experiment(cfg, tmp_path).summary
     assert summary["baseline"]["source"] == "not_trained" and math.isnan(summary["baseline"]["test_acc"])
     assert summary["distilled"]["source"] == "trained" and summary["distilled"]["test_acc"] > 0.2
     rows = read_summary(tmp_path / "summary.csv")
@@ -318,18 +324,18 @@ def test_transfer_labels_false_reports_the_baseline_as_not_trained(tmp_path):
 
 
 def test_hinton_model_parameter_counts_on_mnist_shaped_inputs():
-    cfg = compose_cfg(["model=hinton", "dataset=mnist"])
-    teacher = MLP(784, list(cfg.model.teacher.hidden), 10, cfg.model.teacher.dropout)
-    student = MLP(784, list(cfg.model.student.hidden), 10, cfg.model.student.dropout)
+    cfg = compose(["model=hinton", "dataset=mnist"])
+    teacher = MLP((1, 28, 28), 10, list(cfg.model.teacher.hidden), cfg.model.teacher.dropout)
+    student = MLP((1, 28, 28), 10, list(cfg.model.student.hidden), cfg.model.student.dropout)
     assert count_parameters(teacher) == 2_395_210 and count_parameters(student) == 1_276_810
     assert cfg.model.teacher.dropout > 0 and cfg.model.student.dropout == 0
 
 
 def test_hinton_model_works_on_digits_shaped_inputs(tmp_path):
-    data = load_data(compose_cfg(["dataset=digits"]).dataset)
-    cfg = compose_cfg(["model=hinton", "dataset=digits"])
-    model = MLP(data.input_dim, list(cfg.model.teacher.hidden), data.num_classes, cfg.model.teacher.dropout)
-    assert model(data.test.x[:3]).shape == (3, 10)
+    data = load_data(compose(["dataset=digits"]).dataset)
+    cfg = compose(["model=hinton", "dataset=digits"])
+    model = MLP(data.input_shape, data.num_classes, list(cfg.model.teacher.hidden), cfg.model.teacher.dropout)
+    assert data.input_shape == (1, 8, 8) and model(data.test.x[:3]).shape == (3, 10)
 
 
 @pytest.mark.parametrize(
@@ -338,7 +344,7 @@ def test_hinton_model_works_on_digits_shaped_inputs(tmp_path):
      (["experiment=mnist_transfer", "dataset=fashion_mnist"], "fashion_mnist")],
 )  # fmt: skip
 def test_experiment_presets_compose_and_validate(overrides, dataset):
-    cfg = compose_cfg(overrides)
+    cfg = compose(overrides)
     validate(cfg)
     assert cfg.dataset.name == dataset
     assert cfg.dataset.transfer_size is not None and cfg.dataset.transfer_size < 0.1
@@ -349,12 +355,12 @@ def test_mnist_transfer_preset_runs_on_synthetic_idx_files(tmp_path):
     from kdrun.experiment import run_experiment
 
     make_idx_set(tmp_path / "MNIST" / "raw", n_train=240, n_test=40, gz=True)
-    cfg = compose_cfg(
+    cfg = compose(
         ["experiment=mnist_transfer", f"dataset.root={tmp_path}", "trainer.teacher_epochs=1", "trainer.student_epochs=1",
          "model.teacher.hidden=[32,32]", "model.student.hidden=[16,16]", "cache.enabled=false", "plots=false"]
     )  # fmt: skip
     validate(cfg)
     (tmp_path / "run").mkdir()
-    summary = run_experiment(cfg, tmp_path / "run", Console(file=open(os.devnull, "w")))
+    summary = run_experiment(cfg, tmp_path / "run").summary
     assert summary["teacher"]["n_train"] == 220 and summary["teacher"]["n_test"] == 40
     assert summary["teacher"]["n_transfer"] == pytest.approx(0.03 * 220, abs=5)

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "DistillationLossTerms",
+    "SoftTargets",
     "distillation_loss",
     "distillation_loss_terms",
     "kl_divergence_discrete",
     "kl_divergence_gaussian",
     "kl_divergence_gaussian_diagonal",
+    "soft_target_loss",
+    "soft_targets",
 ]
 
 _DISCRETE_REDUCTIONS = ("batchmean", "sum", "none")
@@ -34,14 +37,14 @@ _GAUSSIAN_REDUCTIONS = ("mean", "sum", "none")
 # --------------------------------------------------------------------------- argument checks
 
 
-def _check_temperature(temperature: float) -> None:
+def check_temperature(temperature: float) -> None:
     if isinstance(temperature, bool) or not isinstance(temperature, Real):
         raise ValueError(f"temperature={temperature!r}: must be a real number > 0 (got {type(temperature).__name__})")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature={temperature!r}: must be finite and > 0")
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, Real):
         raise ValueError(f"alpha={alpha!r}: must be a real number in [0, 1] (got {type(alpha).__name__})")
     if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
@@ -153,7 +156,7 @@ def kl_divergence_discrete(
     _check_logits("p_logits", p_logits)
     _check_logits("q_logits", q_logits)
     _check_same_shape("p_logits", p_logits, "q_logits", q_logits)
-    _check_temperature(temperature)
+    check_temperature(temperature)
     _check_reduction(reduction, _DISCRETE_REDUCTIONS)
     return _reduce(_kl_per_position(p_logits, q_logits, temperature), reduction)
 
@@ -312,8 +315,8 @@ def distillation_loss_terms(
     _check_logits("teacher_logits", teacher_logits)
     _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
     _check_labels(labels, student_logits)
-    _check_alpha(alpha)
-    _check_temperature(temperature)
+    check_alpha(alpha)
+    check_temperature(temperature)
     return _distillation_terms(student_logits, teacher_logits, labels, float(alpha), float(temperature))
 
 
@@ -336,46 +339,43 @@ def distillation_loss(
     return distillation_loss_terms(student_logits, teacher_logits, labels, alpha, temperature).total
 
 
-# --------------------------------------------------------------------------- training-loop fast path
+# --------------------------------------------------------------------------- precomputed soft targets
 
 
-class _TeacherTargets(NamedTuple):
-    """The teacher's side of the soft term, computed once per training run by ``_teacher_targets``.
+class SoftTargets(NamedTuple):
+    """A frozen teacher's side of the soft term at temperature T, computed once by
+    :func:`soft_targets`. Rows line up with the teacher's logits, so a batch is a row selection
+    of each tensor."""
 
-    Rows line up with the teacher logits', so a batch is a row selection of each tensor.
-    """
-
-    weights: torch.Tensor  # P * scale * T^2 * num_classes (see _soft_term)
+    weights: torch.Tensor  # P * T^2 * num_classes (see soft_target_loss)
     log_probs: torch.Tensor  # log P, with 0 where P = 0
-    support: torch.Tensor | None  # P > 0; None when every class of every row has P > 0
+    support: Optional[torch.Tensor]  # P > 0; None when every class of every row has P > 0
 
 
-def _teacher_targets(
-    teacher_logits: torch.Tensor, temperature: float, scale: float = 1.0, dtype: torch.dtype | None = None
-) -> _TeacherTargets:
-    """P = softmax(teacher_logits / T) and log P, for ``_soft_term``, in the dtype that
-    ``_kl_per_position`` would compute in (``dtype`` is the student logits' dtype when known).
-
-    One host sync (whether every P is > 0). ``scale`` multiplies the soft term (the loss weight
-    alpha, folded in here so that each batch skips a multiplication).
-    """
+def soft_targets(teacher_logits: torch.Tensor, temperature: float, dtype: Optional[torch.dtype] = None) -> SoftTargets:
+    """P = softmax(teacher_logits / T) and log P, for :func:`soft_target_loss`, in the dtype that
+    :func:`kl_divergence_discrete` would compute in (``dtype``: the student logits' dtype, when
+    known). One host sync (whether every P is > 0)."""
+    _check_logits("teacher_logits", teacher_logits)
+    check_temperature(temperature)
     compute = _compute_dtype(teacher_logits.dtype if dtype is None else torch.promote_types(teacher_logits.dtype, dtype))
     log_p = F.log_softmax(teacher_logits.detach().to(compute) / temperature, dim=-1)
     p = log_p.exp()
     support = p > 0
     full = bool(support.all())
-    # As in _kl_per_position: classes with P = 0 (logit -inf) contribute exactly 0, never NaN.
+    # As in kl_divergence_discrete: classes with P = 0 (logit -inf) contribute exactly 0, never NaN.
     log_p = log_p if full else torch.where(support, log_p, 0.0)
-    weights = p * (scale * temperature**2 * teacher_logits.shape[-1])
-    return _TeacherTargets(weights, log_p, None if full else support)
+    weights = p * (temperature**2 * teacher_logits.shape[-1])
+    return SoftTargets(weights, log_p, None if full else support)
 
 
-def _soft_term(student_logits: torch.Tensor, targets: _TeacherTargets, temperature: float) -> torch.Tensor:
-    """``scale * T^2 * KL(P || Q)`` averaged over positions, Q = softmax(student_logits / T), for
-    ``targets`` = ``_teacher_targets(...)`` restricted to the batch's rows: the soft term of
-    ``_distillation_terms`` (times scale) up to rounding, in fewer operations. The mean over every
+def soft_target_loss(student_logits: torch.Tensor, targets: SoftTargets, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(P || Q)`` averaged over positions (batchmean), Q = softmax(student_logits / T),
+    for ``targets = soft_targets(teacher_logits, T)`` (or a row selection of it): the soft term
+    of :func:`distillation_loss_terms` up to rounding, in fewer operations. The mean over every
     element of weights * (log P - log Q) is the per-position sum averaged over positions, over
-    num_classes; the weights carry the num_classes, T^2 and scale factors."""
+    num_classes; the weights carry the num_classes and T^2 factors. No argument checks: this is
+    the training loop's form, called once per batch."""
     weights, log_p = targets.weights, targets.log_probs
     if student_logits.dtype != weights.dtype:  # e.g. float16 logits: computed in float32
         dtype = torch.promote_types(weights.dtype, student_logits.dtype)

@@ -1,24 +1,20 @@
-"""Figures drawn by the worker process (kdrun.figures) and configs composed once (kdrun.compose).
+"""Figures, and what a run records of its config.
 
 What users rely on: every run and every job of a sweep ends with its figures written, whichever
-launcher ran it; a job counts as completed only once they are; a figure that cannot be written
-fails the run like any file that cannot be written; an interrupted job leaves no figures; and
-the config a run records is the one Hydra itself would compose.
+launcher ran it; jobs that share a teacher and a T share one temperature figure; an interrupted
+job leaves no figures; a config that asks for a multirun gets one; the config a run records is
+the one Hydra composed.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 from pathlib import Path
 
-import pytest
 import yaml
 from conftest import has_traceback, interrupt, killed_if_left, run_kdrun, start_kdrun, wait_for_metrics
 
-from kdrun import figures
-from kdrun.reports import read_status
+from kdrun.run_files import read_status
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = "plots=true"  # the tests' tiny config turns figures off
@@ -82,65 +78,11 @@ def test_interrupted_sweep_job_leaves_no_figures_and_the_earlier_job_completes(t
     assert read_status(first)["status"] == "completed"
     assert _is_png(first / "curves.png") and _is_png(first / "temperature.png")
     assert read_status(second)["status"] == "interrupted"
-    time.sleep(0.5)  # a figure drawn late would land now
     assert not (second / "curves.png").exists() and not (second / "temperature.png").exists()
     assert not (second / "summary.csv").exists()
 
 
-# --------------------------------------------------------------------------- the queue itself
-
-HISTORY = [
-    {"model": model, "epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": 0.5 + epoch / 10}
-    for model in ("teacher", "distilled", "baseline")
-    for epoch in (1, 2, 3)
-]
-
-
-def test_queue_draws_in_the_worker_and_reports_a_figure_it_could_not_write(tmp_path):
-    queue = figures.FigureQueue()
-    try:
-        queue.start()
-        assert queue.running()
-        queue.submit(tmp_path, "plot_curves", tmp_path / "curves.png", HISTORY)
-        queue.wait(tmp_path)
-        assert _is_png(tmp_path / "curves.png")
-        missing = tmp_path / "no" / "such" / "folder"
-        queue.submit(missing, "plot_curves", missing / "curves.png", HISTORY)
-        with pytest.raises(figures.FigureError, match="curves.png could not be written"):
-            queue.wait(missing)
-        assert queue.running()  # one failed figure does not stop the worker
-    finally:
-        queue.close()
-    assert queue.process is None
-
-
-def test_queue_draws_here_when_the_worker_dies(tmp_path):
-    queue = figures.FigureQueue()
-    try:
-        queue.start()
-        os.kill(queue.process.pid, signal.SIGKILL)
-        queue.process.wait()
-        queue.submit(tmp_path, "plot_curves", tmp_path / "curves.png", HISTORY)
-        queue.wait(tmp_path)
-        assert _is_png(tmp_path / "curves.png")
-        assert not queue.running()  # no new worker after one died: figures are drawn here
-    finally:
-        queue.close()
-
-
-def test_queue_runs_a_callback_once_the_figures_are_written(tmp_path):
-    queue = figures.FigureQueue()
-    seen = []
-    try:
-        queue.submit(tmp_path, "plot_curves", tmp_path / "curves.png", HISTORY)
-        queue.when_written(tmp_path, seen.append)
-        queue.settle()
-    finally:
-        queue.close()
-    assert seen == [None] and _is_png(tmp_path / "curves.png")
-
-
-# --------------------------------------------------------------------------- composing once
+# --------------------------------------------------------------------------- what a run records
 
 
 def _hydra_record(run_dir: Path) -> dict:
@@ -165,34 +107,7 @@ def test_config_asking_for_a_multirun_still_gets_one(tmp_path):
     assert len(_job_dirs(sweep)) == 2
 
 
-def test_sweep_values_without_multirun_get_hydras_message(tmp_path):
+def test_sweep_values_without_multirun_say_to_add_it(tmp_path):
     result = run_kdrun("train", "loss.alpha=0.1,0.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "--multirun" in result.stderr
-
-
-def test_each_sweep_job_is_composed_once(tmp_path, monkeypatch):
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-
-    from kdrun import cli
-
-    compositions = []
-    original = ConfigLoaderImpl._load_configuration_impl
-
-    def counting(self, *args, **kwargs):
-        compositions.append(kwargs.get("overrides"))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(ConfigLoaderImpl, "_load_configuration_impl", counting)
-    monkeypatch.chdir(tmp_path)
-    sweep = tmp_path / "sweep"
-    tiny = ["trainer.epochs=1", "model.teacher.hidden=[8]", "model.student.hidden=[4]", "dataset.n_samples=60", "plots=false"]
-    with pytest.raises(SystemExit) as stop:
-        cli.main(["train", "-m", *tiny, f"cache.dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", "loss.alpha=0.1,0.5,0.9"])
-    assert stop.value.code == 0
-    assert len(_job_dirs(sweep)) == 3
-    # Hydra reads hydra.mode (1), composes the sweep (1), then each job: 3, not 3 to check + 3 to run.
-    assert len(compositions) == 5, compositions
-    for job, alpha in zip(_job_dirs(sweep), ("0.1", "0.5", "0.9")):
-        assert yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["loss"]["alpha"] == float(alpha)
-        assert _hydra_record(job)["job"]["num"] == int(job.name.split("_")[0])
+    assert result.returncode == 2
+    assert "--multirun" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

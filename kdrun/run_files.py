@@ -1,5 +1,6 @@
-"""What a run leaves behind: CSVs written so that no reader sees half a row, and the status
-file. Imports no torch (kdrun compare uses it too)."""
+"""What a run leaves behind, and how it is written: the columns of its CSVs, its status file,
+the list of its models, and writes that no reader ever sees half of. Imports no torch (kdrun
+compare uses it too)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,47 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-METRICS_COLUMNS = ["model", "epoch", "train_loss", "soft_loss", "hard_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+MODELS = ("teacher", "distilled", "baseline")
+# metrics.csv: these, then the named parts of the distilled student's loss (kd: soft_loss, hard_loss)
+METRICS_COLUMNS = ["model", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 SUMMARY_COLUMNS = [
     "model", "params", "train_acc", "val_acc", "test_acc", "test_nll", "agreement",
     "dataset", "alpha", "temperature", "seed", "teacher_epochs", "student_epochs",
     "n_train", "n_transfer", "n_val", "n_test", "source", "train_seconds",
 ]  # fmt: skip
 TIMING_COLUMNS = ("seconds", "train_seconds")
-MODELS = ("teacher", "distilled", "baseline")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A summary.csv column that runs are compared on, and how to show it."""
+
+    column: str
+    title: str
+    percent: bool  # shown as a percentage, differences in points
+    higher_is_better: bool
+
+
+METRICS = {
+    "test_acc": Metric("test_acc", "test accuracy", True, True),
+    "val_acc": Metric("val_acc", "val accuracy", True, True),
+    "test_nll": Metric("test_nll", "test NLL", False, False),
+    "agreement": Metric("agreement", "test agreement with the teacher", True, True),
+}
+
+
+# Settings that do not change what a run measures: left out of run-folder names, of the digest
+# that lets a rerun sweep skip its completed jobs, and of the settings kdrun compare tabulates.
+RESULT_UNCHANGED_KEYS = ("trainer.device", "trainer.threads", "cache.enabled", "cache.dir", "dataset.root", "plots")
 STATUS_FILE = "status.json"
 # What a finished job leaves besides metrics.csv, status.json and its log. A job that starts, fails
 # or is interrupted removes these first, so that no stale or partial result looks like a finished run.
-RESULT_FILES = ("summary.csv", "teacher.pt", "distilled.pt", "baseline.pt", "curves.png", "temperature.png")
+RESULT_FILES = ("summary.csv", *(f"{model}.pt" for model in MODELS), "curves.png", "temperature.png")
 
 
 def _format(value: Any) -> str:
@@ -71,14 +97,24 @@ def write_csv_atomic(path: Path, rows: Iterable[dict], columns: Sequence[str]) -
 
 class MetricsLog:
     """metrics.csv, one row appended and flushed per epoch, so that what was written before an
-    interrupt stays readable. Each row goes out in a single write of whole lines."""
+    interrupt stays readable. Each row goes out in a single write of whole lines. A row with
+    columns the file lacks (a loss's named parts) rewrites the file with them, atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        write_text_atomic(path, _csv_text([], METRICS_COLUMNS))
+        self.columns = list(METRICS_COLUMNS)
+        self.rows: list[dict] = []
+        write_text_atomic(path, _csv_text([], self.columns))
 
     def append(self, rows: Iterable[dict]) -> None:
-        text = _csv_text(rows, METRICS_COLUMNS, header=False)
+        rows = list(rows)
+        self.rows += rows
+        new = [key for row in rows for key in row if key not in self.columns]
+        if new:
+            self.columns += list(dict.fromkeys(new))
+            write_text_atomic(self.path, _csv_text(self.rows, self.columns))
+            return
+        text = _csv_text(rows, self.columns, header=False)
         if text:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(text)

@@ -3,13 +3,13 @@
 The four files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or ``.gz``) are looked for in
 torchvision's layout (``<root>/MNIST/raw/``, ``<root>/FashionMNIST/raw/``), then in
-``<root>/MNIST/`` and finally in ``<root>`` itself. The published train/test split is kept.
+``<root>/MNIST/`` and finally in ``<root>`` itself. The published train/test split is kept; the
+images stay uint8 ``[n, 1, 28, 28]`` (kdrun's data layer scales them to [0, 1]).
 
 IDX format: a big-endian header (magic number ``0x0000 08 NN``: unsigned bytes, NN dimensions;
 then one 32-bit size per dimension) followed by the data. Images are ``0x00000803``
 (count × rows × columns), labels ``0x00000801`` (count). Each file is read with one ``readinto``
-into a preallocated array: no intermediate copies, so a 60,000 × 784 set needs its 47 MB of
-bytes plus the float32 result.
+into a preallocated array: no intermediate copies, so a 60,000 × 784 set needs its 47 MB of bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from kdrun.data import DataError, RawData
+from kdrun.errors import DataError
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -136,7 +136,7 @@ def read_idx(path: Union[str, Path], magic: int, hint: str = "") -> np.ndarray:
 
 
 def load_idx_split(root: Path, name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split's images as float32 ``[n, rows * cols]`` in [0, 1] and labels as int64."""
+    """One split's images as uint8 ``[n, 1, rows, cols]`` and labels as int64."""
     images_base, labels_base = FILES[split]
     hint = _where_from(name, root)
     images_path = find_file(root, name, images_base)
@@ -150,14 +150,12 @@ def load_idx_split(root: Path, name: str, split: str) -> tuple[torch.Tensor, tor
         )
     if len(labels) and int(labels.max()) >= NUM_CLASSES:
         raise DataError(f"{labels_path}: labels must lie in 0..{NUM_CLASSES - 1}, found {int(labels.max())}. {hint}")
-    x = torch.from_numpy(images.reshape(len(images), -1)).to(torch.float32).div_(255.0)
-    y = torch.from_numpy(labels).to(torch.int64)
-    return x, y
+    return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).to(torch.int64)
 
 
-def load_idx_dataset(root: Union[str, Path, None], name: str) -> RawData:
+def load_idx_dataset(root: Union[str, Path, None], name: str) -> dict:
     """MNIST or Fashion-MNIST (``name``: ``mnist`` / ``fashion_mnist``) from ``root``: the published
-    train and test splits, pixels scaled to [0, 1]. Raises DataError for a missing or damaged file."""
+    train and test splits as uint8 images. Raises DataError for a missing or damaged file."""
     if name not in SOURCES:
         raise DataError(f"dataset.name={name!r}: the IDX loader reads {' or '.join(SOURCES)}")
     if root is None or str(root) == "":
@@ -169,14 +167,24 @@ def load_idx_dataset(root: Union[str, Path, None], name: str) -> RawData:
             f"dataset.root={given!r}: no such folder ({root}); "
             f"set dataset.root to the folder holding the {name} IDX files. {_where_from(name, root)}"
         )
-    x, y = load_idx_split(root, name, "train")
-    x_test, y_test = load_idx_split(root, name, "test")
-    if x.shape[1] != x_test.shape[1]:
+    train = load_idx_split(root, name, "train")
+    test = load_idx_split(root, name, "test")
+    if train[0].shape[1:] != test[0].shape[1:]:
         raise DataError(
-            f"dataset {name}: the training images have {x.shape[1]} pixels each but the test images "
-            f"{x_test.shape[1]}; expected both splits from the same distribution. {_where_from(name, root)}"
+            f"dataset {name}: the training images are {tuple(train[0].shape[2:])} but the test images "
+            f"{tuple(test[0].shape[2:])}; expected both splits from the same distribution. {_where_from(name, root)}"
         )
-    return RawData(x, y, NUM_CLASSES, x_test, y_test)
+    return {"train": train, "test": test, "num_classes": NUM_CLASSES}
+
+
+def load_mnist(root: Union[str, Path, None] = "data") -> dict:
+    """``dataset=mnist``: MNIST's IDX files under ``root``."""
+    return load_idx_dataset(root, "mnist")
+
+
+def load_fashion_mnist(root: Union[str, Path, None] = "data") -> dict:
+    """``dataset=fashion_mnist``: Fashion-MNIST's IDX files under ``root``."""
+    return load_idx_dataset(root, "fashion_mnist")
 
 
 def write_idx(path: Union[str, Path], array: np.ndarray, compress: Optional[bool] = None) -> Path:

@@ -1,0 +1,354 @@
+"""``kdrun train`` and ``kdrun.run()``: one job, run in the calling process, its status recorded.
+
+A job's status.json says running, completed, failed or interrupted, and ``_run_job`` is the one
+place that writes it. A user's mistake (a bad value, a missing data file, a folder that cannot be
+written) or a non-finite loss becomes one message and a failed status, never a traceback; in a
+sweep the other jobs go on, and the sweep ends with the exit code of its worst job. SIGINT and
+SIGTERM stop the job within a batch or so, mark it interrupted and keep the metrics rows written
+so far. Re-running a sweep into the same directory skips the jobs that completed with the same
+config and redoes the others. A job that does not complete leaves no summary.csv and no model
+files (run_files.RESULT_FILES), so nothing in its folder looks like a finished run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from kdrun.config import config_error_message, config_hash, model_cache_dir, register_configs, validate
+from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
+from kdrun.run_files import read_status, remove_results, write_status
+
+if TYPE_CHECKING:
+    import pandas
+    from torch import nn
+
+    from kdrun.experiment import RunResult
+
+log = logging.getLogger("kdrun")
+
+# HYDRA_FULL_ERROR=1 as the user set it (kdrun train sets it for Hydra, to hear of every mistake).
+_show_tracebacks = False
+
+
+def config_dir() -> Path:
+    """The packaged configs (``kdrun/conf`` in a wheel), else the repository's ``conf/``."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a job alike."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` meanwhile (where signals can be set: the main thread)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread, as in some launchers
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def signal_of(interruption: KeyboardInterrupt) -> signal.Signals:
+    return signal.Signals(getattr(interruption, "signum", signal.SIGINT))
+
+
+# --------------------------------------------------------------------------- one job
+
+
+def _unwritable(path: Path) -> Optional[str]:
+    """Why kdrun could not create or write the folder ``path``, or None if it can."""
+    try:
+        existing = path.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"no permission to write in {existing}"
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def _make_folder(path: Path, key: str) -> None:
+    """Create the run or sweep folder ``path``; whatever stops it is one ConfigError naming it."""
+    problem = _unwritable(path)
+    if problem is None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            problem = error.strerror or str(error)
+    if problem is not None:
+        raise ConfigError(f"{key}={path} cannot be used as the output folder: {problem}. Choose a folder kdrun can create and write.")
+
+
+def _check_cache_dir(cfg: DictConfig) -> None:
+    """Fail before any training if the model cache is on and its folder cannot be written."""
+    directory = model_cache_dir(cfg)
+    problem = _unwritable(directory) if directory is not None else None
+    if problem is not None:
+        shown = repr(cfg.cache.dir) if cfg.cache.dir else f"null (the default, {directory})"
+        raise ConfigError(f"cache.dir={shown} is not allowed: {problem}. Set cache.dir to a folder kdrun can write, or cache.enabled=false")
+
+
+def _run_job(cfg: DictConfig, run_dir: Path) -> "RunResult":
+    """Run one experiment into ``run_dir``, its status.json saying how it went. Raises what
+    stopped it (after recording it), ``failure_of`` telling a user's mistake from a bug."""
+    digest = config_hash(cfg)
+    remove_results(run_dir)  # a rerun into the same folder: the old results no longer hold
+    write_status(run_dir, "running", config_hash=digest, pid=os.getpid())
+    try:
+        validate(cfg)  # before torch is imported: a bad value fails in about a second
+        _check_cache_dir(cfg)
+        from kdrun.experiment import run_experiment
+
+        result = run_experiment(cfg, run_dir)
+    except KeyboardInterrupt as interruption:
+        name = signal_of(interruption).name
+        remove_results(run_dir)
+        message = f"stopped by {name}; metrics.csv holds the epochs finished before"
+        write_status(run_dir, "interrupted", config_hash=digest, signal=name, message=message)
+        raise
+    except BaseException as error:
+        failure = failure_of(error)
+        code, message = failure if failure is not None else (EXIT_FAILED, f"internal error: {type(error).__name__}: {error}")
+        remove_results(run_dir)
+        write_status(run_dir, "failed", config_hash=digest, exit_code=code, message=message.splitlines()[0] if message else "")
+        raise
+    write_status(run_dir, "completed", config_hash=digest, objective=result.objective)
+    return result
+
+
+def train_task(cfg: DictConfig) -> float:
+    """The Hydra task behind ``kdrun train``: one job; returns the distilled student's val
+    accuracy (NaN if the job failed), the number sweepers optimise.
+
+    A user's mistake or a non-finite loss is logged as one line ("kdrun ERROR: ...") and ends a
+    single run with its exit code; in a sweep it ends that job alone, and ``SweepEnd`` turns the
+    recorded statuses into the sweep's exit code."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    previous = read_status(run_dir) if sweep else None
+    if previous and previous.get("status") == "completed" and previous.get("config_hash") == config_hash(cfg) and (run_dir / "summary.csv").is_file():
+        log.info("job %s completed in an earlier run of this sweep; skipped (%s)", hydra_cfg.job.num, run_dir)
+        return float(previous.get("objective", math.nan))
+    with _sigterm_interrupts():
+        try:
+            return _run_job(cfg, run_dir).objective
+        except Exception as error:
+            failure = failure_of(error)
+            if failure is None or _show_tracebacks:
+                raise  # a bug in kdrun (or HYDRA_FULL_ERROR=1): its traceback
+            log.error("%s", failure[1])
+            if not sweep:
+                raise SystemExit(failure[0]) from None
+            return math.nan
+
+
+# --------------------------------------------------------------------------- callbacks (conf/config.yaml)
+
+
+class RunDirCheck(Callback):
+    """Creates hydra.run.dir / hydra.sweep.dir before Hydra does, so that a folder that cannot
+    be created gives one message and exit code 2 instead of Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._make(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._make(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _make(config: DictConfig, key: str) -> None:
+        try:
+            _make_folder(Path(str(OmegaConf.select(config, key))), key)
+        except ConfigError as error:  # Hydra turns a callback's exceptions into warnings
+            print(f"kdrun ERROR: {error}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+
+
+class SweepEnd(Callback):
+    """When a sweep ends: writes its comparison (comparison.csv, comparison_by_config.csv,
+    heatmap.png) into the sweep directory, prints the table, and ends ``kdrun train -m`` with the
+    worst exit code of its jobs.
+
+    It runs in the process that launched the sweep, whichever launcher ran the jobs (in-process,
+    joblib workers, submitit/SLURM), so it reads what the jobs left on disk. Only jobs whose
+    status.json changed during this sweep count, so a failure left over from an earlier sweep
+    into the same directory is not reported again."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = datetime.now().timestamp() - 1.0  # file times can be coarser than the clock
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from kdrun import compare
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir() or not compare.find_run_dirs(sweep_dir):
+            return
+        print()
+        try:
+            comparison = compare.compare([sweep_dir], out=sweep_dir)
+        except Exception as error:  # never fail a finished sweep over its summary table
+            log.warning("kdrun: could not compare the runs of this sweep: %s: %s", type(error).__name__, error)
+            return
+        unfinished = [run for run in comparison.runs if run.status in ("failed", "interrupted", "running") and self._touched(run.path)]
+        if unfinished:
+            names = ", ".join(r.path.name for r in unfinished)
+            print(f"kdrun ERROR: {len(unfinished)} of the sweep's jobs did not complete: {names}", file=sys.stderr)
+            codes = [(read_status(run.path) or {}).get("exit_code", EXIT_FAILED) for run in unfinished]
+            raise SystemExit(max(int(code) for code in codes))
+
+    def _touched(self, run_dir: Path) -> bool:
+        try:
+            return (run_dir / "status.json").stat().st_mtime >= self.started
+        except OSError:
+            return False
+
+
+class BelowWarning(logging.Filter):
+    """Lets through records below WARNING, which go to stdout; warnings and errors go to stderr
+    (conf/hydra/job_logging/kdrun.yaml)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+# --------------------------------------------------------------------------- kdrun train
+
+
+def main(argv: Sequence[str]) -> int:
+    """``kdrun train ARGV``: Hydra's command line (overrides, ``-m``, ``--cfg``, ``--help``, shell
+    completion) around ``train_task``. Returns the exit code: 0, 1 (a run that went wrong),
+    2 (the user's mistake), 130/143 (SIGINT/SIGTERM)."""
+    import hydra
+
+    register_configs()
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(train_task)
+    global _show_tracebacks
+    _show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [saved_argv[0], *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print: kdrun says it in one line
+    try:
+        with _sigterm_interrupts():
+            app()
+    except KeyboardInterrupt as interruption:
+        name = signal_of(interruption)
+        print(f"kdrun: interrupted by {name.name}; the run directory records it (status.json)", file=sys.stderr)
+        return 128 + int(name)
+    except SystemExit as stop:  # --help, a sweep's exit code
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else _printed(stop.code)
+    except Exception as error:
+        message = config_error_message(error)  # a mistake Hydra found on the command line
+        failure = (EXIT_USAGE, message) if message is not None else failure_of(error)
+        if _show_tracebacks or failure is None:  # a bug in kdrun, or asked for
+            traceback.print_exc()
+            return EXIT_FAILED
+        print(f"kdrun ERROR: {failure[1]}", file=sys.stderr)
+        return failure[0]
+    finally:
+        sys.argv = saved_argv
+        if saved_full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_full_error
+    return 0
+
+
+def _printed(message: object) -> int:
+    print(message, file=sys.stderr)
+    return EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- kdrun.run()
+
+
+@dataclass
+class Results:
+    """What ``kdrun.run`` returns."""
+
+    run_dir: Path
+    summary: "pandas.DataFrame"  # one row per model, as summary.csv
+    metrics: "pandas.DataFrame"  # one row per model per epoch, as metrics.csv
+    models: dict[str, "nn.Module"]  # teacher, distilled, baseline: trained, in eval mode
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """kdrun's config with ``overrides``, composed as ``kdrun train`` composes it. A mistake is a
+    ConfigError with the message ``kdrun train`` prints."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose("config", overrides=list(overrides))
+    except Exception as error:
+        message = config_error_message(error)
+        if message is None:
+            raise
+        raise ConfigError(message) from None
+
+
+def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None) -> Results:
+    """Run one kdrun experiment in this process, as ``kdrun train OVERRIDES`` would, e.g. in a
+    notebook: ``kdrun.run(["loss.temperature=5"], run_dir="outputs/t5")``. Writes the same run
+    directory (default ``outputs/<date>/<time>``) and returns the results. A user's mistake raises
+    ConfigError or DataError with the message ``kdrun train`` prints; a non-finite loss raises
+    NonFiniteLossError. The caller's torch random state and thread count are left as they were."""
+    import pandas
+    import torch
+
+    cfg = compose(overrides)
+    run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    _make_folder(run_dir, "run_dir")
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+    threads = torch.get_num_threads()
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    log.addHandler(handler)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            result = _run_job(cfg, run_dir)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        torch.set_num_threads(threads)
+    models = {name: model.eval() for name, model in result.models.items()}
+    return Results(run_dir, pandas.DataFrame(list(result.summary.values())), pandas.DataFrame(result.metrics), models)

@@ -1,0 +1,199 @@
+"""From a loader's examples to the splits a run trains and evaluates on.
+
+A dataset is a config node: kdrun's split settings (``DataConf``) plus a ``_target_`` and its
+arguments. The target returns ``{"train": (x, y)}`` and optionally ``"test": (x, y)`` (a
+published test split, kept as published) and ``"num_classes"``; ``x`` is float or uint8 of any
+per-example shape (uint8 is scaled to [0, 1]), ``y`` integer class ids. Val (and test, when the
+loader has none) are carved out stratified and seeded; inputs are standardised with training
+statistics when ``normalize`` is set; the students' transfer set is a stratified subset of train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from kdrun.config import DATA_KEYS, DataConf, instantiate, to_plain
+from kdrun.errors import DataError
+
+
+@dataclass
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class DataSplits:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    transfer_index: torch.Tensor  # rows of `train` the students learn from
+    num_classes: int
+    normalization: Optional[dict[str, float]]  # {"mean", "std"} subtracted and divided, or None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def to(self, device: torch.device) -> "DataSplits":
+        moved = (split.to(device) for split in (self.train, self.val, self.test))
+        return DataSplits(self.name, *moved, self.transfer_index.to(device), self.num_classes, self.normalization)
+
+    @property
+    def transfer(self) -> Split:
+        if len(self.transfer_index) == len(self.train):  # the whole split: no copy of the data
+            return self.train
+        return Split(self.train.x[self.transfer_index], self.train.y[self.transfer_index])
+
+    def fingerprint(self, include_transfer: bool = True) -> str:
+        """A digest of the exact tensors and split, for cache keys. The teacher's key leaves the
+        transfer set out: the teacher trains on the whole training split whatever it is."""
+        digest = hashlib.blake2b(digest_size=16)
+        parts = [self.train.x, self.train.y, self.val.x, self.val.y]
+        for t in parts + ([self.transfer_index] if include_transfer else []):
+            digest.update(t.contiguous().cpu().numpy())  # the buffer itself, not a copy of it
+        return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _largest_remainder(quotas: torch.Tensor, total: int) -> torch.Tensor:
+    """Whole counts, each the floor of its quota or one more, summing to ``total``."""
+    counts = quotas.floor().long()
+    leftover = total - int(counts.sum())
+    if leftover > 0:
+        counts[torch.argsort(quotas - counts, descending=True, stable=True)[:leftover]] += 1
+    return counts
+
+
+def stratified_split(labels: torch.Tensor, fractions: tuple[float, ...], seed: int) -> list[torch.Tensor]:
+    """Split indices class by class: about ``fractions`` of each class go to the held-out parts
+    (in order), the rest to the first returned part. Each held-out part holds exactly
+    round(fraction × n) examples, spread over the classes in proportion (largest remainders get
+    the leftover places). Returns ``[rest, part_1, part_2, ...]``, each sorted, the same for the
+    same labels and seed."""
+    generator = torch.Generator().manual_seed(seed)
+    classes, sizes = torch.unique(labels, return_counts=True)
+    takes = [_largest_remainder(sizes.double() * f, int(round(f * len(labels)))) for f in fractions]
+    parts: list[list[torch.Tensor]] = [[] for _ in range(len(fractions) + 1)]
+    for index, label in enumerate(classes.tolist()):
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        start = 0
+        for part, take in enumerate(takes, start=1):
+            count = int(take[index])
+            parts[part].append(members[start : start + count])
+            start += count
+        parts[0].append(members[start:])
+    return [torch.sort(torch.cat(p)).values if p else torch.empty(0, dtype=torch.long) for p in parts]
+
+
+def stratified_subset(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Exactly ``count`` indices, each class represented in proportion (largest remainders get
+    the leftover places), sorted; the same for the same labels and seed."""
+    generator = torch.Generator().manual_seed(seed)
+    classes, sizes = torch.unique(labels, return_counts=True)
+    take = _largest_remainder(sizes.double() * count / len(labels), count)
+    chosen = [
+        torch.nonzero(labels == label).flatten()[torch.randperm(int(size), generator=generator)[:k]]
+        for label, size, k in zip(classes.tolist(), sizes.tolist(), take.tolist())
+    ]
+    return torch.sort(torch.cat(chosen)).values
+
+
+def transfer_count(transfer_size: Optional[float], n_train: int) -> int:
+    """How many training examples the students see: all (null), a fraction, or a count."""
+    if transfer_size is None:
+        return n_train
+    if transfer_size <= 1:
+        return max(1, int(round(transfer_size * n_train)))
+    return min(int(transfer_size), n_train)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _examples(loaded: Any, part: str, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loaded[part]`` as (inputs, int64 labels), checked."""
+    pair = loaded[part]
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise DataError(f"{where}: {part!r} must be a pair (x, y) of tensors, got {type(pair).__name__}")
+    x, y = (torch.as_tensor(t) for t in pair)
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
+        raise DataError(f"{where}: {part} labels must be a 1-d tensor of integer class ids, got {y.dtype} of shape {tuple(y.shape)}")
+    if x.dim() < 2 or len(x) != len(y):
+        raise DataError(f"{where}: {part} inputs must be [n, ...] with one row per label: {tuple(x.shape)} for {len(y)} labels")
+    return x, y.long()
+
+
+def _check_labels(y: torch.Tensor, num_classes: int, where: str) -> None:
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(f"{where}: labels must lie in [0, {num_classes}) for {num_classes} classes (found {int(y.min())}..{int(y.max())})")
+
+
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def load_data(node: Any) -> DataSplits:
+    """Load the ``dataset`` config node, split it, standardise it with training statistics."""
+    plain = to_plain(node)
+    settings = DataConf(**{k: plain[k] for k in DATA_KEYS if k in plain})
+    name = settings.name or str(plain.get("_target_"))
+    where = f"dataset {name}"
+    loaded = instantiate({k: v for k, v in plain.items() if k not in DATA_KEYS}, "dataset")
+    if not isinstance(loaded, dict) or "train" not in loaded:
+        raise DataError(f"{where}: its loader must return a dict with 'train': (x, y) and optionally 'test': (x, y), got {type(loaded).__name__}")
+    x, y = _examples(loaded, "train", where)
+    if not len(y):
+        raise DataError(f"{where}: its loader returned no training examples")
+    test = _examples(loaded, "test", where) if loaded.get("test") is not None else None
+    if test is not None and test[0].shape[1:] != x.shape[1:]:
+        raise DataError(f"{where}: test examples are {tuple(test[0].shape[1:])} but training examples {tuple(x.shape[1:])}")
+    num_classes = loaded.get("num_classes")
+    if num_classes is None:  # the largest class id seen, plus one
+        num_classes = 1 + max(int(labels.max()) for labels in (y, test[1] if test is not None else y) if len(labels))
+    _check_labels(y, num_classes, where)
+    if test is None:
+        train_idx, val_idx, test_idx = stratified_split(y, (settings.val_fraction, settings.test_fraction), settings.split_seed)
+        train, val, test_split = (Split(_as_float(x[i]), y[i]) for i in (train_idx, val_idx, test_idx))
+    else:
+        _check_labels(test[1], num_classes, f"{where} (test split)")
+        train_idx, val_idx = stratified_split(y, (settings.val_fraction,), settings.split_seed)
+        train, val = Split(_as_float(x[train_idx]), y[train_idx]), Split(_as_float(x[val_idx]), y[val_idx])
+        test_x = _as_float(test[0])
+        test_split = Split(test_x.clone() if test_x is test[0] else test_x, test[1])  # standardised in place below
+    del loaded, x, y, test  # each split is a fresh tensor: keep memory near the data's own size
+    for part, split in (("train", train), ("val", val), ("test", test_split)):
+        if len(split) == 0:
+            raise DataError(
+                f"{where}: the {part} split is empty ({len(train) + len(val) + len(test_split)} examples with "
+                f"val_fraction={settings.val_fraction}, test_fraction={settings.test_fraction}); use more data or larger fractions"
+            )
+    normalization = None
+    if settings.normalize:
+        mean, std = train.x.mean(), train.x.std().clamp_min(1e-8)
+        for split in (train, val, test_split):
+            split.x.sub_(mean).div_(std)
+        normalization = {"mean": mean.item(), "std": std.item()}
+
+    n_transfer = transfer_count(settings.transfer_size, len(train))
+    if n_transfer == len(train):
+        transfer_index = torch.arange(len(train))
+    else:
+        transfer_index = stratified_subset(train.y, n_transfer, settings.split_seed + 1)
+    return DataSplits(name, train, val, test_split, transfer_index, num_classes, normalization)

@@ -1,0 +1,49 @@
+"""What kdrun's training loop asks of a distillation loss (``loss=...``).
+
+kdrun builds the loss from its config (``_target_`` plus its keys) and calls it once per batch:
+
+    loss(student_logits, teacher, labels)
+
+``student_logits`` is ``[B, num_classes]``; ``teacher`` is the frozen teacher's logits for the
+same rows (or what ``teacher_targets`` made of them, below); ``labels`` is ``[B]`` int64, or None
+when the students learn without labels (``dataset.transfer_labels=false``). It returns a scalar
+tensor, or a dict holding ``"loss"`` (what is minimised) and other named scalars, whose epoch
+means become extra columns of metrics.csv. Any callable of that form works; subclassing
+``DistillationLoss`` adds what the optional parts below need:
+
+- ``teacher_targets(teacher_logits)``: what the loss wants of the teacher, one row per example
+  (a tensor, or a tuple of them; None entries allowed). Computed once for the whole transfer set
+  when the teacher's inputs are the same every epoch, else per batch; the rows of a batch are
+  passed as ``teacher``. Default: the logits themselves.
+- ``student_features`` / ``teacher_features``: names of submodules (as in ``named_modules()``)
+  whose outputs the loss needs; they are passed as keyword arguments ``student_features=`` and
+  ``teacher_features=`` (dicts name -> tensor), and the teacher then runs on every batch.
+- Parameters of its own (an ``nn.Module`` with, say, a regressor) are trained with the student,
+  by the student's optimiser; ``setup(student, teacher, inputs)`` is called once before training
+  with a batch of inputs, to build them once feature shapes are known.
+- ``set_epoch(epoch, epochs)`` is called at the start of every epoch (1-based), for schedules
+  such as a warm-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+
+class DistillationLoss(nn.Module):
+    """Base class with the optional parts' defaults; see the module docstring."""
+
+    student_features: Sequence[str] = ()
+    teacher_features: Sequence[str] = ()
+
+    def teacher_targets(self, teacher_logits: torch.Tensor) -> Any:
+        return teacher_logits
+
+    def setup(self, student: nn.Module, teacher: nn.Module, inputs: torch.Tensor) -> None:
+        pass
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        pass

@@ -1,0 +1,253 @@
+"""A user's own model, dataset and loss, each from a module outside kdrun (PYTHONPATH +
+--config-dir), through the real CLI; the loss contract's optional parts (features, parameters of
+its own, an epoch hook) through ``fit``; and ``kdrun.run``, the Python entry point."""
+
+from __future__ import annotations
+
+import csv
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import has_traceback, run_kdrun
+
+from kdrun.run_files import read_status
+
+USER_CODE = {
+    "nets.py": """
+        import math
+        from torch import nn
+
+        def make_net(input_shape, num_classes, width=8):
+            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.Tanh(), nn.Linear(width, num_classes))
+
+        def not_a_module(input_shape, num_classes):
+            return "a string"
+
+        def wrong_shape(input_shape, num_classes):
+            return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes + 1))
+    """,
+    "blobs.py": """
+        import torch
+
+        def load(n=200, classes=4, seed=0):
+            generator = torch.Generator().manual_seed(seed)
+            y = torch.arange(n) % classes
+            x = (torch.rand(n, 1, 6, 6, generator=generator) * 100 + 30 * y.view(-1, 1, 1, 1)).to(torch.uint8)
+            return {"train": (x, y)}
+    """,
+    "mylosses.py": """
+        import torch.nn.functional as F
+
+        class LogitMSE:
+            def __init__(self, weight=1.0):
+                self.weight = weight
+
+            def __call__(self, student_logits, teacher_logits, labels):
+                mse = F.mse_loss(student_logits, teacher_logits)
+                ce = F.cross_entropy(student_logits, labels)
+                return {"loss": ce + self.weight * mse, "mse": mse, "ce": ce}
+    """,
+}
+CONFIGS = {
+    "model/student/mynet.yaml": "_target_: mypkg.nets.make_net\nwidth: 6\n",
+    "model/student/broken.yaml": "_target_: mypkg.nets.not_a_module\n",
+    "model/student/misshapen.yaml": "_target_: mypkg.nets.wrong_shape\n",
+    "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
+    "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
+    "loss/logit_mse.yaml": "_target_: mypkg.mylosses.LogitMSE\nweight: 0.5\n",
+}
+
+
+@pytest.fixture(scope="module")
+def user_project(tmp_path_factory) -> Path:
+    """A folder with a package ``mypkg`` and a config folder ``my_conf``, as a user would have."""
+    root = tmp_path_factory.mktemp("user")
+    (root / "mypkg").mkdir()
+    (root / "mypkg" / "__init__.py").write_text("")
+    for name, code in USER_CODE.items():
+        (root / "mypkg" / name).write_text(textwrap.dedent(code))
+    for name, text in CONFIGS.items():
+        (root / "my_conf" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "my_conf" / name).write_text(text)
+    return root
+
+
+def user_run(root: Path, run: str, *overrides: str):
+    """``kdrun train`` with the user's code and configs, tiny (no student width: theirs may have none)."""
+    tiny = ["trainer.epochs=1", "model.teacher.hidden=[16]", "plots=false"]
+    if not any(o.startswith("dataset=") for o in overrides):
+        tiny.append("dataset.n_samples=120")
+    return run_kdrun(
+        "train", "--config-dir", str(root / "my_conf"), f"hydra.run.dir={root / run}", *tiny, *overrides,
+        cwd=root, tiny=False, cache_dir=root / "cache", env={"PYTHONPATH": str(root)},
+    )  # fmt: skip
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_a_users_model_trains_as_the_student_and_its_checkpoint_rebuilds_it(user_project, monkeypatch):
+    result = user_run(user_project, "model", "model/student=mynet")
+    assert result.returncode == 0, result.stderr
+    summary = {row["model"]: row for row in read_rows(user_project / "model" / "summary.csv")}
+    assert int(summary["distilled"]["params"]) == 784 * 6 + 6 + 6 * 10 + 10
+    assert summary["distilled"]["source"] == "trained"
+    from kdrun.models import load
+
+    monkeypatch.syspath_prepend(str(user_project))
+    model = load(user_project / "model" / "distilled.pt")
+    assert isinstance(model, torch.nn.Sequential) and model(torch.randn(2, 784)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_a_users_dataset_is_split_normalised_and_trained_on(user_project):
+    result = user_run(user_project, "data", "dataset=blobs", "dataset.val_fraction=0.2", "dataset.test_fraction=0.1", "dataset.transfer_size=40")
+    assert result.returncode == 0, result.stderr
+    row = read_rows(user_project / "data" / "summary.csv")[0]
+    assert (row["n_train"], row["n_val"], row["n_test"], row["n_transfer"]) == ("140", "40", "20", "40")
+    assert row["dataset"] == "mypkg.blobs.load"  # no name given: its loader's
+    checkpoint = torch.load(user_project / "data" / "teacher.pt", weights_only=True)
+    assert checkpoint["model"]["input_shape"] == [1, 6, 6] and checkpoint["model"]["num_classes"] == 4
+    assert checkpoint["normalization"]["std"] > 0  # uint8 inputs scaled to [0, 1], then standardised
+
+
+@pytest.mark.slow
+def test_a_users_loss_and_its_named_parts_become_metrics_columns(user_project):
+    result = user_run(user_project, "loss", "loss=logit_mse", "trainer.epochs=2")
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(user_project / "loss" / "metrics.csv")
+    distilled = [r for r in rows if r["model"] == "distilled"]
+    assert len(distilled) == 2 and all(float(r["mse"]) > 0 and float(r["ce"]) > 0 for r in distilled)
+    for row in distilled:  # the epoch means of loss = ce + 0.5 * mse, batch by batch
+        assert float(row["train_loss"]) == pytest.approx(float(row["ce"]) + 0.5 * float(row["mse"]), rel=1e-5)
+    assert all(r["mse"] == "" for r in rows if r["model"] != "distilled")
+    summary = read_rows(user_project / "loss" / "summary.csv")
+    assert summary[0]["alpha"] == summary[0]["temperature"] == ""  # not kd: no alpha or T
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "student, words",
+    [
+        ("missing", ["model.student._target_='mypkg.nowhere.make_net' cannot be found: module mypkg has no nowhere.make_net"]),
+        ("broken", ["model.student", "returned str", "torch.nn.Module"]),
+        ("misshapen", ["model.student", "[batch, 10]"]),
+    ],
+)
+def test_a_users_broken_model_is_one_message(user_project, student, words):
+    result = user_run(user_project, f"bad-{student}", f"model/student={student}")
+    assert result.returncode == 2
+    assert not has_traceback(result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert read_status(user_project / f"bad-{student}")["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_settings_the_users_code_does_not_take_are_one_message(user_project):
+    result = user_run(user_project, "bad-key", "model/student=mynet", "+model.student.depth=3")
+    assert result.returncode == 2 and not has_traceback(result.stderr)
+    assert "model.student" in result.stderr and "depth" in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------- the loss contract, through fit
+
+
+def test_a_loss_with_features_parameters_and_an_epoch_hook_trains_through_fit():
+    """FitNets-style: a regressor of the loss's own maps the student's hidden layer onto the
+    teacher's; it is built in setup (once shapes are known) and trained by the student's optimiser."""
+    from kdrun.data import Split
+    from kdrun.losses import DistillationLoss
+    from kdrun.models import MLP
+    from kdrun.train import Distillation, FitSettings, fit
+
+    class Hint(DistillationLoss):
+        student_features = ("network.1",)
+        teacher_features = ("network.1",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.epochs_seen: list[tuple[int, int]] = []
+
+        def setup(self, student, teacher, inputs):
+            with torch.no_grad():
+                student(inputs), teacher(inputs)
+            self.regressor = torch.nn.Linear(8, 16)  # student width -> teacher width
+
+        def set_epoch(self, epoch, epochs):
+            self.epochs_seen.append((epoch, epochs))
+
+        def forward(self, student_logits, teacher_logits, labels, student_features, teacher_features):
+            hint = torch.nn.functional.mse_loss(self.regressor(student_features["network.1"]), teacher_features["network.1"])
+            return {"loss": torch.nn.functional.cross_entropy(student_logits, labels) + hint, "hint": hint}
+
+    generator = torch.Generator().manual_seed(0)
+    train = Split(torch.randn(64, 5, generator=generator), torch.randint(0, 3, (64,), generator=generator))
+    val = Split(torch.randn(16, 5, generator=generator), torch.randint(0, 3, (16,), generator=generator))
+    torch.manual_seed(0)
+    teacher, student, loss = MLP((5,), 3, [16]), MLP((5,), 3, [8]), Hint()
+    rows = fit(student, train, val, FitSettings(4, 16, "adam", 1e-2, 0.0, 0), "distilled", Distillation(loss, teacher))
+    before = loss.regressor.weight.detach().clone()
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4] and loss.epochs_seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert rows[-1]["hint"] < rows[0]["hint"]  # the regressor and the student learn to match the teacher
+    fit(student, train, val, FitSettings(1, 16, "adam", 1e-2, 0.0, 0), "distilled", Distillation(loss, teacher))
+    assert not torch.equal(before, loss.regressor.weight)  # trained by the student's optimiser
+    assert not student.network[1]._forward_hooks  # the feature hooks are gone after fit
+
+
+def test_a_loss_returning_something_else_is_one_message():
+    from kdrun.data import Split
+    from kdrun.errors import ConfigError
+    from kdrun.models import MLP
+    from kdrun.train import Distillation, FitSettings, fit
+
+    split = Split(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    with pytest.raises(ConfigError, match="must return a scalar tensor or a dict holding 'loss'"):
+        fit(MLP((3,), 2), split, split, FitSettings(1, 4, "adam", 1e-3, 0.0, 0), "distilled", Distillation(lambda s, t, y: 1.0, MLP((3,), 2)))
+
+
+# --------------------------------------------------------------------------- kdrun.run
+
+
+def test_kdrun_run_writes_the_run_directory_and_returns_the_results(tmp_path):
+    import kdrun
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    overrides = ["trainer.epochs=2", "dataset.n_samples=120", "model.teacher.hidden=[16]", "model.student.hidden=[8]", f"cache.dir={tmp_path / 'cache'}"]
+    results = kdrun.run(overrides, run_dir=tmp_path / "run")
+    assert torch.equal(torch.rand(1), expected_next) and torch.get_num_threads() == threads  # the caller's state
+    assert list(results.summary["model"]) == ["teacher", "distilled", "baseline"]
+    assert results.summary.loc[1, "test_acc"] == pytest.approx(float(read_rows(tmp_path / "run" / "summary.csv")[1]["test_acc"]))
+    assert len(results.metrics) == 6 and {"soft_loss", "hard_loss"} <= set(results.metrics.columns)
+    assert set(results.models) == {"teacher", "distilled", "baseline"} and not results.models["distilled"].training
+    for name in ("metrics.csv", "summary.csv", "curves.png", "temperature.png", "distilled.pt", "train.log", ".hydra/config.yaml"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert read_status(tmp_path / "run")["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loss.alpha=1.5", "loss.alpha=1.5 is not allowed: a number in [0, 1]"),
+        ("loss.alpah=1", "loss.alpah is not a setting: did you mean loss.alpha?"),
+        ("dataset=nope", "dataset=nope is not an option: choose from digits, fashion_mnist, mnist, synthetic"),
+    ],
+)
+def test_kdrun_run_raises_the_message_the_cli_prints(tmp_path, override, message):
+    import kdrun
+    from kdrun.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        kdrun.run([override], run_dir=tmp_path / "run")
+    assert str(info.value).startswith(message)
+    printed = run_kdrun("train", override, f"hydra.run.dir={tmp_path / 'cli'}", cwd=tmp_path, tiny=False)
+    assert printed.stderr.strip() == f"kdrun ERROR: {info.value}"
