@@ -129,3 +129,38 @@ def test_optuna_search_maximises_val_accuracy(tmp_path: Path) -> None:
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(objectives))  # val accuracy, never test
     assert len(read_csv(sweep / "comparison.csv")) == 3
+
+
+def test_kdruns_launcher_composes_each_job_once_and_all_before_the_first(tmp_path: Path, monkeypatch) -> None:
+    """Hydra's basic sweeper composes every job's config to check it, then its launcher composes
+    it again; kdrun's launcher composes each once, all before the first job runs."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    from kdrun import app
+
+    composed = []
+    original = ConfigLoaderImpl.load_sweep_config
+
+    def counting(self, master_config, sweep_overrides):
+        composed.append(list(sweep_overrides))
+        return original(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counting)
+    monkeypatch.chdir(tmp_path)
+    common = ["-m", *TINY, f"cache.dir={tmp_path}/cache"]
+    assert app.main([*common, f"hydra.sweep.dir={tmp_path}/sweep", "loss.alpha=0.1,0.5,0.9"]) == 0
+    assert len(composed) == 3 and len(job_dirs(tmp_path / "sweep")) == 3
+    for job, alpha in zip(job_dirs(tmp_path / "sweep"), (0.1, 0.5, 0.9)):
+        assert yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["loss"]["alpha"] == alpha
+        assert yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"] == int(job.name.split("_")[0])
+    # A job whose config cannot be composed stops the sweep before any job runs.
+    assert app.main([*common, f"hydra.sweep.dir={tmp_path}/bad", "model/student=mlp,nope"]) == 2
+    assert not (tmp_path / "bad").exists() or not job_dirs(tmp_path / "bad")
+
+
+def test_hydras_basic_sweeper_and_launcher_still_run_a_sweep(tmp_path: Path) -> None:
+    result = kdrun_train(tmp_path, "hydra/sweeper=basic", "hydra/launcher=basic", "loss.alpha=0.1,0.9")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_full_outputs(tmp_path / "sweep", 2)
+    multirun = yaml.safe_load((tmp_path / "sweep" / "multirun.yaml").read_text())
+    assert multirun["hydra"]["launcher"]["_target_"].endswith("BasicLauncher")

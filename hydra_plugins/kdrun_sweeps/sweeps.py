@@ -1,0 +1,116 @@
+"""kdrun's sweeper and launcher (``hydra/sweeper=kdrun``, ``hydra/launcher=kdrun``, the defaults).
+
+They run a grid as Hydra's basic ones do (the cartesian product of comma-separated values, in
+order, in this process), but compose each job's config once: Hydra's basic sweeper composes every
+job's config to check it (``Sweeper.validate_batch_is_legal``), throws it away, and the launcher
+composes it again. Here the launcher composes all of a batch's configs before its first job runs,
+so a bad override still stops the sweep before any training, and the sweeper skips its check.
+With another launcher (joblib, submitit) the sweeper checks as Hydra's does.
+
+Hydra finds plugins in the ``hydra_plugins`` namespace package; the configs are stored below.
+(Hydra loads this module without registering it in sys.modules: no ``from __future__ import
+annotations``, which dataclasses would then fail to resolve.)
+"""
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KdrunSweeperConf:
+    _target_: str = "hydra_plugins.kdrun_sweeps.sweeps.KdrunSweeper"
+    max_batch_size: Optional[int] = None  # jobs handed to the launcher at a time (None: all)
+    params: Optional[Dict[str, str]] = None  # sweeps set in a config: {key: "value1,value2"}
+
+
+@dataclass
+class KdrunLauncherConf:
+    _target_: str = "hydra_plugins.kdrun_sweeps.sweeps.KdrunLauncher"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="kdrun", node=KdrunSweeperConf, provider="kdrun")
+ConfigStore.instance().store(group="hydra/launcher", name="kdrun", node=KdrunLauncherConf, provider="kdrun")
+
+
+class KdrunLauncher(Launcher):
+    """Runs a batch of jobs one after the other in this process, each job's config composed once."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)) for overrides in job_overrides]
+        log.info(f"Launching {len(job_overrides)} jobs locally")
+        returns = []
+        for idx, (overrides, config) in enumerate(zip(job_overrides, configs), start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            with open_dict(config):
+                config.hydra.job.id = idx
+                config.hydra.job.num = idx
+            returns.append(
+                run_job(
+                    hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+                )  # fmt: skip
+            )
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
+
+
+class KdrunSweeper(Sweeper):
+    """The cartesian product of the sweep's values (``a=1,2 b=x,y``: 4 jobs), in batches of at
+    most ``max_batch_size`` jobs."""
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+        self.max_batch_size, self.params = max_batch_size, params or {}
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        choices: Dict[str, List[str]] = {}
+        for override in overrides:
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+            elif override.is_discrete_sweep():
+                choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            else:
+                raise HydraException(f"kdrun's sweeper takes lists of values (a=1,2,3); {key} sweeps a {override.value_type.name}")
+        jobs = [list(job) for job in itertools.product(*choices.values())]
+        size = self.max_batch_size if self.max_batch_size not in (None, -1) else max(1, len(jobs))
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns = []
+        for start in range(0, len(jobs), size):
+            batch = jobs[start : start + size]
+            if not isinstance(self.launcher, KdrunLauncher):  # it composes the configs up front itself
+                self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=start)
+            for result in results:
+                _ = result.return_value  # raises what a job raised
+            returns.append(results)
+        return returns
