@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from kdrun.config import config_error_message, config_hash, model_cache_dir, register_configs, validate
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
@@ -121,11 +121,25 @@ def _check_cache_dir(cfg: DictConfig) -> None:
         raise ConfigError(f"cache.dir={shown} is not allowed: {problem}. Set cache.dir to a folder kdrun can write, or cache.enabled=false")
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait meanwhile (a second Ctrl-C cannot cut a status write short)."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (AttributeError, ValueError):  # no pthread_sigmask (Windows)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _run_job(cfg: DictConfig, run_dir: Path) -> "RunResult":
     """Run one experiment into ``run_dir``, its status.json saying how it went. Raises what
     stopped it (after recording it), ``failure_of`` telling a user's mistake from a bug."""
     digest = config_hash(cfg)
-    remove_results(run_dir)  # a rerun into the same folder: the old results no longer hold
+    remove_results(run_dir, metrics=True)  # a rerun into the same folder: the old results no longer hold
     write_status(run_dir, "running", config_hash=digest, pid=os.getpid())
     try:
         validate(cfg)  # before torch is imported: a bad value fails in about a second
@@ -134,16 +148,18 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> "RunResult":
 
         result = run_experiment(cfg, run_dir)
     except KeyboardInterrupt as interruption:
-        name = signal_of(interruption).name
-        remove_results(run_dir)
-        message = f"stopped by {name}; metrics.csv holds the epochs finished before"
-        write_status(run_dir, "interrupted", config_hash=digest, signal=name, message=message)
+        stopped_by = signal_of(interruption)
+        with _signals_held():
+            remove_results(run_dir)
+            message = f"stopped by {stopped_by.name}; metrics.csv holds the epochs finished before"
+            write_status(run_dir, "interrupted", config_hash=digest, signal=stopped_by.name, exit_code=128 + int(stopped_by), message=message)
         raise
     except BaseException as error:
         failure = failure_of(error)
         code, message = failure if failure is not None else (EXIT_FAILED, f"internal error: {type(error).__name__}: {error}")
-        remove_results(run_dir)
-        write_status(run_dir, "failed", config_hash=digest, exit_code=code, message=message.splitlines()[0] if message else "")
+        with _signals_held():
+            remove_results(run_dir)
+            write_status(run_dir, "failed", config_hash=digest, exit_code=code, message=message.splitlines()[0] if message else "")
         raise
     write_status(run_dir, "completed", config_hash=digest, objective=result.objective)
     return result
@@ -305,18 +321,19 @@ class Results:
     run_dir: Path
     summary: "pandas.DataFrame"  # one row per model, as summary.csv
     metrics: "pandas.DataFrame"  # one row per model per epoch, as metrics.csv
-    models: dict[str, "nn.Module"]  # teacher, distilled, baseline: trained, in eval mode
+    models: dict[str, "nn.Module"]  # teacher, distilled, baseline (if trained), in eval mode
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """kdrun's config with ``overrides``, composed as ``kdrun train`` composes it. A mistake is a
-    ConfigError with the message ``kdrun train`` prints."""
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """kdrun's config with ``overrides``, composed as ``kdrun train`` composes it (with Hydra's
+    own node ``hydra`` if asked). A mistake is a ConfigError with the message ``kdrun train``
+    prints."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return hydra_compose("config", overrides=list(overrides))
+            return hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
     except Exception as error:
         message = config_error_message(error)
         if message is None:
@@ -333,22 +350,29 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None) ->
     import pandas
     import torch
 
-    cfg = compose(overrides)
+    cfg = compose(overrides, with_hydra=True)
+    hydra_node = cfg.hydra
+    with read_write(cfg), open_dict(cfg):  # the task's config, as Hydra hands it to kdrun train's task
+        del cfg["hydra"]
     run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     _make_folder(run_dir, "run_dir")
     (run_dir / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": hydra_node.runtime.choices}}}), run_dir / ".hydra" / "hydra.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
-    threads = torch.get_num_threads()
+    threads, level = torch.get_num_threads(), log.level
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng():  # every device's generator, restored afterwards
             result = _run_job(cfg, run_dir)
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
         handler.close()
         torch.set_num_threads(threads)
-    models = {name: model.eval() for name, model in result.models.items()}
+    trained = {row["model"] for row in result.summary.values() if row["source"] != "not_trained"}
+    models = {name: model.eval() for name, model in result.models.items() if name in trained}
     return Results(run_dir, pandas.DataFrame(list(result.summary.values())), pandas.DataFrame(result.metrics), models)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 import kdrun
+from kdrun.config import digest
 from kdrun.run_files import replace_atomically
 
 try:
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    stamped = {**parts, "kdrun": kdrun.__version__, "torch": torch.__version__.split("+")[0]}
-    return hashlib.sha256(json.dumps(stamped, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return digest({**parts, "kdrun": kdrun.__version__, "torch": torch.__version__.split("+")[0]}, length=32)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional, Sequence
 import yaml
 
 from kdrun.errors import EXIT_USAGE
-from kdrun.run_files import METRICS, MODELS, RESULT_UNCHANGED_KEYS, Metric, STATUS_FILE, read_status, write_csv_atomic
+from kdrun.run_files import METRICS, MODELS, RESULT_UNCHANGED_KEYS, STATUS_FILE, Metric, csv_text, read_status, write_csv_atomic
 from kdrun.stats import mean_ci
 
 EXIT_OK = 0
@@ -36,7 +36,6 @@ COMPARISON_FILE = "comparison.csv"
 BY_CONFIG_FILE = "comparison_by_config.csv"
 HEATMAP_FILE = "heatmap.png"
 SEED_KEY = "trainer.seed"
-NOT_COUNTED = ("failed", "interrupted", "running", "unknown")
 
 
 class CompareError(Exception):
@@ -444,12 +443,7 @@ def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], group
 def render(comparison: Comparison, rows: list[dict], groups: Optional[list[dict]], fmt: str, console=None) -> None:
     """Print the per-run table (and the seed-grouped one) as a rich table, CSV or markdown."""
     if fmt == "csv":
-        buffer = io.StringIO()
-        columns = run_columns(comparison)
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.write(csv_text(rows, run_columns(comparison)))
         return
     title = f"{comparison.metric.title}: {len(rows)} runs"
     tables = [(title, *_display_runs(rows, comparison), len(comparison.varying))]
@@ -461,19 +455,11 @@ def render(comparison: Comparison, rows: list[dict], groups: Optional[list[dict]
         sys.stdout.write("\n".join(f"**{t}**\n\n{_markdown(h, b, n)}" for t, h, b, n in tables))
         return
     if console is None:
-        from rich.console import Console
+        from kdrun.console import make_console
 
-        console = Console()
-        if not console.is_terminal:
-            console.width = max(console.width, 120)
+        console = make_console(min_width=120)
     for table in tables:
         console.print(_rich_table(*table))
-
-
-def _csv_cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def closing_lines(comparison: Comparison) -> list[str]:

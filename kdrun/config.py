@@ -253,10 +253,25 @@ def _check_known_keys(node: DictConfig, prefix: str = "") -> None:
             _check_known_keys(child, f"{prefix}{key}.")
 
 
+def _missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """The keys below ``node`` whose value is ??? (required, not given), dotted."""
+    missing = []
+    for key in node.keys():
+        child = node._get_node(key)
+        if child._is_missing():
+            missing.append(f"{prefix}{key}")
+        elif isinstance(child, DictConfig):
+            missing += _missing_keys(child, f"{prefix}{key}.")
+    return missing
+
+
 def validate(cfg: DictConfig) -> None:
     """Check that every key is known and every value in range. Raises ConfigError naming the
     first bad key."""
     _check_known_keys(cfg)
+    missing = _missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value (???): give it one, e.g. {missing[0]}=...")
     plain = OmegaConf.to_object(cfg)
     dataset = plain.dataset
     if not isinstance(dataset, DataConf):  # a user's dataset: its split settings are still kdrun's
@@ -280,6 +295,8 @@ def validate(cfg: DictConfig) -> None:
 def _import(path: str, key: str) -> Any:
     """The object at the dotted ``path`` (a module's attribute, or a nested one)."""
     parts = path.split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"{key}._target_={path!r} is not allowed: name a module and what it holds, e.g. mypkg.build")
     for split in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:split])
         try:
@@ -302,8 +319,9 @@ def _import(path: str, key: str) -> Any:
 
 def instantiate(node: Any, key: str, **extra: Any) -> Any:
     """The object ``node``'s ``_target_`` builds, called with the node's other keys and ``extra``
-    (Hydra's ``instantiate``). A target that cannot be imported, or that does not take those
-    keys, is a ConfigError naming ``key``; errors raised inside the target's own code pass."""
+    (Hydra's ``instantiate``, ``_partial_`` and nested ``_target_`` included). A target that
+    cannot be imported, or that does not take those keys, is a ConfigError naming ``key``, and so
+    is a ValueError from a kdrun target's checks; errors raised inside a user's code pass."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
@@ -311,19 +329,26 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
     if not target:
         raise ConfigError(f"{key} has no _target_: name the class or function that builds it (e.g. _target_: mypkg.build)")
     built_by = _import(str(target), key)
-    arguments = {k: v for k, v in to_plain(node).items() if k != "_target_"} | extra
+    plain = to_plain(node)
+    arguments = {k: v for k, v in plain.items() if not (k.startswith("_") and k.endswith("_"))} | extra  # not Hydra's _x_ keys
     try:
-        inspect.signature(built_by).bind(**arguments)
+        signature = inspect.signature(built_by)
+    except ValueError:  # no signature to check (some builtins)
+        signature = None
+    try:
+        if signature is not None:
+            (signature.bind_partial if plain.get("_partial_") else signature.bind)(**arguments)
     except TypeError as error:
         raise ConfigError(f"{key}: {target} does not take the settings {sorted(arguments)}: {error}") from None
-    except ValueError:  # no signature to check (some builtins)
-        pass
     try:
         return hydra_instantiate(node, **extra, _convert_="all")
     except InstantiationException as error:  # what the target itself raised, unwrapped
-        if error.__cause__ is None:
+        cause = error.__cause__
+        if cause is None:
             raise
-        raise error.__cause__ from None
+        if isinstance(cause, ValueError) and not isinstance(cause, ConfigError) and str(target).startswith("kdrun."):
+            raise ConfigError(f"{key}: {cause}") from None
+        raise cause from None
 
 
 def phase_epochs(cfg: DictConfig, phase: str) -> int:
@@ -348,6 +373,11 @@ def to_plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
+def digest(parts: Any, length: int = 16) -> str:
+    """A hex digest of ``parts`` (JSON-able, keys in any order)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
 def config_hash(cfg: DictConfig) -> str:
     """A digest of the settings that change what a run measures: equal digests, equal runs."""
     plain = to_plain(cfg)
@@ -358,7 +388,7 @@ def config_hash(cfg: DictConfig) -> str:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict):
             node.pop(last, None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(plain)
 
 
 def config_error_message(error: BaseException) -> Optional[str]:

@@ -15,10 +15,10 @@ from kdrun.run_files import MODELS
 log = logging.getLogger("kdrun")
 
 
-def make_console() -> Console:
+def make_console(min_width: int = 100) -> Console:
     console = Console()
     if not console.is_terminal:  # logs and CI: no terminal to measure, so room for the table
-        console.width = max(console.width, 100)
+        console.width = max(console.width, min_width)
     return console
 
 

@@ -29,7 +29,7 @@ from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import ConfigError
 from kdrun.models import count_parameters
 from kdrun.plots import plot_curves, plot_temperature
-from kdrun.run_files import MODELS, SUMMARY_COLUMNS, MetricsLog, write_csv_atomic
+from kdrun.run_files import METRICS_FILE, MODELS, SUMMARY_COLUMNS, MetricsLog, write_csv_atomic
 from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, resolve_device
 
 log = logging.getLogger("kdrun")
@@ -82,6 +82,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     with torch.random.fork_rng(devices=[]):  # a loss's own random draws never shift the models'
         torch.manual_seed(seed + 3)
         loss = instantiate(cfg.loss, "loss")
+    if not cfg.dataset.transfer_labels and not getattr(loss, "learns_without_labels", False):
+        raise ConfigError(
+            f"dataset.transfer_labels=false leaves the students no labels, and loss ({cfg.loss._target_}) needs them; "
+            "a loss that learns without labels says so with an attribute learns_without_labels = True"
+        )
     teacher, initial_student = _build_models(cfg, data, seed)
     threads = choose_threads(cfg.trainer.threads, count_parameters(teacher))
     torch.set_num_threads(threads)
@@ -94,7 +99,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     )  # fmt: skip
     trainer = cfg.trainer
     run = _Run(
-        cfg, data, run_dir, console, MetricsLog(run_dir / "metrics.csv"),
+        cfg, data, run_dir, console, MetricsLog(run_dir / METRICS_FILE),
         cache_key={
             "trainer": {k: trainer[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "seed")},
             "device": device.type,

@@ -47,14 +47,31 @@ class FusedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.step_count += 1
+        params, grads = self.params, [p.grad for p in self.params]
+        exp_avgs, exp_avg_sqs = self.exp_avgs, self.exp_avg_sqs
+        if any(grad is None for grad in grads):
+            # As torch.optim: a parameter without a gradient is left alone and its step count
+            # stays; from now on each parameter counts its own steps.
+            if self.steps and self.steps[0] is self.step_count:
+                self.steps = [self.step_count.clone() for _ in self.params]
+            kept = [i for i, grad in enumerate(grads) if grad is not None]
+            params, grads, exp_avgs, exp_avg_sqs, steps = ([items[i] for i in kept] for items in (params, grads, exp_avgs, exp_avg_sqs, self.steps))
+            if not kept:
+                return
+            torch._foreach_add_(steps, 1)
+        elif self.steps and self.steps[0] is self.step_count:
+            self.step_count += 1
+            steps = self.steps
+        else:
+            steps = self.steps
+            torch._foreach_add_(steps, 1)
         self._kernel(
-            self.params,
-            [p.grad for p in self.params],
-            self.exp_avgs,
-            self.exp_avg_sqs,
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
             [],
-            self.steps,
+            steps,
             lr=self.lr,
             beta1=self.betas[0],
             beta2=self.betas[1],

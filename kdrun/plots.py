@@ -14,7 +14,6 @@ level 3 (about half the time of the default 6, the file ~20% larger). No rcParam
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,9 +126,9 @@ def plot_curves(path: Path, history: Sequence[dict]) -> None:
     savefig_atomic(fig, path, dpi=100)
 
 
-# The temperature figures drawn by this process, by what they show: the jobs of a sweep that
-# share a teacher and a T get a copy instead of a new drawing.
-_temperature_figures: dict[str, Path] = {}
+# The temperature figures drawn by this process (PNG bytes), by what they show: the jobs of a sweep
+# that share a teacher and a T get a copy instead of a new drawing.
+_temperature_figures: dict[str, bytes] = {}
 
 
 def plot_temperature(
@@ -140,11 +139,13 @@ def plot_temperature(
     student learns from. The run's own T is drawn thick."""
     shown = repr((sorted(probabilities.items()), list(labels), run_temperature))
     drawn = _temperature_figures.get(shown)
-    if drawn is not None and drawn.is_file():
-        replace_atomically(path, lambda tmp: shutil.copyfile(drawn, tmp))
+    if drawn is not None:
+        replace_atomically(path, lambda tmp: tmp.write_bytes(drawn))
         return
     _draw_temperature(path, probabilities, labels, run_temperature)
-    _temperature_figures[shown] = path
+    if len(_temperature_figures) >= 32:  # a long sweep over many teachers: keep the latest few
+        _temperature_figures.pop(next(iter(_temperature_figures)))
+    _temperature_figures[shown] = path.read_bytes()
 
 
 def _draw_temperature(

@@ -47,6 +47,7 @@ METRICS = {
 # that lets a rerun sweep skip its completed jobs, and of the settings kdrun compare tabulates.
 RESULT_UNCHANGED_KEYS = ("trainer.device", "trainer.threads", "cache.enabled", "cache.dir", "dataset.root", "plots")
 STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.csv"
 # What a finished job leaves besides metrics.csv, status.json and its log. A job that starts, fails
 # or is interrupted removes these first, so that no stale or partial result looks like a finished run.
 RESULT_FILES = ("summary.csv", *(f"{model}.pt" for model in MODELS), "curves.png", "temperature.png")
@@ -60,7 +61,9 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _csv_text(rows: Iterable[dict], columns: Sequence[str], header: bool = True) -> str:
+def csv_text(rows: Iterable[dict], columns: Sequence[str], header: bool = True) -> str:
+    """``rows`` as CSV text: floats in their shortest round-trip form (identical runs give
+    identical bytes), NaN and None as empty cells."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if header:
@@ -92,7 +95,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_csv_atomic(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
-    write_text_atomic(path, _csv_text(rows, columns))
+    write_text_atomic(path, csv_text(rows, columns))
 
 
 class MetricsLog:
@@ -104,7 +107,7 @@ class MetricsLog:
         self.path = path
         self.columns = list(METRICS_COLUMNS)
         self.rows: list[dict] = []
-        write_text_atomic(path, _csv_text([], self.columns))
+        write_text_atomic(path, csv_text([], self.columns))
 
     def append(self, rows: Iterable[dict]) -> None:
         rows = list(rows)
@@ -112,9 +115,9 @@ class MetricsLog:
         new = [key for row in rows for key in row if key not in self.columns]
         if new:
             self.columns += list(dict.fromkeys(new))
-            write_text_atomic(self.path, _csv_text(self.rows, self.columns))
+            write_text_atomic(self.path, csv_text(self.rows, self.columns))
             return
-        text = _csv_text(rows, self.columns, header=False)
+        text = csv_text(rows, self.columns, header=False)
         if text:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(text)
@@ -136,7 +139,8 @@ def read_status(run_dir: Path) -> Optional[dict]:
     return record if isinstance(record, dict) else None
 
 
-def remove_results(run_dir: Path) -> None:
-    """Delete the files of RESULT_FILES in ``run_dir`` (those present)."""
-    for name in RESULT_FILES:
+def remove_results(run_dir: Path, metrics: bool = False) -> None:
+    """Delete the files of RESULT_FILES in ``run_dir`` (those present), and metrics.csv too if
+    asked (a new run into the folder: its rows would be another run's)."""
+    for name in (*RESULT_FILES, METRICS_FILE) if metrics else RESULT_FILES:
         (run_dir / name).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from torch import nn
 from kdrun.data import Split
 from kdrun.errors import ConfigError, NonFiniteLossError
 from kdrun.optim import make_optimizer
+from kdrun.run_files import METRICS_COLUMNS
 
 EVAL_BATCH = 8192
 # fit reorders the training tensors once per epoch up to this size (fewer operations per step);
@@ -144,6 +145,9 @@ def _loss_and_parts(result: Any, parts: Optional[list[str]]) -> tuple[torch.Tens
     if parts is None:  # checked once, on the first batch
         if not all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in [loss, *values]):
             raise ConfigError("the loss must return scalar tensors (the batch mean), in its dict too")
+        taken = [name for name in names if name in METRICS_COLUMNS]
+        if taken:
+            raise ConfigError(f"the loss names a part {taken[0]!r}, a column metrics.csv has already; choose another name")
     elif names != parts:
         raise ConfigError(f"the loss returned the parts {names} after {parts}; it must return the same parts every batch")
     return loss, values, names
@@ -185,7 +189,8 @@ def fit(
             target_columns, rebuild = _row_columns(targets_of(predict(teacher, train.x)))
             columns += target_columns
         if hasattr(loss_fn, "setup"):
-            loss_fn.setup(model, teacher, train.x[:batch_size])
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the student's dropout masks stay the baseline's
+                loss_fn.setup(model, teacher, train.x[:batch_size])
         if isinstance(loss_fn, nn.Module):
             loss_fn.to(device)
             params += list(loss_fn.parameters())

@@ -48,6 +48,9 @@ USER_CODE = {
                 mse = F.mse_loss(student_logits, teacher_logits)
                 ce = F.cross_entropy(student_logits, labels)
                 return {"loss": ce + self.weight * mse, "mse": mse, "ce": ce}
+
+        def fn_loss(student_logits, teacher_logits, labels, weight=1.0):
+            return F.cross_entropy(student_logits, labels) + weight * F.mse_loss(student_logits, teacher_logits)
     """,
 }
 CONFIGS = {
@@ -57,6 +60,7 @@ CONFIGS = {
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
     "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
     "loss/logit_mse.yaml": "_target_: mypkg.mylosses.LogitMSE\nweight: 0.5\n",
+    "loss/fn_loss.yaml": "_target_: mypkg.mylosses.fn_loss\n_partial_: true\nweight: 0.5\n",
 }
 
 
@@ -131,6 +135,21 @@ def test_a_users_loss_and_its_named_parts_become_metrics_columns(user_project):
 
 
 @pytest.mark.slow
+def test_a_function_is_a_loss_through_partial(user_project):
+    result = user_run(user_project, "fn-loss", "loss=fn_loss")
+    assert result.returncode == 0, result.stderr
+    assert read_status(user_project / "fn-loss")["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_loss_that_needs_labels_refuses_a_transfer_set_without_them(user_project):
+    result = user_run(user_project, "no-labels", "loss=logit_mse", "dataset.transfer_labels=false")
+    assert result.returncode == 2 and not has_traceback(result.stderr)
+    assert "dataset.transfer_labels=false" in result.stderr and "mypkg.mylosses.LogitMSE" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "student, words",
     [
@@ -201,6 +220,35 @@ def test_a_loss_with_features_parameters_and_an_epoch_hook_trains_through_fit():
     assert not student.network[1]._forward_hooks  # the feature hooks are gone after fit
 
 
+def test_a_losss_setup_and_idle_parameters_leave_the_students_pairing_intact():
+    """A loss that builds a regressor in setup (random weights) and leaves it idle: the distilled
+    student must still draw the baseline's dropout masks, and the optimiser skip the idle
+    parameters, so that the loss (plain cross-entropy here) is the only difference: bit for bit."""
+    from kdrun.data import Split
+    from kdrun.losses import DistillationLoss
+    from kdrun.models import MLP
+    from kdrun.train import Distillation, FitSettings, fit
+
+    class CrossEntropyWithIdleRegressor(DistillationLoss):
+        def setup(self, student, teacher, inputs):
+            self.regressor = torch.nn.Linear(4, 4)
+
+        def forward(self, student_logits, teacher_logits, labels):
+            return torch.nn.functional.cross_entropy(student_logits, labels)
+
+    generator = torch.Generator().manual_seed(1)
+    split = Split(torch.randn(48, 6, generator=generator), torch.randint(0, 3, (48,), generator=generator))
+    settings = FitSettings(3, 8, "adam", 1e-2, 0.0, batch_seed=5)
+    weights = []
+    for distillation in (None, Distillation(CrossEntropyWithIdleRegressor(), MLP((6,), 3, [4]))):
+        torch.manual_seed(0)
+        student = MLP((6,), 3, [16], dropout=0.5)
+        torch.manual_seed(2)  # the dropout masks
+        fit(student, split, split, settings, "student", distillation)
+        weights.append(student.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_a_loss_returning_something_else_is_one_message():
     from kdrun.data import Split
     from kdrun.errors import ConfigError
@@ -229,9 +277,15 @@ def test_kdrun_run_writes_the_run_directory_and_returns_the_results(tmp_path):
     assert results.summary.loc[1, "test_acc"] == pytest.approx(float(read_rows(tmp_path / "run" / "summary.csv")[1]["test_acc"]))
     assert len(results.metrics) == 6 and {"soft_loss", "hard_loss"} <= set(results.metrics.columns)
     assert set(results.models) == {"teacher", "distilled", "baseline"} and not results.models["distilled"].training
-    for name in ("metrics.csv", "summary.csv", "curves.png", "temperature.png", "distilled.pt", "train.log", ".hydra/config.yaml"):
+    for name in ("metrics.csv", "summary.csv", "curves.png", "temperature.png", "distilled.pt", ".hydra/config.yaml"):
         assert (tmp_path / "run" / name).is_file(), name
     assert read_status(tmp_path / "run")["status"] == "completed"
+    assert "Distillation improvement" in (tmp_path / "run" / "train.log").read_text()
+    # kdrun compare reads it as it reads a CLI run: the group choices too
+    from kdrun import compare
+
+    run = compare.collect([tmp_path / "run"]).runs[0]
+    assert run.status == "completed" and compare.read_settings(run.path, ["dataset", "loss"]) == {"dataset": "synthetic", "loss": "kd"}
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,9 @@ from torch.distributions import kl_divergence as torch_kl
 import kdrun
 from kdrun.losses import (
     DistillationLossTerms,
+    KDLoss,
+    soft_target_loss,
+    soft_targets,
     distillation_loss,
     distillation_loss_terms,
     kl_divergence_discrete,
@@ -330,6 +333,53 @@ class TestDistillationComposition:
         torch.testing.assert_close(terms.soft.double(), soft, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(terms.hard.double(), hard, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(terms.total.double(), 0.4 * soft + 0.6 * hard, atol=1e-6, rtol=1e-6)
+
+
+class TestKDLossModule:
+    """KDLoss (what loss=kd builds) and the precomputed soft targets the training loop uses."""
+
+    def test_golden_values_on_the_notebook_tensors(self):
+        student, teacher = torch.tensor(NB_Q_LOGITS, dtype=torch.float64), torch.tensor(NB_P_LOGITS, dtype=torch.float64)
+        parts = KDLoss(0.7, 3.0)(student, teacher, torch.tensor([0, 1]))
+        assert parts["soft_loss"].item() == pytest.approx(GOLDEN_DISTILL_SOFT, rel=1e-12)
+        assert parts["hard_loss"].item() == pytest.approx(GOLDEN_DISTILL_HARD, rel=1e-12)
+        assert parts["loss"].item() == pytest.approx(GOLDEN_DISTILL_TOTAL, rel=1e-12)
+
+    @HYPOTHESIS
+    @given(pair=logits_pair(-10, 10), alpha=st.floats(0.0, 1.0), temperature=st.floats(0.5, 10.0), rows=st.data())
+    def test_precomputed_targets_and_row_selections_give_the_loss_of_the_logits(self, pair, alpha, temperature, rows):
+        student, teacher = (torch.from_numpy(a).reshape(-1, a.shape[-1]) for a in pair)
+        labels = torch.arange(len(student)) % student.shape[-1]
+        loss = KDLoss(alpha, temperature)
+        index = torch.tensor(rows.draw(st.lists(st.integers(0, len(student) - 1), min_size=1, max_size=len(student))))
+        targets = loss.teacher_targets(teacher)  # once for every row, as the loop does
+        batch = type(targets)(*(t[index] if t is not None else None for t in targets))
+        got = loss(student[index], batch, labels[index])
+        expected = distillation_loss_terms(student[index], teacher[index], labels[index], alpha=alpha, temperature=temperature)
+        torch.testing.assert_close(got["loss"], expected.total, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(got["soft_loss"], expected.soft, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(got["hard_loss"], expected.hard, atol=1e-10, rtol=1e-10)
+
+    def test_alpha_zero_is_the_hard_term_exactly_and_alpha_one_without_labels_the_soft_term(self):
+        student, teacher = rand(6, 4, seed=50).requires_grad_(), rand(6, 4, seed=51)
+        labels = torch.tensor([0, 1, 2, 3, 0, 1])
+        hard = KDLoss(0.0, 3.0)(student, teacher, labels)
+        assert hard["loss"] is hard["hard_loss"]  # the same graph as plain cross-entropy
+        soft_only = KDLoss(1.0, 2.0)(student, teacher, None)
+        assert set(soft_only) == {"loss", "soft_loss"} and soft_only["loss"] is soft_only["soft_loss"]
+        torch.testing.assert_close(soft_only["loss"], 4.0 * kl_divergence_discrete(teacher, student, 2.0))
+
+    def test_masked_teacher_classes_contribute_nothing(self):
+        teacher = torch.tensor([[2.0, -INF, 0.5], [0.0, 1.0, -INF]])
+        student = rand(2, 3, seed=52)
+        targets = soft_targets(teacher, 2.0)
+        assert targets.support is not None and bool(torch.isfinite(targets.log_probs).all())
+        torch.testing.assert_close(soft_target_loss(student, targets, 2.0), 4.0 * kl_divergence_discrete(teacher, student, 2.0))
+
+    @pytest.mark.parametrize("alpha, temperature, bad", [(1.5, 3.0, "alpha"), (0.5, 0.0, "temperature"), (0.5, NAN, "temperature")])
+    def test_bad_settings_raise_value_error_naming_them(self, alpha, temperature, bad):
+        with pytest.raises(ValueError, match=bad):
+            KDLoss(alpha, temperature)
 
 
 # =========================================================================== 2. properties

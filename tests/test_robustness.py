@@ -164,6 +164,7 @@ BAD_INPUTS = [
     _value("device-missing-cuda", "trainer.device=cuda:7", "trainer.device", "cuda:7"),
     Bad("labels-off-alpha", _train("dataset.transfer_labels=false"), ("loss.alpha", "transfer_labels=false", "must be 1")),
     Bad("empty-split", _train("dataset.n_samples=3"), ("dataset synthetic", "split is empty", "val_fraction")),
+    Bad("missing-value", _train("loss.alpha=???"), ("loss.alpha", "has no value")),
     # unknown group options
     _hydra("unknown-dataset", "dataset=nope", "dataset=nope", "synthetic"),
     _hydra("unknown-model", "model=nope", "model=nope", "hinton"),
@@ -406,13 +407,20 @@ def test_a_changed_config_in_the_same_folder_is_not_skipped(tmp_path):
 # --------------------------------------------------------------------------- files written whole
 
 
-def test_metrics_rows_are_appended_whole(tmp_path):
+def test_metrics_rows_are_appended_whole_and_new_columns_rewrite_the_file(tmp_path):
     log = MetricsLog(tmp_path / "metrics.csv")
     log.append([{"model": "teacher", "epoch": 1, "train_loss": 0.5, "seconds": 0.1}])
     log.append([{"model": "teacher", "epoch": 2, "train_loss": float("nan"), "val_acc": 1.0}])
     text = (tmp_path / "metrics.csv").read_text()
     assert text.endswith("\n") and text.count("\n") == 3
     assert len(_read_metrics(tmp_path / "metrics.csv")) == 2
+    # a loss's parts: the file gains their columns, the earlier rows empty cells, in one rename
+    log.append([{"model": "distilled", "epoch": 1, "train_loss": 0.25, "soft_loss": 0.5}])
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == [*METRICS_COLUMNS, "soft_loss"] and [len(r) for r in rows] == [len(rows[0])] * 4
+    assert rows[1][-1] == "" and rows[3][-1] == "0.5"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
 
 
 def test_whole_file_csv_is_replaced_atomically(tmp_path, monkeypatch):

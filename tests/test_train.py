@@ -297,14 +297,21 @@ def test_fused_adam_steps_exactly_as_torch_optim_with_fused_kernel(name: str, we
 
 
 def test_a_default_run_starts_exactly_one_python_process(tmp_path):
-    """kdrun train runs its job in its own process: no helper process, no fork, no thread pool
-    of processes. An audit hook sees every way Python starts a process."""
+    """kdrun train runs its job in its own process and thread: no helper process, no fork, no
+    thread beside it. An audit hook sees every way Python starts a process; Thread.start is
+    watched for threads."""
     watcher = (
         "import sys\n"
         "def hook(event, args):\n"
         "    if event in ('os.fork', 'os.forkpty', 'os.posix_spawn', 'os.spawn', 'os.exec', 'os.system', 'subprocess.Popen', '_posixsubprocess.fork_exec'):\n"
         "        sys.stderr.write(f'STARTED A PROCESS: {event}\\n')\n"
         "sys.addaudithook(hook)\n"
+        "import threading\n"
+        "start = threading.Thread.start\n"
+        "def reported_start(thread):\n"
+        "    sys.stderr.write(f'STARTED A THREAD: {thread.name}\\n')\n"
+        "    start(thread)\n"
+        "threading.Thread.start = reported_start\n"
         "sys.argv = ['kdrun', *sys.argv[1:]]\n"
         "from kdrun.cli import main\n"
         "main()\n"
@@ -314,9 +321,31 @@ def test_a_default_run_starts_exactly_one_python_process(tmp_path):
     args = ["train", f"hydra.run.dir={tmp_path}/run", f"cache.dir={tmp_path}/cache"]
     result = subprocess.run([sys.executable, "-c", watcher, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "STARTED A PROCESS" not in result.stderr, result.stderr
+    assert "STARTED A PROCESS" not in result.stderr and "STARTED A THREAD" not in result.stderr, result.stderr
     assert (tmp_path / "run" / "curves.png").is_file() and (tmp_path / "run" / "summary.csv").is_file()
     # the hook works: a run that starts a process is caught
     caught = subprocess.run([sys.executable, "-c", watcher.replace("from kdrun.cli import main\nmain()\n", "import subprocess; subprocess.run(['true'])\n")],
                             capture_output=True, text=True)  # fmt: skip
     assert "STARTED A PROCESS: subprocess.Popen" in caught.stderr
+
+
+def test_fused_adam_leaves_parameters_without_gradients_alone_as_torch_optim_does() -> None:
+    """A parameter with no gradient at a step (an unused branch, a loss's idle regressor) is
+    skipped and keeps its own step count, exactly as torch.optim's fused Adam does."""
+    from kdrun.optim import FusedAdam, make_optimizer
+
+    torch.manual_seed(0)
+    ours = torch.nn.ModuleList([torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)])
+    theirs = copy.deepcopy(ours)
+    optimizer = make_optimizer(ours.parameters(), "adam", 1e-2)
+    assert isinstance(optimizer, FusedAdam)
+    reference = torch.optim.Adam(theirs.parameters(), lr=1e-2, fused=True)
+    x = torch.randn(8, 4)
+    for step in range(6):
+        for model, opt in ((ours, optimizer), (theirs, reference)):
+            opt.zero_grad()
+            used = model[:1] if step in (1, 2, 4) else model  # the second layer idles at some steps
+            sum(layer(x).square().mean() for layer in used).backward()
+            opt.step()
+    for mine, expected in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(mine, expected)

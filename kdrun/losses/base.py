@@ -11,6 +11,9 @@ tensor, or a dict holding ``"loss"`` (what is minimised) and other named scalars
 means become extra columns of metrics.csv. Any callable of that form works; subclassing
 ``DistillationLoss`` adds what the optional parts below need:
 
+- ``learns_without_labels``: True if it works with ``labels=None`` (else kdrun refuses
+  ``dataset.transfer_labels=false`` with a message).
+
 - ``teacher_targets(teacher_logits)``: what the loss wants of the teacher, one row per example
   (a tensor, or a tuple of them; None entries allowed). Computed once for the whole transfer set
   when the teacher's inputs are the same every epoch, else per batch; the rows of a batch are
@@ -23,6 +26,10 @@ means become extra columns of metrics.csv. Any callable of that form works; subc
   with a batch of inputs, to build them once feature shapes are known.
 - ``set_epoch(epoch, epochs)`` is called at the start of every epoch (1-based), for schedules
   such as a warm-up.
+
+Random draws: the loss is built, and ``setup`` runs, on random states of their own, so that the
+distilled student sees the baseline's dropout masks. A loss that draws random numbers at every
+batch should use a ``torch.Generator`` of its own for the same reason.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from torch import nn
 class DistillationLoss(nn.Module):
     """Base class with the optional parts' defaults; see the module docstring."""
 
+    learns_without_labels: bool = False
     student_features: Sequence[str] = ()
     teacher_features: Sequence[str] = ()
 

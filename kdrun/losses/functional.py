@@ -271,7 +271,7 @@ def _distillation_terms(
     alpha: float,
     temperature: float,
 ) -> DistillationLossTerms:
-    """The loss without argument checks, for training loops whose inputs were checked once."""
+    """The loss and its parts, once the arguments are checked."""
     soft = temperature**2 * _kl_per_position(teacher_logits.detach(), student_logits, temperature).mean()
     if labels is None:
         hard = torch.full_like(soft, float("nan"))

@@ -32,6 +32,10 @@ class KDLoss(DistillationLoss):
         check_temperature(temperature)
         self.alpha, self.temperature = float(alpha), float(temperature)
 
+    @property
+    def learns_without_labels(self) -> bool:
+        return self.alpha == 1  # the soft term alone
+
     def teacher_targets(self, teacher_logits: torch.Tensor) -> SoftTargets:
         return soft_targets(teacher_logits, self.temperature)
 
