@@ -164,3 +164,10 @@ def test_hydras_basic_sweeper_and_launcher_still_run_a_sweep(tmp_path: Path) -> 
     assert_full_outputs(tmp_path / "sweep", 2)
     multirun = yaml.safe_load((tmp_path / "sweep" / "multirun.yaml").read_text())
     assert multirun["hydra"]["launcher"]["_target_"].endswith("BasicLauncher")
+
+
+def test_a_job_folder_that_cannot_be_created_is_one_message_before_any_job_runs(tmp_path: Path) -> None:
+    result = kdrun_train(tmp_path, f"hydra.sweep.subdir={'x' * 300}_${{hydra.job.num}}", "loss.alpha=0.1,0.9")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "hydra.sweep.subdir" in result.stderr and "File name too long" in result.stderr, result.stderr
+    assert not list((tmp_path / "sweep").glob("*/status.json"))

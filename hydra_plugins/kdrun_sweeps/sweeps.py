@@ -4,7 +4,8 @@ They run a grid as Hydra's basic ones do (the cartesian product of comma-separat
 order, in this process), but compose each job's config once: Hydra's basic sweeper composes every
 job's config to check it (``Sweeper.validate_batch_is_legal``), throws it away, and the launcher
 composes it again. Here the launcher composes all of a batch's configs before its first job runs,
-so a bad override still stops the sweep before any training, and the sweeper skips its check.
+so a bad override (or a job folder that cannot be created) still stops the sweep before any
+training, and the sweeper skips its check.
 With another launcher (joblib, submitit) the sweeper checks as Hydra's does.
 
 Hydra finds plugins in the ``hydra_plugins`` namespace package; the configs are stored below.
@@ -57,13 +58,15 @@ class KdrunLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)) for overrides in job_overrides]
+        for idx, config in enumerate(configs, start=initial_job_idx):
+            with open_dict(config):
+                config.hydra.job.id = idx
+                config.hydra.job.num = idx
+            _make_job_dir(config)
         log.info(f"Launching {len(job_overrides)} jobs locally")
         returns = []
         for idx, (overrides, config) in enumerate(zip(job_overrides, configs), start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            with open_dict(config):
-                config.hydra.job.id = idx
-                config.hydra.job.num = idx
             returns.append(
                 run_job(
                     hydra_context=self.hydra_context, task_function=self.task_function, config=config,
@@ -72,6 +75,24 @@ class KdrunLauncher(Launcher):
             )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
+
+
+def _make_job_dir(config: DictConfig) -> None:
+    """Create the job's folder before Hydra does, so that one that cannot be created (a name too
+    long for the file system, say) is one message naming it (exit 2), not a traceback."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from kdrun.errors import ConfigError
+
+    HydraConfig.instance().set_config(config)  # the subdir's ${hydra:...} interpolations
+    job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"hydra.sweep.subdir: the job folder {job_dir} cannot be created: {error.strerror or error}. "
+            "Choose a shorter hydra.sweep.subdir (e.g. hydra.sweep.subdir=${hydra.job.num})"
+        ) from None
 
 
 class KdrunSweeper(Sweeper):
