@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, read_write
 
-from kdrun.config import config_error_message, config_hash, model_cache_dir, register_configs, validate
+from kdrun.config import config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, validate, without_hydra
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
 from kdrun.run_files import read_status, remove_results, write_status
 
@@ -195,23 +195,49 @@ def train_task(cfg: DictConfig) -> float:
 # --------------------------------------------------------------------------- callbacks (conf/config.yaml)
 
 
-class RunDirCheck(Callback):
-    """Creates hydra.run.dir / hydra.sweep.dir before Hydra does, so that a folder that cannot
-    be created gives one message and exit code 2 instead of Hydra's traceback."""
+class BeforeRun(Callback):
+    """Checks a run's settings before Hydra creates its folder, so that a rejected command leaves
+    none behind; then creates the run or sweep folder, so that one that cannot be created is one
+    message (exit 2) instead of Hydra's traceback. A run folder named by the clock (the default)
+    that another run took in the same second gets a suffix (-2, -3, ...): runs never share one."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._make(config, "hydra.run.dir")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._make(config, "hydra.sweep.dir")
-
-    @staticmethod
-    def _make(config: DictConfig, key: str) -> None:
         try:
-            _make_folder(Path(str(OmegaConf.select(config, key))), key)
+            if not _show_tracebacks:  # else the job's own check raises, with its traceback
+                task = without_hydra(config)
+                validate(task)
+                _check_cache_dir(task)
+            run_dir = Path(str(config.hydra.run.dir))
+            if any(str(o).startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+                _make_folder(run_dir, "hydra.run.dir")  # the user's folder: a rerun may reuse it
+            else:
+                with read_write(config.hydra.run):
+                    config.hydra.run.dir = str(_new_folder(run_dir))
         except ConfigError as error:  # Hydra turns a callback's exceptions into warnings
             print(f"kdrun ERROR: {error}", file=sys.stderr)
             raise SystemExit(EXIT_USAGE) from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            _make_folder(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+        except ConfigError as error:
+            print(f"kdrun ERROR: {error}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+
+
+def _new_folder(path: Path) -> Path:
+    """Create ``path``, or ``path-2``, ``path-3``, ... if it exists: a folder no other run has."""
+    _make_folder(path.parent, "hydra.run.dir")
+    for attempt in range(1, 1000):
+        candidate = path if attempt == 1 else path.with_name(f"{path.name}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise ConfigError(f"hydra.run.dir={candidate} cannot be used as the output folder: {error.strerror or error}") from None
+    raise ConfigError(f"hydra.run.dir={path}: 999 runs started in the same second; choose a folder with hydra.run.dir=...")
 
 
 class SweepEnd(Callback):
@@ -271,6 +297,15 @@ def main(argv: Sequence[str]) -> int:
     """``kdrun train ARGV``: Hydra's command line (overrides, ``-m``, ``--cfg``, ``--help``, shell
     completion) around ``train_task``. Returns the exit code: 0, 1 (a run that went wrong),
     2 (the user's mistake), 130/143 (SIGINT/SIGTERM)."""
+    if "-h" in argv or "--help" in argv:
+        from kdrun.help import train_help
+
+        print(train_help(argv, config_dir()), end="")
+        return 0
+    mistake = _flag_mistake(argv)
+    if mistake is not None:
+        print(f"kdrun ERROR: {mistake}", file=sys.stderr)
+        return EXIT_USAGE
     import hydra
 
     register_configs()
@@ -304,6 +339,30 @@ def main(argv: Sequence[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_full_error
     return 0
+
+
+# The flags of Hydra's command line, with and without their value.
+_HYDRA_FLAGS = {
+    "-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p", "--package", "-r", "--run",
+    "-m", "--multirun", "-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+    "--config-dir", "--experimental-rerun", "-i", "--info",
+}  # fmt: skip
+
+
+def _flag_mistake(argv: Sequence[str]) -> Optional[str]:
+    """A ``--key value`` (or ``-key=value``) that is not one of Hydra's flags: what to write instead."""
+    for index, arg in enumerate(argv):
+        if not arg.startswith("-") or arg.split("=", 1)[0] in _HYDRA_FLAGS or arg.lstrip("-")[:1].isdigit():
+            continue
+        if index and argv[index - 1] in ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-i", "--info"):
+            continue  # a flag's value
+        name, _, value = arg.lstrip("-").partition("=")
+        if not value and index + 1 < len(argv) and not argv[index + 1].startswith("-") and "=" not in argv[index + 1]:
+            value = argv[index + 1]
+        key = suggest_key(name.replace("-", "_"))
+        example = f"{key}={value or '...'}" if key else "trainer.epochs=5"
+        return f"{arg} is not an option of kdrun train: settings are given as key=value, e.g. {example} (kdrun train --help lists them)"
+    return None
 
 
 def _printed(message: object) -> int:
@@ -350,10 +409,8 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None) ->
     import pandas
     import torch
 
-    cfg = compose(overrides, with_hydra=True)
-    hydra_node = cfg.hydra
-    with read_write(cfg), open_dict(cfg):  # the task's config, as Hydra hands it to kdrun train's task
-        del cfg["hydra"]
+    full = compose(overrides, with_hydra=True)
+    hydra_node, cfg = full.hydra, without_hydra(full)
     run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     _make_folder(run_dir, "run_dir")
     (run_dir / ".hydra").mkdir(exist_ok=True)

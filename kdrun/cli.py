@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TextIO
 
 from kdrun import __version__
 
@@ -38,6 +38,32 @@ examples:
 
 kdrun {__version__}
 """
+
+
+class _ReaderMayLeave:
+    """stdout or stderr read by a pipe that may close first (``kdrun train | head -3``): writes
+    after the reader left are dropped, so that a closed pipe never fails a run."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
 
 
 def _train(argv: Sequence[str]) -> int:
@@ -83,6 +109,8 @@ def _exit_now(code: int) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from_command_line = argv is None
+    if from_command_line:
+        sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     argv = list(sys.argv[1:] if argv is None else argv)
     completed = _complete(argv)
     if completed is not None:

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional, Sequence
 import yaml
 
 from kdrun.errors import EXIT_USAGE
-from kdrun.run_files import METRICS, MODELS, RESULT_UNCHANGED_KEYS, STATUS_FILE, Metric, csv_text, read_status, write_csv_atomic
+from kdrun.run_files import METRICS, MODELS, RESULT_UNCHANGED_KEYS, STATUS_FILE, Metric, csv_text, read_status, short_number, write_csv_atomic
 from kdrun.stats import mean_ci
 
 EXIT_OK = 0
@@ -235,9 +235,12 @@ def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
         raise CompareError(f"no runs (directories with .hydra/ and status.json or summary.csv) below {', '.join(map(str, dirs))}")
     runs = [read_run(path, METRICS[metric]) for path in paths]
     listed = [r for r in runs if r.status != "malformed"]
-    keys = list(dict.fromkeys(k for r in listed for k in _override_keys(r.path) if k not in RESULT_UNCHANGED_KEYS))
+    # The settings runs were given: those of the runs that completed (a failed run's misspelt key
+    # is no setting), and the seed, which tells repeats apart.
+    given_by = [r for r in listed if r.counted] or listed
+    keys = list(dict.fromkeys(k for r in given_by for k in _override_keys(r.path) if k not in RESULT_UNCHANGED_KEYS))
     for run in listed:
-        run.settings = read_settings(run.path, keys)
+        run.settings = read_settings(run.path, list(dict.fromkeys([*keys, SEED_KEY])))
     varying = [k for k in keys if len({r.settings[k] for r in listed}) > 1]
     return Comparison(listed, [r for r in runs if r.status == "malformed"], varying, METRICS[metric])
 
@@ -264,21 +267,42 @@ def run_rows(comparison: Comparison) -> list[dict[str, Any]]:
         row["improvement"] = values["distilled"] - values["baseline"]
         row["gap"] = values["teacher"] - values["distilled"]
         row.update(status=run.status, message=run.message, run_dir=str(run.path))
-        for name in ("dataset", "alpha", "temperature", "seed"):
+        for name in _summary_fields(comparison):
             row[name] = run.summary_field(name)
         rows.append(row)
     return rows
 
 
+def _summary_fields(comparison: Comparison) -> list[str]:
+    """The summary.csv settings comparison.csv repeats, unless a varying setting has the name."""
+    return [name for name in ("dataset", "alpha", "temperature", "seed") if name not in comparison.varying]
+
+
 def run_columns(comparison: Comparison) -> list[str]:
     column = comparison.metric.column
-    return [*comparison.varying, *(f"{m}_{column}" for m in MODELS), "improvement", "gap", "status", "dataset", "alpha", "temperature", "seed", "run_dir", "message"]
+    return [*comparison.varying, *(f"{m}_{column}" for m in MODELS), "improvement", "gap", "status", *_summary_fields(comparison), "run_dir", "message"]
+
+
+def _seed(run: Run) -> str:
+    return run.settings.get(SEED_KEY) or run.summary_field("seed")
+
+
+def _by_seed(runs: Sequence[Run], value) -> list[float]:
+    """``value(run)`` for each distinct seed: the mean over a seed's repeats, which are not
+    independent samples (the same seed gives the same result, up to rounding)."""
+    per_seed: dict[str, list[float]] = {}
+    for run in runs:
+        v = value(run)
+        if math.isfinite(v):
+            per_seed.setdefault(_seed(run), []).append(v)
+    return [statistics.fmean(values) for values in per_seed.values()]
 
 
 def config_rows(comparison: Comparison) -> list[dict[str, Any]]:
-    """Runs that differ only in trainer.seed, grouped: mean, std and n of each model's metric, and
-    the paired improvement (distilled − baseline of the same run, i.e. the same seed) with its 95%
-    t-interval. Runs that did not complete are counted in ``not_counted``, never averaged."""
+    """Runs that differ only in trainer.seed, grouped: over the distinct seeds (repeats of a seed
+    averaged first), mean, std and n of each model's metric, and the paired improvement
+    (distilled − baseline of the same seed) with its 95% t-interval. Runs that did not complete
+    are counted in ``not_counted``, never averaged."""
     keys = [k for k in comparison.varying if k != SEED_KEY]
     column = comparison.metric.column
     groups: dict[tuple, list[Run]] = {}
@@ -287,15 +311,17 @@ def config_rows(comparison: Comparison) -> list[dict[str, Any]]:
     rows = []
     for values, runs in groups.items():
         done = [r for r in runs if r.counted]
+        seeds = list(dict.fromkeys(_seed(r) for r in done))
         row: dict[str, Any] = dict(zip(keys, values))
-        row["n"] = len(done)
+        row["n"] = len(seeds)
+        row["repeats"] = len(done) - len(seeds)
         row["not_counted"] = len(runs) - len(done)
-        row["seeds"] = " ".join(r.settings.get(SEED_KEY, r.summary_field("seed")) for r in done)
+        row["seeds"] = " ".join(seeds)
         for model in MODELS:
-            scores = [v for v in (r.value(model, column) for r in done) if math.isfinite(v)]
+            scores = _by_seed(done, lambda r, model=model: r.value(model, column))
             row[f"{model}_mean"] = statistics.fmean(scores) if scores else math.nan
             row[f"{model}_std"] = _std(scores)
-        differences = [d for d in (r.value("distilled", column) - r.value("baseline", column) for r in done) if math.isfinite(d)]
+        differences = _by_seed(done, lambda r: r.value("distilled", column) - r.value("baseline", column))
         mean, low, high = mean_ci(differences) if differences else (math.nan, math.nan, math.nan)
         row.update(improvement_mean=mean, improvement_std=_std(differences), improvement_ci_low=low, improvement_ci_high=high)
         row["gap_mean"] = row["teacher_mean"] - row["distilled_mean"]
@@ -306,11 +332,20 @@ def config_rows(comparison: Comparison) -> list[dict[str, Any]]:
 def config_columns(comparison: Comparison) -> list[str]:
     keys = [k for k in comparison.varying if k != SEED_KEY]
     per_model = [f"{model}_{stat}" for model in MODELS for stat in ("mean", "std")]
-    return [*keys, "n", *per_model, "improvement_mean", "improvement_std", "improvement_ci_low", "improvement_ci_high", "gap_mean", "not_counted", "seeds"]
+    return [*keys, "n", "repeats", *per_model, "improvement_mean", "improvement_std", "improvement_ci_low", "improvement_ci_high", "gap_mean", "not_counted", "seeds"]
 
 
 def has_seed_groups(comparison: Comparison) -> bool:
-    return SEED_KEY in comparison.varying
+    """Whether some runs differ only in their seed, or repeat one: then the grouped table shows."""
+    keys = [k for k in comparison.varying if k != SEED_KEY]
+    seen: set[tuple] = set()
+    for run in comparison.runs:
+        if run.counted:
+            group = tuple(run.settings.get(k, "") for k in keys)
+            if group in seen:
+                return True
+            seen.add(group)
+    return False
 
 
 SORT_METRICS = ("teacher", "distilled", "baseline", "improvement", "gap")
@@ -340,7 +375,7 @@ def _metric_text(value: float, metric: Metric, signed: bool = False) -> str:
         return ""
     if metric.percent:
         return f"{100 * value:+.1f}" if signed else f"{100 * value:.2f}%"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+    return short_number(value, signed)
 
 
 def _display_runs(rows: list[dict], comparison: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -372,7 +407,8 @@ def _display_configs(rows: list[dict], comparison: Comparison) -> tuple[list[str
     header = [*keys, "n", "teacher", "distilled", "baseline", f"improvement{unit}", "95% CI"]
     body = []
     for row in rows:
-        cells = [row[k] for k in keys] + [str(row["n"]) + (f" (+{row['not_counted']} not counted)" if row["not_counted"] else "")]
+        notes = [f"+{row['repeats']} repeat{'s' if row['repeats'] > 1 else ''} of a seed" if row["repeats"] else "", f"+{row['not_counted']} not counted" if row["not_counted"] else ""]
+        cells = [row[k] for k in keys] + [str(row["n"]) + "".join(f" ({note})" for note in notes if note)]
         cells += [mean_std(row[f"{m}_mean"], row[f"{m}_std"]) for m in MODELS]
         cells.append(_metric_text(row["improvement_mean"], metric, True))
         low, high = row["improvement_ci_low"], row["improvement_ci_high"]
@@ -403,40 +439,54 @@ def _rich_table(title: str, header: list[str], body: list[list[str]], n_settings
 # --------------------------------------------------------------------------- heatmap
 
 
-def heatmap_cells(comparison: Comparison) -> Optional[dict[tuple[float, float], list[float]]]:
-    """Improvement per (alpha, temperature) from the completed runs' summary.csv, or None when
-    alpha and temperature do not both vary, or do not form a grid."""
-    cells: dict[tuple[float, float], list[float]] = {}
+GRID_KEYS = ("loss.alpha", "loss.temperature")
+
+
+def heatmap_grids(comparison: Comparison) -> list[tuple[str, dict[tuple[float, float], list[float]]]]:
+    """Improvement per (alpha, temperature), one grid per set-up: runs that differ in other
+    settings (the epochs, the dataset, ...) are never pooled into one cell. Each grid is (the
+    set-up's settings as text, {(alpha, T): one improvement per distinct seed}); grids where
+    alpha and T do not both vary, or do not form a grid, are left out."""
     column = comparison.metric.column
+    others = [k for k in comparison.varying if k not in (*GRID_KEYS, SEED_KEY)]
+    setups: dict[tuple, list[Run]] = {}
     for run in comparison.runs:
         if run.counted:
-            cell = (_float(run.summary_field("alpha")), _float(run.summary_field("temperature")))
-            cells.setdefault(cell, []).append(run.value("distilled", column) - run.value("baseline", column))
-    alphas, temperatures = {a for a, _ in cells}, {t for _, t in cells}
-    if len(alphas) < 2 or len(temperatures) < 2 or any(math.isnan(v) for v in alphas | temperatures):
-        return None
-    if 2 * len(cells) < len(alphas) * len(temperatures):  # scattered points (an Optuna search), not a grid
-        return None
-    return cells
+            setups.setdefault(tuple(run.settings.get(k, "") for k in others), []).append(run)
+    grids = []
+    for setup, runs in setups.items():
+        by_cell: dict[tuple[float, float], list[Run]] = {}
+        for run in runs:
+            by_cell.setdefault((_float(run.summary_field("alpha")), _float(run.summary_field("temperature"))), []).append(run)
+        alphas, temperatures = {a for a, _ in by_cell}, {t for _, t in by_cell}
+        if len(alphas) < 2 or len(temperatures) < 2 or any(math.isnan(v) for v in alphas | temperatures):
+            continue
+        if 2 * len(by_cell) < len(alphas) * len(temperatures):  # scattered points (an Optuna search), not a grid
+            continue
+        cells = {cell: _by_seed(members, lambda r: r.value("distilled", column) - r.value("baseline", column)) for cell, members in by_cell.items()}
+        grids.append((", ".join(f"{k}={v}" for k, v in zip(others, setup)), cells))
+    return grids
 
 
 # --------------------------------------------------------------------------- the command
 
 
 def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], groups: Optional[list[dict]], plot: bool = True) -> list[Path]:
-    """comparison.csv, comparison_by_config.csv (seeds vary) and heatmap.png (alpha × T varies)."""
+    """comparison.csv, comparison_by_config.csv (seeds vary or repeat) and heatmap.png (alpha × T
+    varies; heatmap-1.png, heatmap-2.png, ... for several set-ups)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / COMPARISON_FILE]
     write_csv_atomic(written[0], rows, run_columns(comparison))
     if groups is not None:
         written.append(out_dir / BY_CONFIG_FILE)
         write_csv_atomic(written[-1], groups, config_columns(comparison))
-    cells = heatmap_cells(comparison) if plot else None
-    if cells is not None:
-        written.append(out_dir / HEATMAP_FILE)
+    grids = heatmap_grids(comparison) if plot else []
+    for index, (setup, cells) in enumerate(grids, start=1):
         from kdrun.plots import draw_heatmap
 
-        draw_heatmap(written[-1], cells, comparison.metric)
+        name = HEATMAP_FILE if len(grids) == 1 else HEATMAP_FILE.replace(".png", f"-{index}.png")
+        written.append(out_dir / name)
+        draw_heatmap(written[-1], cells, comparison.metric, setup)
     return written
 
 
@@ -479,16 +529,20 @@ def closing_lines(comparison: Comparison) -> list[str]:
 
 
 def compare(dirs: Sequence[Path], out: Optional[Path] = None, metric: str = "test_acc", sort: Optional[str] = None, fmt: str = "table", plot: bool = True, console=None) -> Comparison:
-    """The whole command: collect, print, write. Raises CompareError on bad input."""
+    """The whole command: collect, print, and write files into ``out`` (none without it: viewing
+    never overwrites a sweep's own files). Raises CompareError on bad input."""
     comparison = collect([Path(d) for d in dirs], metric)
     rows = sort_rows(run_rows(comparison), comparison, sort)
     groups = config_rows(comparison) if has_seed_groups(comparison) else None
     if groups is not None and sort is not None:
         groups = _sort_groups(groups, comparison, sort)
     render(comparison, rows, groups, fmt, console)
-    written = write_outputs(comparison, Path(out) if out is not None else Path(dirs[0]), rows, groups, plot)
     for line in closing_lines(comparison):
         print(line, file=sys.stderr)
+    if out is None:
+        print("(kdrun compare ... --out DIR writes comparison.csv and the figures)", file=sys.stderr)
+        return comparison
+    written = write_outputs(comparison, Path(out), rows, groups, plot)
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
     return comparison
 
@@ -508,16 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kdrun compare",
         description="Tabulate every run below DIR (single runs and sweeps, nested): the settings that vary, "
         "teacher / distilled / baseline scores, improvement (distilled - baseline) and gap (teacher - distilled). "
-        "Runs differing only in trainer.seed are also grouped (mean ± std, paired 95%% t-interval).",
-        epilog="writes comparison.csv, comparison_by_config.csv (when seeds vary) and heatmap.png (when alpha and "
-        "temperature vary) into the first DIR, or --out. Example: kdrun compare outputs/multirun",
+        "Runs differing only in trainer.seed are also grouped over their distinct seeds (mean ± std, paired 95% "
+        "t-interval); repeats of a seed count once.",
+        epilog="With --out DIR it writes comparison.csv, comparison_by_config.csv (when seeds vary) and heatmap.png "
+        "(when alpha and temperature vary; one per set-up) there; without, it only prints. A sweep writes its own into "
+        "its folder when it ends. Example: kdrun compare outputs/multirun --out report/",
     )
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="directories holding runs or sweeps")
+    parser.add_argument("dirs", nargs="*", type=Path, default=[Path("outputs")], metavar="DIR", help="directories holding runs or sweeps (default: outputs)")
     parser.add_argument("--metric", choices=list(METRICS), default="test_acc", help="summary.csv column to compare (default: test_acc)")
     parser.add_argument("--sort", metavar="KEY", help="a varying setting (e.g. loss.temperature; ascending) or teacher|distilled|baseline|improvement|gap (best first)")
     parser.add_argument("--format", dest="fmt", choices=("table", "csv", "markdown"), default="table", help="how to print (default: table)")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="where to write comparison.csv etc. (default: the first DIR)")
-    parser.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw heatmap.png")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write comparison.csv and the figures into DIR")
+    parser.add_argument("--no-plot", dest="plot", action="store_false", help="with --out: draw no heatmap")
     return parser
 
 

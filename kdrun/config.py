@@ -9,6 +9,7 @@ A user's own option (a YAML file with a ``_target_`` and no schema) is checked b
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -48,6 +49,13 @@ def _check_fraction(key: str, value: float) -> None:
         _fail(key, value, "a number in (0, 1)")
 
 
+def _setting(default: Any, meaning: str) -> Any:
+    """A schema field with its one line of meaning (``kdrun train --help`` prints it)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": meaning})
+    return field(default=default, metadata={"help": meaning})
+
+
 # --------------------------------------------------------------------------- datasets
 
 
@@ -56,15 +64,15 @@ class DataConf:
     """Settings every dataset shares: its name, the held-out split and the students' transfer set.
     A user's dataset YAML gets these defaults without naming them."""
 
-    name: Optional[str] = None  # shown in logs and summary.csv; null: the loader's _target_
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15  # unused where the loader returns a published test split
-    split_seed: int = 0
-    normalize: bool = True
-    # Students learn from this many training examples (an int) or this fraction of them (a float
-    # in (0, 1]); null means the whole training split. The teacher always sees the whole split.
-    transfer_size: Optional[float] = None
-    transfer_labels: bool = True
+    name: Optional[str] = _setting(None, "shown in logs and summary.csv (null: the loader's _target_)")
+    val_fraction: float = _setting(0.15, "the validation part, in (0, 1), stratified")
+    test_fraction: float = _setting(0.15, "the test part, in (0, 1), where the data has no published test split")
+    split_seed: int = _setting(0, "the split's seed (fixed while trainer.seed varies)")
+    normalize: bool = _setting(True, "standardise inputs with the training split's mean and std")
+    transfer_size: Optional[float] = _setting(
+        None, "the students learn from this many (int) or this fraction of the training examples (null: all)"
+    )
+    transfer_labels: bool = _setting(True, "false: the distilled student learns from the teacher alone, no baseline")
 
     def check(self, key: str) -> None:
         _check_fraction(f"{key}.val_fraction", self.val_fraction)
@@ -87,13 +95,13 @@ DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataConf))
 @dataclass
 class SyntheticDataConf(DataConf):
     _target_: str = "kdrun.data.synthetic.make_synthetic"
-    name: Optional[str] = "synthetic"
-    n_samples: int = 500
-    input_dim: int = 784
-    num_classes: int = 10
-    signal_scale: float = 0.5
-    seed: int = 42
-    normalize: bool = False
+    name: Optional[str] = _setting("synthetic", "shown in logs and summary.csv")
+    n_samples: int = _setting(500, "examples drawn")
+    input_dim: int = _setting(784, "features per example")
+    num_classes: int = _setting(10, "classes")
+    signal_scale: float = _setting(0.5, "the class signal's scale (smaller: harder)")
+    seed: int = _setting(42, "the data's own seed (the notebook's: 42)")
+    normalize: bool = _setting(False, "standardise inputs with the training split's mean and std")
 
     def check(self, key: str) -> None:
         super().check(key)
@@ -107,7 +115,7 @@ class SyntheticDataConf(DataConf):
 @dataclass
 class DigitsDataConf(DataConf):
     _target_: str = "kdrun.data.digits.load_digits"
-    name: Optional[str] = "digits"
+    name: Optional[str] = _setting("digits", "shown in logs and summary.csv")
 
 
 @dataclass
@@ -115,9 +123,9 @@ class IdxDataConf(DataConf):
     """MNIST-format IDX files with a published train/test split: val is carved from train."""
 
     _target_: str = "kdrun.data.idx.load_mnist"
-    name: Optional[str] = "mnist"
-    root: str = "data"
-    val_fraction: float = 1 / 12  # 5,000 of MNIST's 60,000
+    name: Optional[str] = _setting("mnist", "shown in logs and summary.csv")
+    root: str = _setting("data", "the folder holding the IDX files (or <root>/MNIST/raw/)")
+    val_fraction: float = _setting(1 / 12, "the validation part of the training split (1/12: 5,000 of 60,000)")
 
 
 # --------------------------------------------------------------------------- models
@@ -126,8 +134,8 @@ class IdxDataConf(DataConf):
 @dataclass
 class MLPConf:
     _target_: str = "kdrun.models.MLP"
-    hidden: List[int] = field(default_factory=list)
-    dropout: float = 0.0
+    hidden: List[int] = _setting([], "hidden layer widths, e.g. [256,256] (inputs and classes come from the data)")
+    dropout: float = _setting(0.0, "dropout after each hidden layer, in [0, 1)")
 
     def check(self, key: str) -> None:
         for size in self.hidden:
@@ -151,8 +159,8 @@ class ModelPairConf:
 @dataclass
 class KDLossConf:
     _target_: str = "kdrun.losses.KDLoss"
-    alpha: float = 0.7
-    temperature: float = 3.0
+    alpha: float = _setting(0.7, "weight of the teacher's soft targets, in [0, 1]")
+    temperature: float = _setting(3.0, "softmax temperature T > 0")
 
     def check(self, key: str) -> None:
         if not (_finite(self.alpha) and 0 <= self.alpha <= 1):
@@ -169,16 +177,16 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass
 class TrainerConf:
-    epochs: int = 20
-    teacher_epochs: Optional[int] = None
-    student_epochs: Optional[int] = None
-    batch_size: int = 32
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 42
-    device: str = "auto"
-    threads: Optional[int] = None
+    epochs: int = _setting(20, "epochs per model, unless teacher_epochs / student_epochs say otherwise")
+    teacher_epochs: Optional[int] = _setting(None, "the teacher's epochs (null: epochs)")
+    student_epochs: Optional[int] = _setting(None, "each student's epochs (null: epochs)")
+    batch_size: int = _setting(32, "examples per step")
+    optimizer: str = _setting("adam", "adam, adamw or sgd (momentum 0.9)")
+    lr: float = _setting(1e-3, "learning rate")
+    weight_decay: float = _setting(0.0, "weight decay")
+    seed: int = _setting(42, "model initialisation and batch order")
+    device: str = _setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
+    threads: Optional[int] = _setting(None, "torch CPU threads (null: 1 for models under 1M parameters, else all cores)")
 
     def check(self, key: str) -> None:
         _check_int_at_least(f"{key}.epochs", self.epochs, 1)
@@ -199,8 +207,8 @@ class TrainerConf:
 
 @dataclass
 class CacheConf:
-    enabled: bool = True
-    dir: Optional[str] = None
+    enabled: bool = _setting(True, "reuse trained teachers and baselines from earlier runs")
+    dir: Optional[str] = _setting(None, "the cache folder (null: $XDG_CACHE_HOME/kdrun or ~/.cache/kdrun)")
 
 
 @dataclass
@@ -210,23 +218,59 @@ class KDRunConf:
     loss: Any = MISSING
     trainer: TrainerConf = field(default_factory=TrainerConf)
     cache: CacheConf = field(default_factory=CacheConf)
-    plots: bool = True
+    plots: bool = _setting(True, "write curves.png and temperature.png")
+
+
+# Where each schema's keys live, for suggestions ("did you mean ...?") and for --help.
+SCHEMAS_AT = {
+    "trainer": (TrainerConf,),
+    "loss": (KDLossConf,),
+    "model.student": (MLPConf,),
+    "model.teacher": (MLPConf,),
+    "dataset": (DataConf, SyntheticDataConf, DigitsDataConf, IdxDataConf),
+    "cache": (CacheConf,),
+}
+# What users write for a key's last part, and what kdrun calls it.
+ALIASES = {"t": "temperature", "temp": "temperature", "a": "alpha", "epoch": "epochs", "batch": "batch_size", "bs": "batch_size",
+           "learning_rate": "lr", "wd": "weight_decay", "hidden_sizes": "hidden"}  # fmt: skip
+
+
+def known_keys() -> list[str]:
+    """Every key of kdrun's built-in options, dotted."""
+    keys = [f"{at}.{f.name}" for at, schemas in SCHEMAS_AT.items() for schema in schemas for f in dataclasses.fields(schema) if not f.name.startswith("_")]
+    return list(dict.fromkeys([*keys, "plots"]))
+
+
+def suggest_key(key: str) -> Optional[str]:
+    """The built-in key a mistyped or bare ``key`` most likely means (``alpha``: loss.alpha,
+    ``loss.T``: loss.temperature), or None."""
+    keys = known_keys()
+    prefix, _, last = key.lower().rpartition(".")
+    last = ALIASES.get(last, last)
+    within = [k for k in keys if not prefix or k.startswith(prefix + ".")] or keys
+    named = [k for k in within if k.rpartition(".")[2] == last]
+    if not named:
+        close = difflib.get_close_matches(last, [k.rpartition(".")[2] for k in within], n=1, cutoff=0.75)
+        named = [k for k in within if close and k.rpartition(".")[2] == close[0]]
+    order = list(SCHEMAS_AT)  # a bare name several groups have (seed): trainer's first
+    return min(named, key=lambda k: order.index(k.rpartition(".")[0]) if k.rpartition(".")[0] in order else len(order), default=None)
 
 
 def register_configs() -> None:
-    """Store the schemas where conf/*.yaml find them (``/schema/...@_here_`` in their defaults
-    lists), the split defaults that every dataset gets, and Hydra settings kept in code."""
+    """Store the schemas where conf/*.yaml find them (``/schema_...@_here_`` in their defaults
+    lists; outside any group, so that they are no option anyone can choose), the split defaults
+    that every dataset gets, and Hydra settings kept in code."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
     cs.store(name="kdrun_schema", node=KDRunConf)
     # Untyped, so that a user's dataset YAML (a _target_ and its own keys) merges onto it.
-    cs.store(group="schema/dataset", name="split", node=dataclasses.asdict(DataConf()))
-    cs.store(group="schema/dataset", name="synthetic", node=SyntheticDataConf)
-    cs.store(group="schema/dataset", name="digits", node=DigitsDataConf)
-    cs.store(group="schema/dataset", name="idx", node=IdxDataConf)
-    cs.store(group="schema/model", name="mlp", node=MLPConf)
-    cs.store(group="schema/loss", name="kd", node=KDLossConf)
+    cs.store(name="schema_dataset_split", node=dataclasses.asdict(DataConf()))
+    cs.store(name="schema_dataset_synthetic", node=SyntheticDataConf)
+    cs.store(name="schema_dataset_digits", node=DigitsDataConf)
+    cs.store(name="schema_dataset_idx", node=IdxDataConf)
+    cs.store(name="schema_model_mlp", node=MLPConf)
+    cs.store(name="schema_loss_kd", node=KDLossConf)
     # Run-folder names leave out the settings that do not change what a run measures.
     exclude = {"job": {"config": {"override_dirname": {"exclude_keys": list(RESULT_UNCHANGED_KEYS)}}}}
     cs.store(name="kdrun_hydra", node={"hydra": exclude})
@@ -243,10 +287,7 @@ def _check_known_keys(node: DictConfig, prefix: str = "") -> None:
         known = [f.name for f in dataclasses.fields(schema)]
         for key in node.keys():
             if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean {prefix}{close[0]}? " if close else ""
-                shown = ", ".join(prefix + k for k in known if not k.startswith("_"))
-                raise ConfigError(f"{prefix}{key} is not a setting: {hint}the settings here are {shown}")
+                raise ConfigError(not_a_setting(f"{prefix}{key}", schema))
     for key in node.keys():
         child = node._get_node(key)
         if isinstance(child, DictConfig):
@@ -351,6 +392,16 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         raise cause from None
 
 
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """A copy of a composed config without Hydra's own node: what the task receives."""
+    from omegaconf import open_dict, read_write
+
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        task.pop("hydra", None)
+    return task
+
+
 def phase_epochs(cfg: DictConfig, phase: str) -> int:
     """Epochs for the teacher or the students: the per-phase setting, else trainer.epochs."""
     value = cfg.trainer.teacher_epochs if phase == "teacher" else cfg.trainer.student_epochs
@@ -391,6 +442,19 @@ def config_hash(cfg: DictConfig) -> str:
     return digest(plain)
 
 
+def not_a_setting(key: str, schema: Any = None) -> str:
+    """The message for a key no config has: what it may have meant, and the settings beside it
+    (those of ``schema``, the dataclass of the node it was looked for in, when there is one)."""
+    prefix = key.rpartition(".")[0]
+    here = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")] if dataclasses.is_dataclass(schema) else []
+    close = difflib.get_close_matches(key.rpartition(".")[2], here, n=1)
+    suggestion = f"{prefix}.{close[0]}" if close and prefix else close[0] if close else suggest_key(key)
+    hint = f"did you mean {suggestion}? " if suggestion else ""
+    if here and prefix:
+        return f"{key} is not a setting: {hint}the settings here are {', '.join(f'{prefix}.{k}' for k in here)}"
+    return f"{key} is not a setting: {hint}kdrun train --help lists them" if hint else f"{key} is not a setting; kdrun train --help lists them"
+
+
 def config_error_message(error: BaseException) -> Optional[str]:
     """One line for a mistake Hydra finds while composing the config (an unknown key or option,
     a value of the wrong type, an override it cannot read); None for any other error."""
@@ -410,14 +474,7 @@ def config_error_message(error: BaseException) -> Optional[str]:
         return f"{group}={option} is not an option: {hint}choose from {', '.join(options)}"
     cause = error.__cause__ if isinstance(error, HydraException) and error.__cause__ is not None else error
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
-        key = str(cause.full_key)
-        prefix = key.rpartition(".")[0]
-        schema = getattr(cause, "object_type", None)
-        known = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")] if dataclasses.is_dataclass(schema) else []
-        close = difflib.get_close_matches(key.rpartition(".")[2], known, n=1)
-        hint = f"did you mean {prefix + '.' if prefix else ''}{close[0]}? " if close else ""
-        listing = f"the settings here are {', '.join((prefix + '.' if prefix else '') + k for k in known)}" if known else "kdrun train --cfg job lists the settings"
-        return f"{key} is not a setting: {hint}{listing}"
+        return not_a_setting(str(cause.full_key), getattr(cause, "object_type", None))
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
         reason = str(cause).splitlines()[0]
         return f"{cause.full_key}={cause.value!r} is not allowed: {reason}"

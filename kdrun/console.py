@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
 
-from kdrun.run_files import MODELS
+from kdrun.run_files import MODELS, short_number
 
 log = logging.getLogger("kdrun")
 
 
 def make_console(min_width: int = 100) -> Console:
+    """A console as wide as the terminal (or $COLUMNS); without either (logs, CI) ``min_width``."""
     console = Console()
-    if not console.is_terminal:  # logs and CI: no terminal to measure, so room for the table
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # no width to measure: room for the table
         console.width = max(console.width, min_width)
     return console
 
@@ -65,7 +67,7 @@ def print_summary(console: Optional[Console], summary: dict[str, dict]) -> None:
     for column in ("model", "params", "train", "val", "test", "test NLL", "agree", "source"):
         table.add_column(column, justify="left" if column in ("model", "source") else "right", no_wrap=True)
     for row in summary.values():
-        nll = "-" if math.isnan(row["test_nll"]) else f"{row['test_nll']:.4f}"
+        nll = "-" if math.isnan(row["test_nll"]) else short_number(row["test_nll"])
         table.add_row(
             row["model"], f"{row['params']:,}", _percent(row["train_acc"]), _percent(row["val_acc"]), _percent(row["test_acc"]),
             nll, _percent(row["agreement"]), row["source"].replace("_", " "),

@@ -187,34 +187,48 @@ def _draw_temperature(
     savefig_atomic(fig, path, dpi=100)
 
 
-def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metric: Metric) -> None:
-    """Mean improvement (distilled − baseline) over the alpha × temperature grid, each cell
-    annotated; blue is where distillation helps. When every cell averages the same number of
-    runs the count is said once, in the title, rather than in each cell (one line of text a cell)."""
+def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metric: Metric, setup: str = "") -> None:
+    """Mean improvement (distilled − baseline) over the alpha × temperature grid of one set-up,
+    each cell annotated with its mean over seeds; blue is where distillation helps. With two or
+    more seeds in a cell, a star marks a 95% t-interval that excludes 0. Cells without runs are
+    grey and say so. When every cell has the same number of seeds the count is said once, in the
+    title."""
+    from matplotlib import colormaps
+
+    from kdrun.stats import mean_ci
+
     scale = 100.0 if metric.percent else 1.0
     alphas = sorted({a for a, _ in cells})
     temperatures = sorted({t for _, t in cells})
-    grid = [[scale * statistics.fmean(cells[(a, t)]) if (a, t) in cells else math.nan for t in temperatures] for a in alphas]
+    grid = [[scale * statistics.fmean(cells[(a, t)]) if cells.get((a, t)) else math.nan for t in temperatures] for a in alphas]
     finite = [abs(v) for row in grid for v in row if not math.isnan(v)]
     limit = max(finite + [1e-9])
-    counts = {len(v) for v in cells.values()}
+    counts = {len(v) for v in cells.values() if v}
     per_cell = len(counts) > 1  # else the title gives the one count
-    width, height = 1.1 * len(temperatures) + 2.8, 0.7 * len(alphas) + 1.6
+    width, height = 1.2 * len(temperatures) + 3.2, 0.75 * len(alphas) + 2.0
     fig = new_figure(figsize=(width, height))
     ax = fig.subplots()
-    fig.subplots_adjust(left=1.1 / width, right=1 - 0.3 / width, bottom=0.75 / height, top=1 - 0.55 / height)  # no tight_layout: it draws twice
-    image = ax.imshow(grid, cmap="RdBu" if metric.higher_is_better else "RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
+    fig.subplots_adjust(left=1.2 / width, right=1 - 0.3 / width, bottom=0.8 / height, top=1 - 0.8 / height)  # no tight_layout: it draws twice
+    cmap = colormaps["RdBu" if metric.higher_is_better else "RdBu_r"].with_extremes(bad="0.85")
+    image = ax.imshow(grid, cmap=cmap, vmin=-limit, vmax=limit, origin="lower", aspect="auto")
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            if not math.isnan(value):
-                n = len(cells[(alphas[i], temperatures[j])])
-                text = f"{value:+.1f}" if metric.percent else f"{value:+.3f}"
-                ax.text(j, i, text + (f"\nn={n}" if per_cell and n > 1 else ""), ha="center", va="center", fontsize=9, color="white" if abs(value) > 0.6 * limit else "black")
+            values = cells.get((alphas[i], temperatures[j])) or []
+            if math.isnan(value):
+                ax.text(j, i, "no run", ha="center", va="center", fontsize=8, color="0.35")
+                continue
+            _, low, high = mean_ci(values)
+            star = "*" if len(values) > 1 and (low > 0 or high < 0) else ""
+            text = (f"{value:+.1f}" if metric.percent else f"{value:+.3f}") + star
+            ax.text(j, i, text + (f"\nn={len(values)}" if per_cell else ""), ha="center", va="center", fontsize=9,
+                    fontweight="bold" if star else "normal", color="white" if abs(value) > 0.6 * limit else "black")  # fmt: skip
     ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
     ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft targets)")
     unit = "points" if metric.percent else metric.title
-    note = " (mean over runs per cell)" if per_cell else "" if counts == {1} else f" (mean of {counts.pop()} runs per cell)"
-    ax.set_title(f"Distilled − baseline {metric.title}, {unit}{note}", fontsize=10, y=1.0)  # a given y: no tick measuring
+    seeds = "" if per_cell or not counts else f"; mean of {counts.pop()} seeds per cell" if max(counts) > 1 else ""
+    starred = "; * 95% interval excludes 0" if any(len(v) > 1 for v in cells.values()) else ""
+    title = f"Distilled − baseline {metric.title}, {unit}{seeds}{starred}"
+    ax.set_title(title + (f"\n{setup}" if setup else ""), fontsize=10, y=1.0)  # a given y: no tick measuring
     fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
-    savefig_atomic(fig, path, dpi=100)
+    savefig_atomic(fig, path, dpi=150)

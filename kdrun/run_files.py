@@ -53,6 +53,14 @@ METRICS_FILE = "metrics.csv"
 RESULT_FILES = ("summary.csv", *(f"{model}.pt" for model in MODELS), "curves.png", "temperature.png")
 
 
+def short_number(value: float, signed: bool = False) -> str:
+    """A number for a table column: 4 decimals, or 3 significant digits once it is huge or tiny
+    (a diverged run's NLL of 2e28 keeps the column narrow)."""
+    if value != 0 and not 1e-3 <= abs(value) < 1e4:
+        return f"{value:+.3g}" if signed else f"{value:.3g}"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
 def _format(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""

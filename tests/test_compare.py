@@ -100,7 +100,7 @@ def test_grid_table_csv_and_heatmap(tmp_path: Path, capsys) -> None:
         make_run(sweep / f"{number}_alpha={alpha},T={temperature}", alpha=alpha, temperature=temperature, distilled=0.80 + 0.01 * number, baseline=0.80)
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
 
-    result = compare.compare([sweep], fmt="table")
+    result = compare.compare([sweep], fmt="table", out=sweep)
 
     assert result.varying == ["loss.alpha", "loss.temperature"]  # not trainer.seed, not cache.dir
     rows = read_csv(sweep / "comparison.csv")
@@ -121,7 +121,7 @@ def test_seeds_grouped_with_paired_confidence_interval(tmp_path: Path) -> None:
             make_run(tmp_path / "sweep" / f"T{temperature}_s{seed}", temperature=temperature, seed=seed, baseline=0.80 + 0.01 * seed, distilled=0.80 + 0.01 * seed + gain)
     make_run(tmp_path / "sweep" / "T4_s9", temperature=4, seed=9, status="failed", summary=False)
 
-    compare.compare([tmp_path / "sweep"], fmt="csv")
+    compare.compare([tmp_path / "sweep"], fmt="csv", out=tmp_path / "sweep")
 
     groups = {row["loss.temperature"]: row for row in read_csv(tmp_path / "sweep" / "comparison_by_config.csv")}
     assert set(groups) == {"1", "4"}
@@ -133,7 +133,7 @@ def test_seeds_grouped_with_paired_confidence_interval(tmp_path: Path) -> None:
     assert float(one["improvement_ci_high"]) == pytest.approx(0.02 + half)
     assert float(one["baseline_mean"]) == pytest.approx(0.81)
     assert float(one["baseline_std"]) == pytest.approx(0.01)
-    assert four["n"] == "3" and four["not_counted"] == "1"  # the failed seed is listed, not averaged
+    assert four["n"] == "3" and four["not_counted"] == "1" and four["repeats"] == "0"  # the failed seed is listed, not averaged
     assert float(four["improvement_mean"]) == pytest.approx(0.06)
     assert float(four["improvement_ci_low"]) > float(one["improvement_ci_high"]) - 0.05
     runs = read_csv(tmp_path / "sweep" / "comparison.csv")
@@ -173,7 +173,8 @@ def test_nested_dirs_single_runs_and_out_dir(tmp_path: Path) -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| loss.temperature | teacher |")  # trainer.epochs is 20 in all three configs
     assert lines[1].startswith("| --- | ---: |")
-    assert len(lines) == 2 + 3
+    assert len(lines) == 2 + 3 + 2 + 2  # and the grouped table: the two default runs are repeats of one seed
+    assert "| 3 | 1 (+1 repeat of a seed) |" in lines[-1] or "1 (+1 repeat of a seed)" in "".join(lines[-2:])
     assert len(read_csv(tmp_path / "report" / "comparison.csv")) == 3
 
 
@@ -201,6 +202,66 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make_input, message: s
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"kdrun compare: error: {message}")
 
 
+def test_repeats_of_a_seed_count_once(tmp_path: Path) -> None:
+    """Six runs of the same seed are one sample, not six: no interval from them, and the table
+    says they are repeats; a second seed makes n = 2."""
+    for repeat in range(6):
+        make_run(tmp_path / "runs" / f"again{repeat}", seed=0, overrides=[], distilled=0.90, baseline=0.88)
+    comparison = compare.compare([tmp_path / "runs"], fmt="csv")
+    (group,) = compare.config_rows(comparison)
+    assert (group["n"], group["repeats"]) == (1, 5) and math.isnan(group["improvement_ci_low"])
+    make_run(tmp_path / "runs" / "other", seed=1, overrides=["trainer.seed=1"], distilled=0.92, baseline=0.88)
+    comparison = compare.collect([tmp_path / "runs"])
+    (group,) = compare.config_rows(comparison)
+    assert (group["n"], group["repeats"]) == (2, 5)
+    assert group["improvement_mean"] == pytest.approx((0.02 + 0.04) / 2)  # per seed, not per run
+    result = run_cli(str(tmp_path / "runs"))
+    assert "2 (+5 repeats of a seed)" in result.stdout
+
+
+def test_a_heatmap_never_pools_different_set_ups(tmp_path: Path) -> None:
+    """A 3-epoch grid and a 20-epoch grid over the same alpha x T: two heatmaps, each its own
+    set-up, never one cell averaging both."""
+    for epochs, gain in ((3, 0.10), (20, -0.10)):
+        for alpha in (0.1, 0.9):
+            for temperature in (1, 4):
+                overrides = [f"loss.alpha={alpha}", f"loss.temperature={temperature}", f"trainer.epochs={epochs}"]
+                make_run(tmp_path / f"e{epochs}" / f"{alpha}_{temperature}", alpha=alpha, temperature=temperature, overrides=overrides, distilled=0.8 + gain, baseline=0.8)
+    for run in (tmp_path / "e3").iterdir():  # the config records the epochs, as a real run's does
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config["trainer"]["epochs"] = 3
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    comparison = compare.compare([tmp_path / "e3", tmp_path / "e20"], out=tmp_path / "report")
+    grids = compare.heatmap_grids(comparison)
+    assert sorted(setup for setup, _ in grids) == ["trainer.epochs=20", "trainer.epochs=3"]
+    for setup, cells in grids:
+        expected = 0.10 if setup.endswith("=3") else -0.10
+        assert all(values == [pytest.approx(expected)] for values in cells.values())
+    assert (tmp_path / "report" / "heatmap-1.png").is_file() and (tmp_path / "report" / "heatmap-2.png").is_file()
+
+
+def test_viewing_never_overwrites_a_sweeps_files_and_failed_runs_add_no_columns(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for alpha in (0.1, 0.9):
+        make_run(sweep / f"a{alpha}", alpha=alpha, overrides=[f"loss.alpha={alpha}", "dataset=synthetic"])
+    make_run(sweep / "typo", status="failed", summary=False, overrides=["loss.alpah=1"])
+    compare.compare([sweep], out=sweep)
+    before = (sweep / "comparison.csv").read_bytes()
+    result = run_cli(str(sweep), "--metric", "val_acc", "--format", "markdown")
+    assert result.returncode == 0 and (sweep / "comparison.csv").read_bytes() == before
+    assert not list(sweep.glob("*val_acc*"))
+    header = next(csv.reader(before.decode().splitlines()))
+    assert "loss.alpah" not in header and len(header) == len(set(header)), header
+
+
+def test_compare_looks_in_outputs_by_default_and_its_help_reads_plainly(tmp_path: Path) -> None:
+    make_run(tmp_path / "outputs" / "2024-01-01" / "10-00-00")
+    result = subprocess.run([sys.executable, "-m", "kdrun", "compare"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "95.00%" in result.stdout, result.stderr
+    usage = subprocess.run([sys.executable, "-m", "kdrun", "compare", "--help"], capture_output=True, text=True, timeout=60)
+    assert "95%" in usage.stdout and "%%" not in usage.stdout
+
+
 # --------------------------------------------------------------------------- speed, imports
 
 
@@ -221,13 +282,13 @@ def test_hundred_runs_under_a_second(tmp_path: Path, capsys) -> None:
                 number += 1
 
     start = time.perf_counter()
-    result = compare.compare([tmp_path / "sweep"], plot=False)
+    result = compare.compare([tmp_path / "sweep"], plot=False, out=tmp_path / "sweep")
     seconds = time.perf_counter() - start
     assert seconds < 1.0, f"compare took {seconds:.2f} s for 100 runs"
     assert len(result.runs) == 100 and len(read_csv(tmp_path / "sweep" / "comparison_by_config.csv")) == 20
 
-    compare.compare([tmp_path / "sweep"], fmt="csv")  # warm matplotlib up: import, fonts
+    compare.compare([tmp_path / "sweep"], fmt="csv", out=tmp_path / "sweep")  # warm matplotlib up: import, fonts
     start = time.perf_counter()
-    compare.compare([tmp_path / "sweep"], fmt="csv")
+    compare.compare([tmp_path / "sweep"], fmt="csv", out=tmp_path / "sweep")
     assert time.perf_counter() - start < 3.0
     assert (tmp_path / "sweep" / "heatmap.png").stat().st_size > 1000

@@ -165,6 +165,11 @@ BAD_INPUTS = [
     Bad("labels-off-alpha", _train("dataset.transfer_labels=false"), ("loss.alpha", "transfer_labels=false", "must be 1")),
     Bad("empty-split", _train("dataset.n_samples=3"), ("dataset synthetic", "split is empty", "val_fraction")),
     Bad("missing-value", _train("loss.alpha=???"), ("loss.alpha", "has no value")),
+    # the README's own words, other notations, command-line flags
+    Bad("bare-alpha", _train("alpha=0.5"), ("alpha is not a setting", "did you mean loss.alpha?")),
+    Bad("alias-T", _train("loss.T=5"), ("loss.T is not a setting", "did you mean loss.temperature?")),
+    Bad("flag-epochs", _train("--epochs", "5"), ("--epochs is not an option", "trainer.epochs=5")),
+    Bad("flag-equals", _train("--lr=0.1"), ("--lr=0.1", "trainer.lr=0.1")),
     # unknown group options
     _hydra("unknown-dataset", "dataset=nope", "dataset=nope", "synthetic"),
     _hydra("unknown-model", "model=nope", "model=nope", "hinton"),
@@ -258,6 +263,49 @@ def test_hydra_full_error_shows_the_traceback(tmp_path):
     assert result.returncode != 0
     assert has_traceback(result.stderr) and "ConfigError" in result.stderr
     assert read_status(tmp_path / "run")["status"] == "failed"
+
+
+def test_a_rejected_command_leaves_no_folder_behind(tmp_path):
+    for args in (("loss.alpha=1.5",), ("trainer.epoch=3",), ("-m", "loss.alpha=0.5,1.5", "hydra.sweep.dir=sweep")):
+        result = run_kdrun("train", *args, cwd=tmp_path)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "outputs").exists()
+    assert not [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]  # the sweep's folder holds no job
+
+
+def test_runs_started_in_the_same_second_never_share_a_folder(tmp_path):
+    """The default folder is named by the clock: one that another run took gets a suffix."""
+    import datetime
+
+    now = datetime.datetime.now()
+    taken = []
+    for offset in range(0, 30):  # every name the run could get in the next 30 seconds is taken
+        moment = now + datetime.timedelta(seconds=offset)
+        folder = tmp_path / "outputs" / moment.strftime("%Y-%m-%d") / moment.strftime("%H-%M-%S")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "status.json").write_text('{"status": "completed"}')
+        taken.append(folder)
+    result = run_kdrun("train", cwd=tmp_path, check=True)
+    made = [p for p in (tmp_path / "outputs").glob("*/*") if p not in taken]
+    assert len(made) == 1 and made[0].name.endswith("-2"), made
+    assert (made[0] / "summary.csv").is_file() and str(made[0]) in result.stdout
+    assert all((folder / "status.json").read_text() == '{"status": "completed"}' for folder in taken)
+
+
+def test_a_reader_that_stops_reading_never_fails_the_run(tmp_path):
+    """kdrun train | head -1: the pipe closes, the run goes on and completes."""
+    import subprocess
+
+    from conftest import kdrun_command, kdrun_env
+
+    command = kdrun_command("train", f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=3", cwd=tmp_path)
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kdrun_env())
+    with killed_if_left(proc):
+        proc.stdout.readline()
+        proc.stdout.close()  # the reader leaves
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert read_status(tmp_path / "run")["status"] == "completed" and b"Traceback" not in stderr
 
 
 # --------------------------------------------------------------------------- interrupts

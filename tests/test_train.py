@@ -236,8 +236,17 @@ def test_help_lists_subcommands_without_importing_torch(tmp_path):
 
 
 def test_hydra_features_work_through_the_subcommand(tmp_path):
-    help_text = kdrun("train", "--help", cwd=tmp_path)
-    assert help_text.returncode == 0 and "loss: kd" in help_text.stdout and "model/student: mlp" in help_text.stdout
+    help_text = kdrun("train", "--help", "dataset=digits", cwd=tmp_path)
+    assert help_text.returncode == 0, help_text.stderr
+    page = help_text.stdout
+    assert "digits* fashion_mnist mnist synthetic" in page and "model/student    mlp*" in page
+    assert "schema" not in page and "\n  sweeps " not in page  # kdrun's plumbing is no option
+    for key, meaning in (("loss.alpha", "weight of the teacher's soft targets"), ("trainer.epochs", "epochs per model"), ("dataset.split_seed", "the split's seed")):
+        line = next(line for line in page.splitlines() if line.strip().startswith(key + " "))
+        assert meaning in line, line
+    assert "dataset.n_samples" not in page  # digits' settings, not the synthetic set's
+    assert "Examples:" in page and "kdrun train -m" in page
+    assert "== Flags ==" in kdrun("train", "--hydra-help", cwd=tmp_path).stdout
     job = kdrun("train", "--cfg", "job", "loss.temperature=5", cwd=tmp_path)
     assert job.returncode == 0 and "temperature: 5" in job.stdout
     completion = kdrun("-sc", "query=bash", cwd=tmp_path, env={"COMP_LINE": "kdrun train loss.te", "COMP_POINT": "19"})
@@ -349,3 +358,21 @@ def test_fused_adam_leaves_parameters_without_gradients_alone_as_torch_optim_doe
             opt.step()
     for mine, expected in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(mine, expected)
+
+
+def test_the_results_table_keeps_its_layout_for_a_diverged_run():
+    """A test NLL of 2e28 (a run whose loss exploded without turning NaN) is shown as 2e+28,
+    not as 29 digits that push the table apart."""
+    import io
+
+    from rich.console import Console
+
+    from kdrun.console import print_summary
+
+    row = {"params": 10, "train_acc": 0.1, "val_acc": 0.1, "test_acc": 0.1, "agreement": 1.0, "source": "trained"}
+    summary = {name: {**row, "model": name, "test_nll": nll} for name, nll in (("teacher", 2e28), ("distilled", 0.5), ("baseline", 7e-6))}
+    out = io.StringIO()
+    print_summary(Console(file=out, width=100), summary)
+    table = out.getvalue()
+    assert "2e+28" in table and "0.5000" in table and "7e-06" in table
+    assert max(len(line) for line in table.splitlines()) < 90

@@ -4,8 +4,8 @@ They run a grid as Hydra's basic ones do (the cartesian product of comma-separat
 order, in this process), but compose each job's config once: Hydra's basic sweeper composes every
 job's config to check it (``Sweeper.validate_batch_is_legal``), throws it away, and the launcher
 composes it again. Here the launcher composes all of a batch's configs before its first job runs,
-so a bad override (or a job folder that cannot be created) still stops the sweep before any
-training, and the sweeper skips its check.
+so a bad override (a value out of range, or a job folder that cannot be created) stops the sweep
+before any training, and the sweeper skips its own check.
 With another launcher (joblib, submitit) the sweeper checks as Hydra's does.
 
 Hydra finds plugins in the ``hydra_plugins`` namespace package; the configs are stored below.
@@ -59,6 +59,8 @@ class KdrunLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)) for overrides in job_overrides]
         for idx, config in enumerate(configs, start=initial_job_idx):
+            _check(config)
+        for idx, config in enumerate(configs, start=initial_job_idx):
             with open_dict(config):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
@@ -75,6 +77,14 @@ class KdrunLauncher(Launcher):
             )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
+
+
+def _check(config: DictConfig) -> None:
+    """kdrun's checks of a job's settings, before any job runs: a value out of range anywhere in
+    the grid stops the sweep with one message, and no job folder is left behind."""
+    from kdrun.config import validate, without_hydra
+
+    validate(without_hydra(config))
 
 
 def _make_job_dir(config: DictConfig) -> None:
