@@ -269,7 +269,16 @@ def _write_run_files(run: _Run, models: dict[str, nn.Module], summary: dict[str,
         save_atomic(checkpoint, run.run_dir / f"{name}.pt")
     write_csv_atomic(run.run_dir / "summary.csv", summary.values(), SUMMARY_COLUMNS)
     if run.cfg.plots:
-        plot_curves(run.run_dir / "curves.png", run.metrics.rows)
+        plot_curves(run.run_dir / "curves.png", run.metrics.rows, _title(run, summary))
+
+
+def _title(run: _Run, summary: dict[str, dict]) -> str:
+    """What a figure of this run is about: the data, the loss and its settings, the result."""
+    loss = run.cfg.loss
+    settings = ", ".join(f"{key}={loss[key]:g}" for key in ("alpha", "temperature") if isinstance(loss.get(key), (int, float)))
+    name = str(loss.get("_target_", "")).rpartition(".")[2]
+    accuracy = ", ".join(f"{m} {summary[m]['test_acc']:.1%}" for m in MODELS if not math.isnan(summary[m]["test_acc"]))
+    return f"{run.data.name}: {name}({settings}), seed {run.cfg.trainer.seed}; test accuracy {accuracy}"
 
 
 def _plot_teacher_temperatures(run: _Run, teacher: nn.Module, run_temperature: Optional[float], n_examples: int = 3) -> None:

@@ -86,43 +86,66 @@ def _log_limits(values: Sequence[float]) -> tuple[float, float]:
     return low / margin, high * margin
 
 
-def plot_curves(path: Path, history: Sequence[dict]) -> None:
-    """Train loss (log scale) and val accuracy per epoch, the three models on one figure."""
+def _linear_limits(values: Sequence[float], floor: float, ceiling: float) -> tuple[float, float]:
+    """A view of values that shows their differences (5% margins), clipped to [floor, ceiling]."""
+    low, high = min(values), max(values)
+    margin = max((high - low) * 0.05, 0.005)
+    return max(floor, low - margin), min(ceiling, high + margin)
+
+
+def plot_curves(path: Path, history: Sequence[dict], title: str = "") -> None:
+    """The students' held-out accuracy and cross-entropy per epoch (the question: does the
+    distilled student beat the baseline?), each on one scale for both students, with the
+    trained teacher's final values as a dashed reference line (its own epochs are another
+    schedule). The objective each student minimised differs (the distilled one's includes the
+    teacher's term), so the figure compares what both are judged on: val accuracy and val CE."""
     from matplotlib.ticker import NullLocator
 
-    fig = new_figure(figsize=(11, 4))
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    losses, epochs = [], []
+    fig = new_figure(figsize=(11, 4.3))
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    accuracies, losses, epochs = [], [], []
     for colour, model in enumerate(MODELS):
-        rows = [r for r in history if r["model"] == model]
+        rows = [r for r in history if r["model"] == model and math.isfinite(r.get("val_acc", math.nan))]
         if not rows:
             continue
+        style = {"color": f"C{colour}", "label": model}  # a model keeps its colour when another is missing
+        if model == "teacher":  # a reference: where the students could get
+            last = rows[-1]
+            acc_ax.axhline(last["val_acc"], linestyle="--", linewidth=1.2, **style)
+            if last["val_loss"] > 0:
+                loss_ax.axhline(last["val_loss"], linestyle="--", linewidth=1.2, **style)
+            accuracies.append(last["val_acc"])
+            losses += [last["val_loss"]] if last["val_loss"] > 0 else []
+            continue
         x = [r["epoch"] for r in rows]
-        y = [r["train_loss"] for r in rows]
-        style = {"marker": ".", "label": model, "color": f"C{colour}"}  # a model keeps its colour when another is missing
-        loss_ax.plot(x, y, **style)
-        acc_ax.plot(x, [r["val_acc"] for r in rows], **style)
+        acc_ax.plot(x, [r["val_acc"] for r in rows], marker="." if len(x) <= 40 else None, **style)
+        loss_ax.plot(x, [r["val_loss"] for r in rows], marker="." if len(x) <= 40 else None, **style)
         epochs += x
-        losses += [v for v in y if v > 0 and math.isfinite(v)]
+        accuracies += [r["val_acc"] for r in rows]
+        losses += [r["val_loss"] for r in rows if r["val_loss"] > 0 and math.isfinite(r["val_loss"])]
 
-    loss_ax.set_title("Training loss", y=1.0)  # a given y: matplotlib does not measure the ticks to place it
-    loss_ax.set(xlabel="epoch", ylabel="loss (distilled: its own objective)")
+    acc_ax.set_title("Validation accuracy", y=1.0)  # a given y: matplotlib does not measure the ticks to place it
+    acc_ax.set(xlabel="student epoch", ylabel="accuracy")
+    if accuracies:
+        acc_ax.set_ylim(*_linear_limits(accuracies, 0.0, 1.0))
+    loss_ax.set_title("Validation cross-entropy", y=1.0)
+    loss_ax.set(xlabel="student epoch", ylabel="cross-entropy (log scale)")
     loss_ax.set_yscale("log")
     loss_ax.yaxis.set_minor_locator(NullLocator())  # a log axis's ~70 minor ticks cost ~20% of the figure
     low, high = _log_limits(losses) if losses else (0.1, 10.0)
     loss_ax.set_ylim(low, high)
     loss_ax.set_yticks(*log_ticks(low, high))
-    acc_ax.set_title("Validation accuracy", y=1.0)
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
-    acc_ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1], ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"])
-    for ax in (loss_ax, acc_ax):
+    for ax in (acc_ax, loss_ax):
         if epochs:
             ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-            ax.set_xticks(integer_ticks(min(epochs), max(epochs)))
+            ax.set_xticks(integer_ticks(min(epochs), max(epochs), most=6))
         ax.grid(alpha=0.3)
-    if epochs:
-        acc_ax.legend(loc="lower right")  # one legend: the colours are the same in both panels
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.91, wspace=0.22)  # tight_layout would draw twice
+    handles, names = acc_ax.get_legend_handles_labels()
+    if handles:  # one legend for both panels, the teacher named as the reference it is
+        names = [f"{name} (final, for reference)" if name == "teacher" else name for name in names]
+        fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.895), ncol=len(handles), frameon=False, fontsize=9)
+    fig.suptitle(title, y=0.985, fontsize=11)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.78, wspace=0.22)  # tight_layout would draw twice
     savefig_atomic(fig, path, dpi=100)
 
 
@@ -151,35 +174,36 @@ def plot_temperature(
 def _draw_temperature(
     path: Path, probabilities: dict[float, Sequence[Sequence[float]]], labels: Sequence[int], run_temperature: float
 ) -> None:
-    from matplotlib import colormaps
-
+    """One panel per example; for each class a group of dots, one per temperature side by side
+    (classes are separate categories: no line joins them), each T its own colour, the run's own T
+    larger and outlined."""
     temperatures = sorted(probabilities)
-    fig = new_figure(figsize=(4.2 * len(labels), 3.6))
+    classes = max((len(p[0]) for p in probabilities.values()), default=0)
+    fig = new_figure(figsize=(max(4.2, 0.45 * classes + 1.5) * len(labels), 3.8))
     axes = fig.subplots(1, len(labels), squeeze=False, sharey=True)[0]
-    colours = colormaps["viridis"]
-    classes = 0
+    spread = 0.7 / max(1, len(temperatures))
     for column, ax in enumerate(axes):
+        ax.axvspan(labels[column] - 0.45, labels[column] + 0.45, color="tab:orange", alpha=0.18, linewidth=0)
         for rank, temperature in enumerate(temperatures):
             probs = probabilities[temperature][column]
-            classes = max(classes, len(probs))
             own = temperature == run_temperature
+            offset = (rank - (len(temperatures) - 1) / 2) * spread
             ax.plot(
-                range(len(probs)), probs, marker="o", markersize=4 if own else 3, linewidth=2.6 if own else 1.2,
-                color="black" if own else colours(rank / max(1, len(temperatures) - 1)),
-                label=f"T={temperature:g}" + (" (this run)" if own else ""),
+                [c + offset for c in range(len(probs))], probs, linestyle="none", marker="o",
+                markersize=6.5 if own else 4.5, markeredgecolor="black" if own else "none", markeredgewidth=1.2,
+                color=f"C{rank % 10}", label=f"T={temperature:g}" + (" (this run)" if own else ""),
             )  # fmt: skip
-        ax.axvline(labels[column], color="tab:orange", alpha=0.35, linewidth=6)
         ax.set_title(f"held-out example {column} (true class {labels[column]})", y=1.0)
         ax.set(xlabel="class", ylim=(0, 1.02))
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, axis="y")
     if classes:
-        ticks = integer_ticks(0, classes - 1, most=5)  # 0, 2, 4, 6, 8 of 10: each tick costs a few ms
+        ticks = list(range(classes)) if classes <= 20 else integer_ticks(0, classes - 1, most=10)
         for ax in axes:
             ax.set_xlim(-0.5, classes - 0.5)
             ax.set_xticks(ticks)
     axes[0].set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1], ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"])  # shared
     axes[0].set_ylabel("teacher probability")
-    fig.suptitle("The trained teacher's soft targets at several temperatures (orange band: true class)", y=0.985)
+    fig.suptitle("The trained teacher's soft targets at several temperatures (orange band: the true class)", y=0.985)
     handles, names = axes[0].get_legend_handles_labels()
     if handles:  # one row under the title, clear of every panel's data
         fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.925), ncol=len(handles), frameon=False, fontsize=9)
@@ -205,10 +229,10 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metr
     limit = max(finite + [1e-9])
     counts = {len(v) for v in cells.values() if v}
     per_cell = len(counts) > 1  # else the title gives the one count
-    width, height = 1.2 * len(temperatures) + 3.2, 0.75 * len(alphas) + 2.0
+    width, height = max(6.0, 1.2 * len(temperatures) + 3.4), 0.75 * len(alphas) + 2.3
     fig = new_figure(figsize=(width, height))
     ax = fig.subplots()
-    fig.subplots_adjust(left=1.2 / width, right=1 - 0.3 / width, bottom=0.8 / height, top=1 - 0.8 / height)  # no tight_layout: it draws twice
+    fig.subplots_adjust(left=1.3 / width, right=1 - 0.3 / width, bottom=0.8 / height, top=1 - 1.05 / height)  # no tight_layout: it draws twice
     cmap = colormaps["RdBu" if metric.higher_is_better else "RdBu_r"].with_extremes(bad="0.85")
     image = ax.imshow(grid, cmap=cmap, vmin=-limit, vmax=limit, origin="lower", aspect="auto")
     for i, row in enumerate(grid):
@@ -219,16 +243,19 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metr
                 continue
             _, low, high = mean_ci(values)
             star = "*" if len(values) > 1 and (low > 0 or high < 0) else ""
-            text = (f"{value:+.1f}" if metric.percent else f"{value:+.3f}") + star
+            text = (f"{value:+.1f}" if metric.percent else f"{value:+.3f}").replace("-0.0", "+0.0").rstrip() + star  # no "-0.0"
             ax.text(j, i, text + (f"\nn={len(values)}" if per_cell else ""), ha="center", va="center", fontsize=9,
                     fontweight="bold" if star else "normal", color="white" if abs(value) > 0.6 * limit else "black")  # fmt: skip
     ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
     ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
-    ax.set(xlabel="temperature T", ylabel="alpha (weight of the soft targets)")
+    ax.set(xlabel="temperature T", ylabel="alpha (soft-target weight)")
     unit = "points" if metric.percent else metric.title
-    seeds = "" if per_cell or not counts else f"; mean of {counts.pop()} seeds per cell" if max(counts) > 1 else ""
-    starred = "; * 95% interval excludes 0" if any(len(v) > 1 for v in cells.values()) else ""
-    title = f"Distilled − baseline {metric.title}, {unit}{seeds}{starred}"
-    ax.set_title(title + (f"\n{setup}" if setup else ""), fontsize=10, y=1.0)  # a given y: no tick measuring
+    notes = []
+    if counts and not per_cell and max(counts) > 1:
+        notes.append(f"mean of {max(counts)} seeds per cell")
+    if any(len(v) > 1 for v in cells.values()):
+        notes.append("* 95% interval excludes 0")
+    lines = [f"Distilled − baseline {metric.title} ({unit})", "; ".join(notes), setup]
+    ax.set_title("\n".join(line for line in lines if line), fontsize=10, y=1.0)  # a given y: no tick measuring
     fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
     savefig_atomic(fig, path, dpi=150)

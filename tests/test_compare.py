@@ -215,8 +215,8 @@ def test_repeats_of_a_seed_count_once(tmp_path: Path) -> None:
     (group,) = compare.config_rows(comparison)
     assert (group["n"], group["repeats"]) == (2, 5)
     assert group["improvement_mean"] == pytest.approx((0.02 + 0.04) / 2)  # per seed, not per run
-    result = run_cli(str(tmp_path / "runs"))
-    assert "2 (+5 repeats of a seed)" in result.stdout
+    result = run_cli(str(tmp_path / "runs"), "--format", "markdown")
+    assert "| 2 (+5 repeats of a seed) |" in result.stdout
 
 
 def test_a_heatmap_never_pools_different_set_ups(tmp_path: Path) -> None:
