@@ -364,3 +364,21 @@ def test_mnist_transfer_preset_runs_on_synthetic_idx_files(tmp_path):
     summary = run_experiment(cfg, tmp_path / "run").summary
     assert summary["teacher"]["n_train"] == 220 and summary["teacher"]["n_test"] == 40
     assert summary["teacher"]["n_transfer"] == pytest.approx(0.03 * 220, abs=5)
+
+
+def test_a_loaded_checkpoint_takes_raw_inputs_as_the_loader_gives_them(tmp_path):
+    """digits are standardised for training; kdrun.models.load puts that scaling in front of the
+    network, so the saved model classifies the loader's raw pixels as the run's evaluation did."""
+    import kdrun
+    from kdrun.models import Standardized, load
+
+    results = kdrun.run(["dataset=digits", "trainer.epochs=3", "model.teacher.hidden=[32]", "cache.enabled=false", "plots=false"], run_dir=tmp_path / "run")
+    raw_x, raw_y = load_digits()["train"]
+    model = load(tmp_path / "run" / "teacher.pt")
+    assert isinstance(model, Standardized) and not model.training
+    bare = load(tmp_path / "run" / "teacher.pt", raw_inputs=False)
+    data = load_data(compose(["dataset=digits"]).dataset)
+    with torch.no_grad():
+        assert torch.allclose(model(data.test.x * data.normalization["std"] + data.normalization["mean"]), bare(data.test.x), atol=1e-4)
+        accuracy = (model(raw_x).argmax(-1) == raw_y).float().mean().item()
+    assert accuracy > 0.8 and results.summary.loc[0, "train_acc"] > 0.8

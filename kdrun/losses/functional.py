@@ -234,12 +234,15 @@ def kl_divergence_gaussian_diagonal(
         + \frac{\sigma_{p,d}^2 + (\mu_{p,d} - \mu_{q,d})^2}{2\sigma_{q,d}^2} - \frac{1}{2}\right]
 
     the sum running over the last dimension (the event dimension), as
-    ``torch.distributions.Independent(Normal(mu, sigma), 1)`` does.
+    ``torch.distributions.Independent(Normal(mu, sigma), 1)`` does, **then averaged over the
+    leading positions** (the batch) by default: the result is a scalar. For one value per
+    example (``[batch]``), pass ``reduction="none"``.
 
     Args:
         mu_p, sigma_p, mu_q, sigma_q: shape ``[..., dim]`` after broadcasting; sigmas > 0.
-        reduction: ``"mean"`` (default) over the leading positions, ``"sum"``, or ``"none"``
-            (shape ``[...]``).
+        reduction: ``"mean"`` (default): the per-position sums averaged over the leading
+            positions, a scalar; ``"sum"``: summed over them, a scalar; ``"none"``: shape ``[...]``,
+            one KL per position.
     """
     _check_gaussian_args(mu_p, sigma_p, mu_q, sigma_q)
     _check_reduction(reduction, _GAUSSIAN_REDUCTIONS)

@@ -16,7 +16,7 @@ from torch import nn
 
 from kdrun.models.mlp import MLP
 
-__all__ = ["ARCHITECTURES", "MLP", "count_parameters", "create", "load"]
+__all__ = ["ARCHITECTURES", "MLP", "Standardized", "count_parameters", "create", "load"]
 
 # Option name (conf/model/{teacher,student}/<name>.yaml) -> what builds it.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
@@ -33,14 +33,35 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+class Standardized(nn.Module):
+    """A trained network with the input scaling it was trained with in front: takes the inputs
+    as the dataset's loader gives them (uint8 images are scaled to [0, 1] first, as kdrun's data
+    layer does), subtracts ``mean`` and divides by ``std``. ``.model`` is the network itself."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x
+        return self.model((x - self.mean) / self.std)
+
+
+def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu", raw_inputs: bool = True) -> nn.Module:
     """The model saved in a kdrun checkpoint (``teacher.pt``, ``distilled.pt``, ``baseline.pt``),
     rebuilt from what the file records (``ckpt["model"]``: the ``_target_`` that built it and its
     arguments) and loaded with its weights, in eval mode. The module named by ``_target_`` must be
-    importable. ``ckpt["normalization"]`` holds the input statistics the model was trained with."""
+    importable. When the run standardised its inputs (``ckpt["normalization"]``), the model comes
+    wrapped in ``Standardized`` and takes raw inputs, as the dataset's loader returns them;
+    ``raw_inputs=False`` gives the bare network, which expects standardised inputs."""
     from hydra.utils import instantiate
 
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     model = instantiate(checkpoint["model"], _convert_="all")
     model.load_state_dict(checkpoint["state_dict"])
+    normalization = checkpoint.get("normalization")
+    if raw_inputs and normalization:
+        model = Standardized(model, normalization["mean"], normalization["std"]).to(map_location)
     return model.eval()
