@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from kdrun.config import config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, validate, without_hydra
+from kdrun.config import compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, validate, without_hydra
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
 from kdrun.run_files import read_status, remove_results, write_status
 
@@ -43,12 +43,6 @@ log = logging.getLogger("kdrun")
 
 # HYDRA_FULL_ERROR=1 as the user set it (kdrun train sets it for Hydra, to hear of every mistake).
 _show_tracebacks = False
-
-
-def config_dir() -> Path:
-    """The packaged configs (``kdrun/conf`` in a wheel), else the repository's ``conf/``."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
 # --------------------------------------------------------------------------- signals
@@ -381,23 +375,6 @@ class Results:
     summary: "pandas.DataFrame"  # one row per model, as summary.csv
     metrics: "pandas.DataFrame"  # one row per model per epoch, as metrics.csv
     models: dict[str, "nn.Module"]  # teacher, distilled, baseline (if trained), in eval mode
-
-
-def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
-    """kdrun's config with ``overrides``, composed as ``kdrun train`` composes it (with Hydra's
-    own node ``hydra`` if asked). A mistake is a ConfigError with the message ``kdrun train``
-    prints."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
-    except Exception as error:
-        message = config_error_message(error)
-        if message is None:
-            raise
-        raise ConfigError(message) from None
 
 
 def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None) -> Results:

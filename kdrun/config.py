@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -254,6 +254,29 @@ def suggest_key(key: str) -> Optional[str]:
         named = [k for k in within if close and k.rpartition(".")[2] == close[0]]
     order = list(SCHEMAS_AT)  # a bare name several groups have (seed): trainer's first
     return min(named, key=lambda k: order.index(k.rpartition(".")[0]) if k.rpartition(".")[0] in order else len(order), default=None)
+
+
+def config_dir() -> Path:
+    """The packaged configs (``kdrun/conf`` in a wheel), else the repository's ``conf/``."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """kdrun's config with ``overrides``, composed as ``kdrun train`` composes it (with Hydra's
+    own node ``hydra`` if asked). A mistake is a ConfigError with the message ``kdrun train``
+    prints."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+    except Exception as error:
+        message = config_error_message(error)
+        if message is None:
+            raise
+        raise ConfigError(message) from None
 
 
 def register_configs() -> None:

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from kdrun.config import compose
+
 # Groups a user chooses from, in the order shown (trainer has one option; sweeps is plumbing).
 GROUPS = ("dataset", "model", "model/teacher", "model/student", "loss", "experiment", "hparams_search")
 
@@ -52,8 +54,6 @@ def _settings(node: DictConfig, prefix: str = "") -> list[tuple[str, str, str]]:
 
 def train_help(argv: Sequence[str], config_dir: Path) -> str:
     """The help page for ``kdrun train ARGV`` (its overrides choose what it shows)."""
-    from kdrun.app import compose
-
     user_dirs = [Path(argv[i + 1]).expanduser() for i, arg in enumerate(argv[:-1]) if arg in ("--config-dir", "-cd")]
     overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
     searchpath = [f"hydra.searchpath=[{','.join(f'file://{d.absolute()}' for d in user_dirs)}]"] if user_dirs else []

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdrun.app import compose
+from kdrun.config import compose
 from kdrun.config import validate
 from kdrun.data import load_data
 from kdrun.data.digits import load_digits

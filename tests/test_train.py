@@ -276,7 +276,7 @@ def test_configs_are_found_from_an_installed_wheel(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PYTHONPATH": str(tmp_path / "site")}
-    where = subprocess.run([sys.executable, "-c", "import kdrun.app; print(kdrun.app.config_dir())"],
+    where = subprocess.run([sys.executable, "-c", "import kdrun.config; print(kdrun.config.config_dir())"],
                            cwd=elsewhere, capture_output=True, text=True, env={**os.environ, **env})  # fmt: skip
     assert where.stdout.strip() == str(tmp_path / "site/kdrun/conf")
     result = kdrun("train", *TINY, "plots=false", f"cache.dir={tmp_path}/cache", cwd=elsewhere, env=env)
