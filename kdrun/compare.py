@@ -35,6 +35,7 @@ SUMMARY_FILE = "summary.csv"
 COMPARISON_FILE = "comparison.csv"
 BY_CONFIG_FILE = "comparison_by_config.csv"
 HEATMAP_FILE = "heatmap.png"
+FOREST_FILE = "forest.png"
 SEED_KEY = "trainer.seed"
 
 
@@ -472,8 +473,9 @@ def heatmap_grids(comparison: Comparison) -> list[tuple[str, dict[tuple[float, f
 
 
 def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], groups: Optional[list[dict]], plot: bool = True) -> list[Path]:
-    """comparison.csv, comparison_by_config.csv (seeds vary or repeat) and heatmap.png (alpha × T
-    varies; heatmap-1.png, heatmap-2.png, ... for several set-ups)."""
+    """comparison.csv, comparison_by_config.csv (seeds vary or repeat), heatmap.png (alpha × T
+    varies; heatmap-1.png, heatmap-2.png, ... for several set-ups), else forest.png (each
+    configuration's paired improvement with its interval, when there are several)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / COMPARISON_FILE]
     write_csv_atomic(written[0], rows, run_columns(comparison))
@@ -487,6 +489,13 @@ def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], group
         name = HEATMAP_FILE if len(grids) == 1 else HEATMAP_FILE.replace(".png", f"-{index}.png")
         written.append(out_dir / name)
         draw_heatmap(written[-1], cells, comparison.metric, setup)
+    configurations = (groups if groups is not None else config_rows(comparison)) if plot and not grids else []
+    if len(configurations) >= 2:  # not an alpha x T grid: each configuration's improvement, a row each
+        from kdrun.plots import draw_forest
+
+        written.append(out_dir / FOREST_FILE)
+        keys = [k for k in comparison.varying if k != SEED_KEY]
+        draw_forest(written[-1], configurations, keys, comparison.metric)
     return written
 
 

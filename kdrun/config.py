@@ -146,6 +146,19 @@ class MLPConf:
 
 
 @dataclass
+class CNNConf:
+    _target_: str = "kdrun.models.CNN"
+    channels: List[int] = _setting([16, 32], "each stage's width (3x3 conv, batch norm, ReLU, 2x2 max pool)")
+    dropout: float = _setting(0.0, "dropout before the last linear layer, in [0, 1)")
+
+    def check(self, key: str) -> None:
+        if not self.channels or any(c is None or c < 1 for c in self.channels):
+            _fail(f"{key}.channels", list(self.channels), "a list of widths, each >= 1 (e.g. [16, 32])")
+        if not (_finite(self.dropout) and 0 <= self.dropout < 1):
+            _fail(f"{key}.dropout", self.dropout, "a number in [0, 1)")
+
+
+@dataclass
 class ModelPairConf:
     """The two architectures, each an option of its own group (model/teacher, model/student)."""
 
@@ -156,17 +169,127 @@ class ModelPairConf:
 # --------------------------------------------------------------------------- losses
 
 
+def _check_weight(key: str, value: float) -> None:
+    if not (_finite(value) and value >= 0):
+        _fail(key, value, "a finite number >= 0")
+
+
+def _check_temperature(key: str, value: float) -> None:
+    if not (_finite(value) and value > 0):
+        _fail(key, value, "a finite number > 0")
+
+
 @dataclass
-class KDLossConf:
-    _target_: str = "kdrun.losses.KDLoss"
-    alpha: float = _setting(0.7, "weight of the teacher's soft targets, in [0, 1]")
+class AlphaLossConf:
+    """A teacher's term weighted by alpha against the cross-entropy (kd, reverse_kl, js)."""
+
+    _target_: str = MISSING
+    alpha: float = _setting(0.7, "weight of the teacher's term, in [0, 1] (the rest: cross-entropy with the labels)")
     temperature: float = _setting(3.0, "softmax temperature T > 0")
 
     def check(self, key: str) -> None:
         if not (_finite(self.alpha) and 0 <= self.alpha <= 1):
             _fail(f"{key}.alpha", self.alpha, "a number in [0, 1] (the weight of the teacher's soft targets)")
-        if not (_finite(self.temperature) and self.temperature > 0):
-            _fail(f"{key}.temperature", self.temperature, "a finite number > 0")
+        _check_temperature(f"{key}.temperature", self.temperature)
+
+
+@dataclass
+class KDLossConf(AlphaLossConf):
+    _target_: str = "kdrun.losses.KDLoss"
+    standardize: bool = _setting(False, "z-score both logits before the softmax (Sun et al. 2024)")
+
+
+@dataclass
+class ReverseKLLossConf(AlphaLossConf):
+    _target_: str = "kdrun.losses.ReverseKLLoss"
+
+
+@dataclass
+class JSLossConf(AlphaLossConf):
+    _target_: str = "kdrun.losses.JSLoss"
+
+
+@dataclass
+class MSELogitsLossConf:
+    _target_: str = "kdrun.losses.MSELogitsLoss"
+    alpha: float = _setting(1.0, "weight of the logits' squared difference, in [0, 1] (the rest: cross-entropy)")
+
+    def check(self, key: str) -> None:
+        if not (_finite(self.alpha) and 0 <= self.alpha <= 1):
+            _fail(f"{key}.alpha", self.alpha, "a number in [0, 1]")
+
+
+@dataclass
+class DKDLossConf:
+    _target_: str = "kdrun.losses.DKDLoss"
+    alpha: float = _setting(1.0, "weight of TCKD, the target-class part")
+    beta: float = _setting(8.0, "weight of NCKD, the non-target-class part")
+    temperature: float = _setting(4.0, "softmax temperature T > 0")
+    warmup_epochs: int = _setting(20, "epochs over which the DKD term ramps up linearly (0: none)")
+    ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels")
+
+    def check(self, key: str) -> None:
+        for name in ("alpha", "beta", "ce_weight"):
+            _check_weight(f"{key}.{name}", getattr(self, name))
+        _check_temperature(f"{key}.temperature", self.temperature)
+        _check_int_at_least(f"{key}.warmup_epochs", self.warmup_epochs, 0)
+
+
+@dataclass
+class DISTLossConf:
+    _target_: str = "kdrun.losses.DISTLoss"
+    beta: float = _setting(1.0, "weight of the inter-class relation (per example)")
+    gamma: float = _setting(1.0, "weight of the intra-class relation (per class, across the batch)")
+    temperature: float = _setting(1.0, "softmax temperature T > 0")
+    ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels")
+
+    def check(self, key: str) -> None:
+        for name in ("beta", "gamma", "ce_weight"):
+            _check_weight(f"{key}.{name}", getattr(self, name))
+        _check_temperature(f"{key}.temperature", self.temperature)
+
+
+@dataclass
+class FitNetLossConf:
+    _target_: str = "kdrun.losses.FitNetLoss"
+    student_layer: str = _setting("auto", "the student's guided layer (a name from named_modules(); auto: its middle stage)")
+    teacher_layer: str = _setting("auto", "the teacher's hint layer (auto: its middle stage)")
+    hint_fraction: float = _setting(0.5, "the share of the student's epochs spent on the hint before KD, in (0, 1)")
+    kernel_size: int = _setting(1, "the regressor's convolution for [C, H, W] features: 1 or 3")
+    alpha: float = _setting(0.9, "KD stage: weight of the teacher's soft targets, in [0, 1]")
+    temperature: float = _setting(4.0, "KD stage: softmax temperature T > 0")
+
+    def check(self, key: str) -> None:
+        _check_fraction(f"{key}.hint_fraction", self.hint_fraction)
+        if self.kernel_size not in (1, 3):
+            _fail(f"{key}.kernel_size", self.kernel_size, "1 or 3")
+        if not (_finite(self.alpha) and 0 <= self.alpha <= 1):
+            _fail(f"{key}.alpha", self.alpha, "a number in [0, 1]")
+        _check_temperature(f"{key}.temperature", self.temperature)
+
+
+@dataclass
+class ATLossConf:
+    _target_: str = "kdrun.losses.ATLoss"
+    student_layers: Any = _setting("auto", "the student's layers to pair, a list (auto: its stages, in order)")
+    teacher_layers: Any = _setting("auto", "the teacher's layers, as many (auto: its stages)")
+    beta: float = _setting(1000.0, "weight of the attention term (the paper's 1000, halved in the loss)")
+    p: float = _setting(2.0, "the power of |activation| averaged over channels, > 0")
+    ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels")
+
+    def check(self, key: str) -> None:
+        _check_weight(f"{key}.beta", self.beta)
+        _check_weight(f"{key}.ce_weight", self.ce_weight)
+        if not (_finite(self.p) and self.p > 0):
+            _fail(f"{key}.p", self.p, "a finite number > 0")
+        for name in ("student_layers", "teacher_layers"):
+            value = getattr(self, name)
+            if not (value == "auto" or (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value))):
+                _fail(f"{key}.{name}", value, "auto, or a list of layer names such as [stages.0,stages.1]")
+
+
+LOSS_SCHEMAS = {"kd": KDLossConf, "reverse_kl": ReverseKLLossConf, "js": JSLossConf, "mse_logits": MSELogitsLossConf,
+                "dkd": DKDLossConf, "dist": DISTLossConf, "fitnet": FitNetLossConf, "at": ATLossConf}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the rest
@@ -224,9 +347,9 @@ class KDRunConf:
 # Where each schema's keys live, for suggestions ("did you mean ...?") and for --help.
 SCHEMAS_AT = {
     "trainer": (TrainerConf,),
-    "loss": (KDLossConf,),
-    "model.student": (MLPConf,),
-    "model.teacher": (MLPConf,),
+    "loss": tuple(LOSS_SCHEMAS.values()),
+    "model.student": (MLPConf, CNNConf),
+    "model.teacher": (MLPConf, CNNConf),
     "dataset": (DataConf, SyntheticDataConf, DigitsDataConf, IdxDataConf),
     "cache": (CacheConf,),
 }
@@ -293,7 +416,9 @@ def register_configs() -> None:
     cs.store(name="schema_dataset_digits", node=DigitsDataConf)
     cs.store(name="schema_dataset_idx", node=IdxDataConf)
     cs.store(name="schema_model_mlp", node=MLPConf)
-    cs.store(name="schema_loss_kd", node=KDLossConf)
+    cs.store(name="schema_model_cnn", node=CNNConf)
+    for name, schema in LOSS_SCHEMAS.items():
+        cs.store(name=f"schema_loss_{name}", node=schema)
     # Run-folder names leave out the settings that do not change what a run measures.
     exclude = {"job": {"config": {"override_dirname": {"exclude_keys": list(RESULT_UNCHANGED_KEYS)}}}}
     cs.store(name="kdrun_hydra", node={"hydra": exclude})
@@ -341,12 +466,10 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(dataset, DataConf):  # a user's dataset: its split settings are still kdrun's
         dataset = DataConf(**{k: dataset[k] for k in DATA_KEYS if k in dataset})
     dataset.check("dataset")
-    for role in ("teacher", "student"):
-        architecture = getattr(plain.model, role)
-        if isinstance(architecture, MLPConf):
-            architecture.check(f"model.{role}")
-    if isinstance(plain.loss, KDLossConf):
-        plain.loss.check("loss")
+    for key, node in (("model.teacher", plain.model.teacher), ("model.student", plain.model.student), ("loss", plain.loss)):
+        if dataclasses.is_dataclass(node) and hasattr(node, "check"):  # a built-in option (a user's checks itself)
+            node.check(key)
+    if isinstance(plain.loss, AlphaLossConf):
         if not dataset.transfer_labels and plain.loss.alpha != 1:
             _fail(
                 "loss.alpha",

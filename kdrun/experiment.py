@@ -93,6 +93,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     data = data.to(device)
     teacher, distilled = teacher.to(device), initial_student.to(device)
     baseline = copy.deepcopy(distilled)
+    if hasattr(loss, "setup"):  # a loss's layers and shapes are checked before any training
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed + 4)
+            loss.setup(distilled, teacher, data.train.x[: cfg.trainer.batch_size])
     log.info(
         "kdrun: dataset %s (train %d, transfer %d, val %d, test %d, %d classes), device %s, %d thread(s) -> %s",
         data.name, len(data.train), len(data.transfer_index), len(data.val), len(data.test), data.num_classes, device, threads, run_dir,
@@ -210,7 +214,7 @@ def _train_students(run: _Run, teacher: nn.Module, distilled: nn.Module, baselin
     with_labels = bool(run.cfg.dataset.transfer_labels)
     transfer = run.data.transfer
     torch.manual_seed(seed + 2)
-    _train(run, "distilled", distilled, transfer, epochs, seed + 1, Distillation(loss, teacher, with_labels))
+    _train(run, "distilled", distilled, transfer, epochs, seed + 1, Distillation(loss, teacher, with_labels, set_up=True))
     if not with_labels:
         run.source["baseline"] = "not_trained"
         log.info("baseline  not trained: dataset.transfer_labels=false leaves it no labels to learn from")

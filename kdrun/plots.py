@@ -259,3 +259,37 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metr
     ax.set_title("\n".join(line for line in lines if line), fontsize=10, y=1.0)  # a given y: no tick measuring
     fig.colorbar(image, ax=ax, label=f"improvement ({unit})")
     savefig_atomic(fig, path, dpi=150)
+
+
+def draw_forest(path: Path, groups: Sequence[dict], keys: Sequence[str], metric: Metric) -> None:
+    """Each configuration's mean paired improvement (distilled − baseline, over its seeds) with
+    its 95% t-interval, a row each, best at the top; a dashed line at 0 (no effect). The figure
+    a comparison of methods (loss=kd,dkd,dist ...) or of any settings that are not an alpha × T
+    grid needs. Rows with one seed have no interval: a point alone."""
+    scale = 100.0 if metric.percent else 1.0
+    unit = "points" if metric.percent else metric.title
+    sign = 1.0 if metric.higher_is_better else -1.0
+    rows = sorted((g for g in groups if not math.isnan(g["improvement_mean"])), key=lambda g: sign * g["improvement_mean"])
+    height = 0.42 * len(rows) + 1.8
+    fig = new_figure(figsize=(9.0, height))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=0.27, right=0.76, bottom=0.9 / height, top=1 - 0.75 / height)
+    for y, row in enumerate(rows):
+        mean, low, high = (scale * row[k] for k in ("improvement_mean", "improvement_ci_low", "improvement_ci_high"))
+        helps = (low > 0 or high < 0) and not math.isnan(low)
+        colour = ("tab:blue" if sign * mean > 0 else "tab:red") if helps else "0.35"
+        if not math.isnan(low):
+            ax.plot([low, high], [y, y], color=colour, linewidth=2)
+        ax.plot([mean], [y], "o", color=colour, markersize=6)
+        interval = "" if math.isnan(low) else f" [{low:+.1f}, {high:+.1f}]" if metric.percent else f" [{low:+.3f}, {high:+.3f}]"
+        text = f"{mean:+.1f}{interval}" if metric.percent else f"{mean:+.3f}{interval}"
+        ax.annotate(f"{text}  n={row['n']}", (1.0, y), xycoords=("axes fraction", "data"), xytext=(8, 0), textcoords="offset points",
+                    ha="left", va="center", fontsize=9, color=colour)  # fmt: skip
+    ax.axvline(0, color="0.5", linestyle="--", linewidth=1)
+    labels = [", ".join(f"{k}={row[k]}" for k in keys) or "all runs" for row in rows]
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel(f"distilled − baseline {metric.title} ({unit})")
+    ax.set_title("Paired improvement over the baseline: mean over seeds, 95% interval\n(blue or red: the interval excludes 0)", fontsize=10, y=1.0)
+    ax.grid(alpha=0.3, axis="x")
+    savefig_atomic(fig, path, dpi=150)

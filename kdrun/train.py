@@ -50,6 +50,7 @@ class Distillation:
     loss: Callable[..., Any]
     teacher: nn.Module
     use_labels: bool = True
+    set_up: bool = False  # the loss's setup() ran already (kdrun runs it before training the teacher)
 
 
 @dataclass
@@ -181,6 +182,9 @@ def fit(
     if distillation is not None:
         loss_fn, teacher = distillation.loss, distillation.teacher
         teacher.eval()
+        if hasattr(loss_fn, "setup") and not distillation.set_up:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the student's dropout masks stay the baseline's
+                loss_fn.setup(model, teacher, train.x[:batch_size])
         student_names = tuple(getattr(loss_fn, "student_features", ()))
         teacher_names = tuple(getattr(loss_fn, "teacher_features", ()))
         targets_of = getattr(loss_fn, "teacher_targets", lambda logits: logits)
@@ -188,9 +192,6 @@ def fit(
         if not teacher_per_batch:  # the teacher's inputs are the same every epoch: its targets once
             target_columns, rebuild = _row_columns(targets_of(predict(teacher, train.x)))
             columns += target_columns
-        if hasattr(loss_fn, "setup"):
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the student's dropout masks stay the baseline's
-                loss_fn.setup(model, teacher, train.x[:batch_size])
         if isinstance(loss_fn, nn.Module):
             loss_fn.to(device)
             params += list(loss_fn.parameters())

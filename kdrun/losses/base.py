@@ -22,8 +22,9 @@ means become extra columns of metrics.csv. Any callable of that form works; subc
   whose outputs the loss needs; they are passed as keyword arguments ``student_features=`` and
   ``teacher_features=`` (dicts name -> tensor), and the teacher then runs on every batch.
 - Parameters of its own (an ``nn.Module`` with, say, a regressor) are trained with the student,
-  by the student's optimiser; ``setup(student, teacher, inputs)`` is called once before training
-  with a batch of inputs, to build them once feature shapes are known.
+  by the student's optimiser. ``setup(student, teacher, inputs)`` is called once, with a batch
+  of inputs, before any training (before the teacher trains, so that a mistake shows at once):
+  the place to build them once feature shapes are known, and to set the feature names.
 - ``set_epoch(epoch, epochs)`` is called at the start of every epoch (1-based), for schedules
   such as a warm-up.
 

@@ -11,12 +11,22 @@ Hinton et al. (2015). torchdistill and some other libraries use the opposite con
 
 from __future__ import annotations
 
-import math
-from numbers import Real
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+
+from kdrun.losses.checks import (
+    check_alpha,
+    check_float_tensor,
+    check_labels,
+    check_logits,
+    check_positive,
+    check_reduction,
+    check_same_shape,
+    check_temperature,
+    compute_dtype,
+)
 
 __all__ = [
     "DistillationLossTerms",
@@ -28,77 +38,11 @@ __all__ = [
     "kl_divergence_gaussian_diagonal",
     "soft_target_loss",
     "soft_targets",
+    "standardize_logits",
 ]
 
 _DISCRETE_REDUCTIONS = ("batchmean", "sum", "none")
 _GAUSSIAN_REDUCTIONS = ("mean", "sum", "none")
-
-
-# --------------------------------------------------------------------------- argument checks
-
-
-def check_temperature(temperature: float) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, Real):
-        raise ValueError(f"temperature={temperature!r}: must be a real number > 0 (got {type(temperature).__name__})")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature={temperature!r}: must be finite and > 0")
-
-
-def check_alpha(alpha: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, Real):
-        raise ValueError(f"alpha={alpha!r}: must be a real number in [0, 1] (got {type(alpha).__name__})")
-    if not (math.isfinite(alpha) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha={alpha!r}: must be in [0, 1]")
-
-
-def _check_reduction(reduction: str, allowed: tuple[str, ...]) -> None:
-    if reduction not in allowed:
-        raise ValueError(f"reduction={reduction!r}: must be one of {', '.join(map(repr, allowed))}")
-
-
-def _check_float_tensor(name: str, value: object) -> None:
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"{name} must be a floating-point torch.Tensor (got {kind})")
-
-
-def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape: {name_a} has {tuple(a.shape)}, {name_b} has {tuple(b.shape)}"
-        )
-
-
-def _check_logits(name: str, logits: torch.Tensor) -> None:
-    _check_float_tensor(name, logits)
-    if logits.dim() < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"{name} must have a class dimension last (got shape {tuple(logits.shape)})")
-
-
-def _check_labels(labels: object, logits: torch.Tensor) -> None:
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        kind = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels must be an integer torch.Tensor of class indices (got {kind})")
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"labels must have one class index per row of student_logits: labels has shape {tuple(labels.shape)}, "
-            f"student_logits has {tuple(logits.shape)} (expected labels of shape {tuple(logits.shape[:-1])})"
-        )
-    num_classes = logits.shape[-1]
-    if labels.numel() and bool(((labels < 0) | (labels >= num_classes)).any()):
-        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
-        raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} classes (found {bad})")
-
-
-def _check_positive(name: str, sigma: torch.Tensor) -> None:
-    _check_float_tensor(name, sigma)
-    if bool((~(sigma > 0)).any()):  # ~(x > 0) also catches NaN
-        bad = sigma[~(sigma > 0)].flatten()[0].item()
-        raise ValueError(f"{name} must be > 0 everywhere (found {bad})")
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 # --------------------------------------------------------------------------- discrete KL
@@ -106,7 +50,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _kl_per_position(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """sum_i P_i (log P_i - log Q_i) over the last dimension, classes with P_i = 0 contributing 0."""
-    dtype = _compute_dtype(torch.promote_types(p_logits.dtype, q_logits.dtype))
+    dtype = compute_dtype(torch.promote_types(p_logits.dtype, q_logits.dtype))
     log_p = F.log_softmax(p_logits.to(dtype) / temperature, dim=-1)
     log_q = F.log_softmax(q_logits.to(dtype) / temperature, dim=-1)
     p = log_p.exp()
@@ -153,11 +97,11 @@ def kl_divergence_discrete(
     Returns:
         A float32 tensor for float16/bfloat16/float32 inputs, float64 for float64 inputs.
     """
-    _check_logits("p_logits", p_logits)
-    _check_logits("q_logits", q_logits)
-    _check_same_shape("p_logits", p_logits, "q_logits", q_logits)
+    check_logits("p_logits", p_logits)
+    check_logits("q_logits", q_logits)
+    check_same_shape("p_logits", p_logits, "q_logits", q_logits)
     check_temperature(temperature)
-    _check_reduction(reduction, _DISCRETE_REDUCTIONS)
+    check_reduction(reduction, _DISCRETE_REDUCTIONS)
     return _reduce(_kl_per_position(p_logits, q_logits, temperature), reduction)
 
 
@@ -167,7 +111,7 @@ def kl_divergence_discrete(
 def _gaussian_kl_elementwise(
     mu_p: torch.Tensor, sigma_p: torch.Tensor, mu_q: torch.Tensor, sigma_q: torch.Tensor
 ) -> torch.Tensor:
-    dtype = _compute_dtype(torch.promote_types(torch.promote_types(mu_p.dtype, sigma_p.dtype), torch.promote_types(mu_q.dtype, sigma_q.dtype)))
+    dtype = compute_dtype(torch.promote_types(torch.promote_types(mu_p.dtype, sigma_p.dtype), torch.promote_types(mu_q.dtype, sigma_q.dtype)))
     mu_p, sigma_p, mu_q, sigma_q = (t.to(dtype) for t in (mu_p, sigma_p, mu_q, sigma_q))
     # With x = log(sigma_p^2 / sigma_q^2), log(sigma_q/sigma_p) + sigma_p^2/(2 sigma_q^2) - 1/2
     # equals (expm1(x) - x) / 2: built from log sigma so that neither the ratio's log nor its
@@ -178,10 +122,10 @@ def _gaussian_kl_elementwise(
 
 
 def _check_gaussian_args(mu_p: torch.Tensor, sigma_p: torch.Tensor, mu_q: torch.Tensor, sigma_q: torch.Tensor) -> None:
-    _check_float_tensor("mu_p", mu_p)
-    _check_float_tensor("mu_q", mu_q)
-    _check_positive("sigma_p", sigma_p)
-    _check_positive("sigma_q", sigma_q)
+    check_float_tensor("mu_p", mu_p)
+    check_float_tensor("mu_q", mu_q)
+    check_positive("sigma_p", sigma_p)
+    check_positive("sigma_q", sigma_q)
     try:
         torch.broadcast_shapes(mu_p.shape, sigma_p.shape, mu_q.shape, sigma_q.shape)
     except RuntimeError:
@@ -216,7 +160,7 @@ def kl_divergence_gaussian(
         float32 for float16/bfloat16/float32 inputs, float64 for float64 inputs.
     """
     _check_gaussian_args(mu_p, sigma_p, mu_q, sigma_q)
-    _check_reduction(reduction, _GAUSSIAN_REDUCTIONS)
+    check_reduction(reduction, _GAUSSIAN_REDUCTIONS)
     return _reduce(_gaussian_kl_elementwise(mu_p, sigma_p, mu_q, sigma_q), reduction)
 
 
@@ -245,7 +189,7 @@ def kl_divergence_gaussian_diagonal(
             one KL per position.
     """
     _check_gaussian_args(mu_p, sigma_p, mu_q, sigma_q)
-    _check_reduction(reduction, _GAUSSIAN_REDUCTIONS)
+    check_reduction(reduction, _GAUSSIAN_REDUCTIONS)
     per_element = _gaussian_kl_elementwise(mu_p, sigma_p, mu_q, sigma_q)
     if per_element.dim() == 0:
         raise ValueError("kl_divergence_gaussian_diagonal needs at least one dimension (the event dimension, last)")
@@ -314,10 +258,10 @@ def distillation_loss_terms(
         ``DistillationLossTerms(total, soft, hard)``: ``soft`` is T^2 * KL (batchmean) and ``hard``
         the mean cross-entropy, both unweighted; float32 (float64 for float64 inputs).
     """
-    _check_logits("student_logits", student_logits)
-    _check_logits("teacher_logits", teacher_logits)
-    _check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_labels(labels, student_logits)
+    check_logits("student_logits", student_logits)
+    check_logits("teacher_logits", teacher_logits)
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    check_labels(labels, student_logits)
     check_alpha(alpha)
     check_temperature(temperature)
     return _distillation_terms(student_logits, teacher_logits, labels, float(alpha), float(temperature))
@@ -359,9 +303,9 @@ def soft_targets(teacher_logits: torch.Tensor, temperature: float, dtype: Option
     """P = softmax(teacher_logits / T) and log P, for :func:`soft_target_loss`, in the dtype that
     :func:`kl_divergence_discrete` would compute in (``dtype``: the student logits' dtype, when
     known). One host sync (whether every P is > 0)."""
-    _check_logits("teacher_logits", teacher_logits)
+    check_logits("teacher_logits", teacher_logits)
     check_temperature(temperature)
-    compute = _compute_dtype(teacher_logits.dtype if dtype is None else torch.promote_types(teacher_logits.dtype, dtype))
+    compute = compute_dtype(teacher_logits.dtype if dtype is None else torch.promote_types(teacher_logits.dtype, dtype))
     log_p = F.log_softmax(teacher_logits.detach().to(compute) / temperature, dim=-1)
     p = log_p.exp()
     support = p > 0
@@ -387,3 +331,30 @@ def soft_target_loss(student_logits: torch.Tensor, targets: SoftTargets, tempera
     if targets.support is not None:
         log_q = torch.where(targets.support, log_q, 0.0)
     return (weights * (log_p - log_q)).mean()
+
+
+# --------------------------------------------------------------------------- logit standardisation
+
+
+def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
+    r"""Each row's logits as z-scores (Sun et al., CVPR 2024, "Logit Standardization in
+    Knowledge Distillation"):
+
+    .. math::
+        \mathcal{Z}(z)_i = \frac{z_i - \bar z}{\sigma(z) + 10^{-7}}
+
+    with :math:`\bar z` the mean and :math:`\sigma(z)` the unbiased standard deviation over the
+    last dimension (which therefore needs at least 2 classes). A softmax of standardised logits
+    no longer depends on the logits' scale or offset, only on their relations.
+
+    Returns float32 for float16/bfloat16/float32 inputs, float64 for float64.
+    """
+    check_logits("logits", logits)
+    if logits.shape[-1] < 2:
+        raise ValueError(f"logits must have at least 2 classes to standardise (got shape {tuple(logits.shape)})")
+    return _standardize(logits)
+
+
+def _standardize(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.to(compute_dtype(logits.dtype))
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + 1e-7)

@@ -14,12 +14,13 @@ from typing import Any, Callable, Sequence, Union
 import torch
 from torch import nn
 
+from kdrun.models.cnn import CNN
 from kdrun.models.mlp import MLP
 
-__all__ = ["ARCHITECTURES", "MLP", "Standardized", "count_parameters", "create", "load"]
+__all__ = ["ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load"]
 
 # Option name (conf/model/{teacher,student}/<name>.yaml) -> what builds it.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"cnn": CNN, "mlp": MLP}
 
 
 def create(name: str, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 100, **settings: Any) -> nn.Module:
