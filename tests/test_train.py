@@ -241,7 +241,7 @@ def test_hydra_features_work_through_the_subcommand(tmp_path):
     page = help_text.stdout
     assert "digits* fashion_mnist mnist synthetic" in page and "model/student    cnn mlp*" in page
     assert "schema" not in page and "\n  sweeps " not in page  # kdrun's plumbing is no option
-    for key, meaning in (("loss.alpha", "weight of the teacher's soft targets"), ("trainer.epochs", "epochs per model"), ("dataset.split_seed", "the split's seed")):
+    for key, meaning in (("loss.alpha", "weight of the teacher's term"), ("trainer.epochs", "epochs per model"), ("dataset.split_seed", "the split's seed")):
         line = next(line for line in page.splitlines() if line.strip().startswith(key + " "))
         assert meaning in line, line
     assert "dataset.n_samples" not in page  # digits' settings, not the synthetic set's
