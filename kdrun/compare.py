@@ -6,7 +6,7 @@ whole counts as a result; failed, interrupted and still-running jobs are listed 
 averaged in, and a malformed ``summary.csv`` is named on stderr, skipped and counted.
 
 The module reads CSV and YAML only. It imports no torch, and no pandas; matplotlib is imported
-only to draw the heatmap, so comparing a hundred runs takes well under a second.
+only to draw the figures, so comparing a hundred runs takes well under a second.
 """
 
 from __future__ import annotations
@@ -274,9 +274,14 @@ def run_rows(comparison: Comparison) -> list[dict[str, Any]]:
     return rows
 
 
+# summary.csv's copies of settings, and the config key each copies: comparison.csv shows one of
+# each, the varying setting's column when there is one.
+_SUMMARY_SETTINGS = {"dataset": "dataset", "alpha": "loss.alpha", "temperature": "loss.temperature", "seed": SEED_KEY}
+
+
 def _summary_fields(comparison: Comparison) -> list[str]:
-    """The summary.csv settings comparison.csv repeats, unless a varying setting has the name."""
-    return [name for name in ("dataset", "alpha", "temperature", "seed") if name not in comparison.varying]
+    """The summary.csv settings comparison.csv repeats: those whose config key does not vary."""
+    return [name for name, key in _SUMMARY_SETTINGS.items() if key not in comparison.varying]
 
 
 def run_columns(comparison: Comparison) -> list[str]:
@@ -573,16 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
         "teacher / distilled / baseline scores, improvement (distilled - baseline) and gap (teacher - distilled). "
         "Runs differing only in trainer.seed are also grouped over their distinct seeds (mean ± std, paired 95% "
         "t-interval); repeats of a seed count once.",
-        epilog="With --out DIR it writes comparison.csv, comparison_by_config.csv (when seeds vary) and heatmap.png "
-        "(when alpha and temperature vary; one per set-up) there; without, it only prints. A sweep writes its own into "
-        "its folder when it ends. Example: kdrun compare outputs/multirun --out report/",
+        epilog="With --out DIR it writes comparison.csv, comparison_by_config.csv (when seeds vary) and figures there: "
+        "heatmap.png (when alpha and temperature vary; one per set-up), else forest.png (each configuration's paired "
+        "improvement with its interval, when there are several); without, it only prints. A sweep writes "
+        "its own into its folder when it ends. Example: kdrun compare outputs/multirun --out report/",
     )
     parser.add_argument("dirs", nargs="*", type=Path, default=[Path("outputs")], metavar="DIR", help="directories holding runs or sweeps (default: outputs)")
     parser.add_argument("--metric", choices=list(METRICS), default="test_acc", help="summary.csv column to compare (default: test_acc)")
     parser.add_argument("--sort", metavar="KEY", help="a varying setting (e.g. loss.temperature; ascending) or teacher|distilled|baseline|improvement|gap (best first)")
     parser.add_argument("--format", dest="fmt", choices=("table", "csv", "markdown"), default="table", help="how to print (default: table)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write comparison.csv and the figures into DIR")
-    parser.add_argument("--no-plot", dest="plot", action="store_false", help="with --out: draw no heatmap")
+    parser.add_argument("--no-plot", dest="plot", action="store_false", help="with --out: draw no figures (heatmap.png, forest.png), only the CSVs")
     return parser
 
 

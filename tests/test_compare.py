@@ -254,12 +254,35 @@ def test_viewing_never_overwrites_a_sweeps_files_and_failed_runs_add_no_columns(
     assert "loss.alpah" not in header and len(header) == len(set(header)), header
 
 
+def test_comparison_csv_shows_each_setting_once(tmp_path: Path) -> None:
+    """summary.csv's alpha, temperature and seed copy loss.alpha, loss.temperature and
+    trainer.seed: comparison.csv shows the varying setting's column and drops the copy (it used
+    to show both, under names that differ, which a check for repeated names cannot see)."""
+    sweep = tmp_path / "sweep"
+    for number, (alpha, temperature, seed) in enumerate((a, t, s) for a in (0.1, 0.9) for t in (1, 4) for s in (0, 1)):
+        make_run(sweep / f"{number}_run", alpha=alpha, temperature=temperature, seed=seed)
+    compare.compare([sweep], fmt="csv", out=sweep)
+    header = next(csv.reader((sweep / "comparison.csv").read_text().splitlines()))
+    assert {"loss.alpha", "loss.temperature", "trainer.seed", "dataset"} <= set(header)
+    leaves = [column.rsplit(".", 1)[-1] for column in header]  # loss.alpha and alpha: one setting
+    assert len(leaves) == len(set(leaves)), header
+    assert {row["trainer.seed"] for row in read_csv(sweep / "comparison.csv")} == {"0", "1"}
+
+    compare.compare([sweep / "0_run", sweep / "2_run"], fmt="csv", out=tmp_path / "one_seed")  # only T varies
+    header = next(csv.reader((tmp_path / "one_seed" / "comparison.csv").read_text().splitlines()))
+    assert "loss.temperature" in header and "temperature" not in header
+    assert {"alpha", "seed", "dataset"} <= set(header) and "trainer.seed" not in header  # the copies of what does not vary
+
+
 def test_compare_looks_in_outputs_by_default_and_its_help_reads_plainly(tmp_path: Path) -> None:
     make_run(tmp_path / "outputs" / "2024-01-01" / "10-00-00")
     result = subprocess.run([sys.executable, "-m", "kdrun", "compare"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "95.00%" in result.stdout, result.stderr
     usage = subprocess.run([sys.executable, "-m", "kdrun", "compare", "--help"], capture_output=True, text=True, timeout=60)
     assert "95%" in usage.stdout and "%%" not in usage.stdout
+    no_plot = usage.stdout.split("\n  --no-plot", 1)[1].split("\n\n", 1)[0]  # the option's help, not the epilog
+    assert "heatmap.png" in no_plot and "forest.png" in no_plot  # it draws neither figure
+    assert "forest.png" in usage.stdout.split("\n\n")[-1]  # the epilog lists what --out writes
 
 
 # --------------------------------------------------------------------------- speed, imports

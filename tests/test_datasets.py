@@ -382,3 +382,21 @@ def test_a_loaded_checkpoint_takes_raw_inputs_as_the_loader_gives_them(tmp_path)
         assert torch.allclose(model(data.test.x * data.normalization["std"] + data.normalization["mean"]), bare(data.test.x), atol=1e-4)
         accuracy = (model(raw_x).argmax(-1) == raw_y).float().mean().item()
     assert accuracy > 0.8 and results.summary.loc[0, "train_acc"] > 0.8
+
+
+def test_a_checkpoint_of_unstandardised_inputs_still_takes_the_loaders_uint8_images(tmp_path):
+    """With dataset.normalize=false kdrun still scales uint8 images to [0, 1] for training: the
+    loaded model does the same, so it classifies raw images as the run did."""
+    import kdrun
+    from kdrun.models import Standardized, load
+
+    make_idx_set(tmp_path / "mnist", n_train=200, n_test=50)
+    overrides = ["dataset=mnist", f"dataset.root={tmp_path / 'mnist'}", "dataset.normalize=false", "trainer.epochs=2",
+                 "model.teacher.hidden=[32]", "cache.enabled=false", "plots=false"]  # fmt: skip
+    kdrun.run(overrides, run_dir=tmp_path / "run")
+    model = load(tmp_path / "run" / "teacher.pt")
+    data = load_data(compose(overrides).dataset)
+    raw = (data.test.x * 255).round().to(torch.uint8)  # the loader's images, as the IDX files hold them
+    assert isinstance(model, Standardized)
+    with torch.no_grad():
+        assert torch.equal(model(raw).argmax(-1), load(tmp_path / "run" / "teacher.pt", raw_inputs=False)(data.test.x).argmax(-1))

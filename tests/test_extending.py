@@ -105,7 +105,7 @@ def test_a_users_model_trains_as_the_student_and_its_checkpoint_rebuilds_it(user
 
     monkeypatch.syspath_prepend(str(user_project))
     model = load(user_project / "model" / "distilled.pt")
-    assert isinstance(model, torch.nn.Sequential) and model(torch.randn(2, 784)).shape == (2, 10)
+    assert isinstance(model.model, torch.nn.Sequential) and model(torch.randn(2, 784)).shape == (2, 10)
 
 
 @pytest.mark.slow

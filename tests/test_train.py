@@ -109,8 +109,8 @@ def test_checkpoints_rebuild_the_models_from_the_file_alone(default_run):
     assert checkpoint["model"] == {"_target_": "kdrun.models.MLP", "hidden": [8], "dropout": 0.0, "input_shape": [784], "num_classes": 10}
     assert checkpoint["config"]["loss"]["alpha"] == 0.7 and checkpoint["normalization"] is None  # synthetic: not standardised
     model = load(run_dir / "distilled.pt")
-    assert isinstance(model, MLP) and not model.training
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), checkpoint["state_dict"].values()))
+    assert isinstance(model.model, MLP) and not model.training  # in Standardized, here with mean 0 and std 1
+    assert all(torch.equal(a, b) for a, b in zip(model.model.state_dict().values(), checkpoint["state_dict"].values()))
     x = torch.randn(3, 784)
     assert model(x).shape == (3, 10)
 

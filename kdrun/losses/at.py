@@ -9,9 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrun.errors import ConfigError
-from kdrun.losses.base import DistillationLoss
-from kdrun.losses.checks import check_float_tensor, check_weight, compute_dtype
-from kdrun.losses.features import feature_shapes, stage_names
+from kdrun.losses.base import DistillationLoss, with_cross_entropy
+from kdrun.losses.checks import check_at_least, check_float_tensor, check_weight, compute_dtype
+from kdrun.losses.features import conv_stage_names, feature_shapes
+
+
+def _check_p(p: float) -> None:
+    # |x|^p has an infinite slope at 0 for p < 1, and ReLU features are often exactly 0: NaN gradients.
+    check_at_least("p", p, 1.0)
 
 
 def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -27,7 +32,7 @@ def attention_transfer_loss(student_features: torch.Tensor, teacher_features: to
         \mathcal{L}_{AT} = \frac{1}{B \, HW} \sum_b \Big\| \frac{Q^S_b}{\|Q^S_b\|_2} - \frac{Q^T_b}{\|Q^T_b\|_2} \Big\|_2^2
 
     for activations ``[B, C, H, W]`` of the same batch and spatial size (the channel counts may
-    differ). No gradient flows into the teacher's features.
+    differ) and p >= 1. No gradient flows into the teacher's features.
     """
     for name, value in (("student_features", student_features), ("teacher_features", teacher_features)):
         check_float_tensor(name, value)
@@ -36,33 +41,42 @@ def attention_transfer_loss(student_features: torch.Tensor, teacher_features: to
     s, t = student_features.shape, teacher_features.shape
     if s[0] != t[0] or s[2:] != t[2:]:
         raise ValueError(f"student_features {tuple(s)} and teacher_features {tuple(t)} must share the batch and spatial sizes")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"p={p!r}: must be a number > 0")
+    _check_p(p)
     return (attention_map(student_features, p) - attention_map(teacher_features.detach(), p)).pow(2).mean()
 
 
 class ATLoss(DistillationLoss):
     r"""``loss=at``: :math:`L = w_{ce} \, \mathrm{CE} + \frac{\beta}{2} \sum_j
     \mathcal{L}_{AT}(j)` over matched stage pairs j (:func:`attention_transfer_loss`), beta 1000
-    and p 2 as in the paper. ``student_layers`` / ``teacher_layers`` name the paired layers
-    (lists of equal length); ``auto`` pairs each network's stages in order (kdrun's CNNs:
-    ``stages.0``, ``stages.1``, ...). Needs convolutional features ``[B, C, H, W]`` of equal
-    spatial size per pair. Returns ``{"loss", "at_loss": the sum over pairs, "hard_loss"}``."""
+    and p 2 as in the paper (p >= 1: below, |x|^p has an infinite slope at the many zeros of
+    ReLU features). ``student_layers`` / ``teacher_layers`` name the paired layers (lists of
+    equal length); ``auto`` pairs each network's stages in order (kdrun's CNNs: ``stages.0``,
+    ``stages.1``, ...) and refuses a model without them (an MLP). Needs convolutional features
+    ``[B, C, H, W]`` of equal spatial size per pair. Returns ``{"loss", "at_loss": the sum over
+    pairs, "hard_loss"}``; learns without labels when ``ce_weight = 0`` (then no ``hard_loss``)."""
 
     def __init__(self, student_layers: Union[str, Sequence[str]] = "auto", teacher_layers: Union[str, Sequence[str]] = "auto",
                  beta: float = 1000.0, p: float = 2.0, ce_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         check_weight("beta", beta)
         check_weight("ce_weight", ce_weight)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-            raise ValueError(f"p={p!r}: must be a number > 0")
+        _check_p(p)
         self.student_layers, self.teacher_layers = student_layers, teacher_layers
         self.beta, self.p, self.ce_weight = float(beta), float(p), float(ce_weight)
+
+    @property
+    def learns_without_labels(self) -> bool:
+        return self.ce_weight == 0  # the attention term alone
 
     def setup(self, student: nn.Module, teacher: nn.Module, inputs: torch.Tensor) -> None:
         pairs = []
         for role, model, given in (("student", student, self.student_layers), ("teacher", teacher, self.teacher_layers)):
-            pairs.append(stage_names(model) if given == "auto" else [given] if isinstance(given, str) else list(given))
+            if given == "auto" and not conv_stage_names(model):  # an MLP: no [C, H, W] features to pair
+                raise ConfigError(
+                    f"loss=at needs convolutional models: the {role} ({type(model).__name__}) has no stages for loss.{role}_layers=auto "
+                    "to pair; use model/teacher=cnn model/student=cnn, or name [C, H, W] layers in loss.student_layers and loss.teacher_layers"
+                )
+            pairs.append(conv_stage_names(model) if given == "auto" else [given] if isinstance(given, str) else list(given))
         if len(pairs[0]) != len(pairs[1]) or not pairs[0]:
             raise ConfigError(f"loss=at pairs the student's layers {pairs[0]} with the teacher's {pairs[1]}: name as many of each (loss.student_layers, loss.teacher_layers)")
         s_shapes = feature_shapes(student, pairs[0], inputs, "student")
@@ -82,5 +96,4 @@ class ATLoss(DistillationLoss):
             (attention_map(student_features[s], self.p) - attention_map(teacher_features[t].detach(), self.p)).pow(2).mean()
             for s, t in zip(self.student_features, self.teacher_features)
         )
-        hard = F.cross_entropy(student_logits.to(at.dtype), labels.long())
-        return {"loss": self.ce_weight * hard + self.beta / 2 * at, "at_loss": at, "hard_loss": hard}
+        return with_cross_entropy("ATLoss", self.beta / 2 * at, {"at_loss": at}, student_logits, labels, self.ce_weight)

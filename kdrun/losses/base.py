@@ -12,7 +12,8 @@ means become extra columns of metrics.csv. Any callable of that form works; subc
 ``DistillationLoss`` adds what the optional parts below need:
 
 - ``learns_without_labels``: True if it works with ``labels=None`` (else kdrun refuses
-  ``dataset.transfer_labels=false`` with a message).
+  ``dataset.transfer_labels=false`` with a message). ``with_cross_entropy`` adds a weighted
+  cross-entropy that a weight of 0 lets go without labels.
 
 - ``teacher_targets(teacher_logits)``: what the loss wants of the teacher, one row per example
   (a tensor, or a tuple of them; None entries allowed). Computed once for the whole transfer set
@@ -35,10 +36,13 @@ batch should use a ``torch.Generator`` of its own for the same reason.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from kdrun.losses.checks import check_labels_given
 
 
 class DistillationLoss(nn.Module):
@@ -56,3 +60,16 @@ class DistillationLoss(nn.Module):
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         pass
+
+
+def with_cross_entropy(loss: str, distillation: torch.Tensor, parts: dict[str, torch.Tensor], logits: torch.Tensor,
+                       labels: Optional[torch.Tensor], ce_weight: float) -> dict[str, torch.Tensor]:  # fmt: skip
+    """``{"loss": ce_weight * CE + distillation, **parts, "hard_loss": CE}``, CE the cross-entropy
+    of ``logits`` with ``labels``. Without labels (allowed when ce_weight is 0) there is no CE to
+    add or log: ``{"loss": distillation, **parts}``. ``loss`` names the caller in the error."""
+    if ce_weight != 0:
+        check_labels_given(loss, labels, f"for its cross-entropy, ce_weight={ce_weight:g}; with ce_weight=0 it learns without them")
+    if labels is None:
+        return {"loss": distillation, **parts}
+    hard = F.cross_entropy(logits.to(distillation.dtype), labels.long())  # float16 logits: in float32
+    return {"loss": ce_weight * hard + distillation, **parts, "hard_loss": hard}

@@ -1,5 +1,7 @@
 """Argument checks shared by the losses: each raises ``ValueError`` naming the argument, its value
-and what is allowed (never ``assert``, which ``python -O`` strips); and the dtype losses compute in."""
+and what is allowed (never ``assert``, which ``python -O`` strips); and the dtype losses compute in.
+The checks of plain numbers use no torch, so that they could move to a module the torch-free
+config schemas import."""
 
 from __future__ import annotations
 
@@ -23,9 +25,35 @@ def check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha={alpha!r}: must be in [0, 1]")
 
 
+def check_choice(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: must be one of {', '.join(map(repr, allowed))}")
+
+
 def check_reduction(reduction: str, allowed: tuple[str, ...]) -> None:
-    if reduction not in allowed:
-        raise ValueError(f"reduction={reduction!r}: must be one of {', '.join(map(repr, allowed))}")
+    check_choice("reduction", reduction, allowed)
+
+
+def check_at_least(name: str, value: float, low: float) -> None:
+    """A finite real number >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value >= low):
+        raise ValueError(f"{name}={value!r}: must be a finite number >= {low:g}")
+
+
+def check_weight(name: str, value: float) -> None:
+    """A loss weight: a finite number >= 0."""
+    check_at_least(name, value, 0.0)
+
+
+def check_fraction(name: str, value: float) -> None:
+    """A share of something, strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and 0 < value < 1):
+        raise ValueError(f"{name}={value!r}: must be a number in (0, 1)")
+
+
+def check_int_at_least(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {low}")
 
 
 def check_float_tensor(name: str, value: object) -> None:
@@ -62,6 +90,12 @@ def check_labels(labels: object, logits: torch.Tensor) -> None:
         raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} classes (found {bad})")
 
 
+def check_labels_given(loss: str, labels: object, why: str) -> None:
+    """For a loss called with ``labels=None`` (a transfer set without labels) that cannot do without."""
+    if labels is None:
+        raise ValueError(f"{loss} needs labels ({why}); it was called with labels=None")
+
+
 def check_positive(name: str, sigma: torch.Tensor) -> None:
     check_float_tensor(name, sigma)
     if bool((~(sigma > 0)).any()):  # ~(x > 0) also catches NaN
@@ -71,9 +105,3 @@ def check_positive(name: str, sigma: torch.Tensor) -> None:
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
-
-
-def check_weight(name: str, value: float) -> None:
-    """A loss weight: a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}={value!r}: must be a finite number >= 0")

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kdrun.losses.base import DistillationLoss
+from kdrun.losses.base import DistillationLoss, with_cross_entropy
 from kdrun.losses.checks import check_logits, check_same_shape, check_temperature, check_weight, compute_dtype
 
 _EPS = 1e-8  # as the paper's code, in the cosine similarity's denominator
@@ -21,11 +21,14 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def dist_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inter, intra), each T^2 times 1 - a mean Pearson correlation, without argument checks."""
+    """(inter, intra), each T^2 times 1 - a mean Pearson correlation, without argument checks;
+    intra is 0 for a batch of one row."""
     dtype = compute_dtype(torch.promote_types(student_logits.dtype, teacher_logits.dtype))
     y_s = F.softmax(student_logits.to(dtype) / temperature, dim=1)
     y_t = F.softmax(teacher_logits.detach().to(dtype) / temperature, dim=1)
     inter = 1 - _pearson_rows(y_s, y_t).mean()  # each example: its classes' relations
+    if len(y_s) < 2:  # one row has no relations across the batch: 1 - 0, a constant with no gradient
+        return temperature**2 * inter, inter.new_zeros(())
     intra = 1 - _pearson_rows(y_s.t(), y_t.t()).mean()  # each class: its relations across the batch
     return temperature**2 * inter, temperature**2 * intra
 
@@ -43,7 +46,9 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
         \mathrm{DIST} = \beta \, \mathcal{L}_{inter} + \gamma \, \mathcal{L}_{intra}
 
     Matching correlations rather than values lets a student follow a much stronger teacher's
-    relations without matching its confidence. Needs a batch of at least 2 and 2 classes.
+    relations without matching its confidence. Needs a batch of at least 2 (intra compares rows)
+    and 2 classes; :class:`DISTLoss`, which must take an epoch's last batch whatever its size,
+    counts intra as 0 for a single row instead.
     """
     check_logits("student_logits", student_logits)
     check_logits("teacher_logits", teacher_logits)
@@ -60,7 +65,9 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
 class DISTLoss(DistillationLoss):
     r"""``loss=dist``: :math:`L = w_{ce} \, \mathrm{CE} + \beta \, \mathcal{L}_{inter} + \gamma \,
     \mathcal{L}_{intra}` (:func:`dist_loss`). Defaults: the paper's (beta 1, gamma 1, T 1, CE
-    weight 1). Returns ``{"loss", "inter", "intra", "hard_loss"}`` (times T^2, unweighted)."""
+    weight 1). Returns ``{"loss", "inter", "intra", "hard_loss"}`` (times T^2, unweighted). A
+    batch of one row (an epoch's last, say) has no intra-class term: it counts 0. Learns
+    without labels when ``ce_weight = 0`` (then no ``hard_loss``)."""
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0, ce_weight: float = 1.0) -> None:
         super().__init__()
@@ -69,7 +76,11 @@ class DISTLoss(DistillationLoss):
         check_temperature(temperature)
         self.beta, self.gamma, self.temperature, self.ce_weight = float(beta), float(gamma), float(temperature), float(ce_weight)
 
+    @property
+    def learns_without_labels(self) -> bool:
+        return self.ce_weight == 0  # the teacher's terms alone
+
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
         inter, intra = dist_parts(student_logits, teacher_logits, self.temperature)
-        hard = F.cross_entropy(student_logits.to(inter.dtype), labels.long())
-        return {"loss": self.ce_weight * hard + self.beta * inter + self.gamma * intra, "inter": inter, "intra": intra, "hard_loss": hard}
+        distillation = self.beta * inter + self.gamma * intra
+        return with_cross_entropy("DISTLoss", distillation, {"inter": inter, "intra": intra}, student_logits, labels, self.ce_weight)

@@ -8,8 +8,20 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kdrun.losses.base import DistillationLoss
-from kdrun.losses.checks import check_labels, check_logits, check_same_shape, check_temperature, check_weight, compute_dtype
+from kdrun.losses.base import DistillationLoss, with_cross_entropy
+from kdrun.losses.checks import (
+    check_int_at_least,
+    check_labels,
+    check_labels_given,
+    check_logits,
+    check_same_shape,
+    check_temperature,
+    check_weight,
+    compute_dtype,
+)
+from kdrun.losses.functional import kl_from_log_probs
+
+_PAPER_WARMUP, _PAPER_EPOCHS = 20, 240  # DKD's CIFAR-100 schedule: the warm-up's share of the run
 
 
 def _log_binary(log_probs: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -20,22 +32,15 @@ def _log_binary(log_probs: torch.Tensor, logits: torch.Tensor, target: torch.Ten
     return torch.cat([log_target, log_rest - torch.logsumexp(logits, dim=-1, keepdim=True)], dim=-1)
 
 
-def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """sum_i P_i (log P_i - log Q_i) per row; classes with P_i = 0 contribute 0."""
-    p = log_p.exp()
-    support = p > 0
-    return (p * (torch.where(support, log_p, 0.0) - torch.where(support, log_q, 0.0))).sum(-1)
-
-
 def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each T^2 times a batch-mean KL, without argument checks."""
     dtype = compute_dtype(torch.promote_types(student_logits.dtype, teacher_logits.dtype))
     s = student_logits.to(dtype) / temperature
     t = teacher_logits.detach().to(dtype) / temperature
     target = labels.long().reshape(-1, 1)
-    tckd = _kl_rows(_log_binary(F.log_softmax(t, -1), t, target), _log_binary(F.log_softmax(s, -1), s, target))
+    tckd = kl_from_log_probs(_log_binary(F.log_softmax(t, -1), t, target), _log_binary(F.log_softmax(s, -1), s, target))
     is_target = F.one_hot(target.squeeze(-1), s.shape[-1]).bool()
-    nckd = _kl_rows(F.log_softmax(t.masked_fill(is_target, -math.inf), -1), F.log_softmax(s.masked_fill(is_target, -math.inf), -1))
+    nckd = kl_from_log_probs(F.log_softmax(t.masked_fill(is_target, -math.inf), -1), F.log_softmax(s.masked_fill(is_target, -math.inf), -1))
     return temperature**2 * tckd.mean(), temperature**2 * nckd.mean()
 
 
@@ -86,25 +91,33 @@ class DKDLoss(DistillationLoss):
     \mathrm{TCKD} + \beta \, \mathrm{NCKD})`, where e is the epoch and :math:`E_w` the warm-up
     (:func:`dkd_loss` for the rest). The paper's CIFAR-100 settings are the defaults: alpha 1,
     beta 8, T 4, a 20-epoch warm-up, CE weight 1. Returns ``{"loss", "tckd", "nckd",
-    "hard_loss"}`` (TCKD and NCKD times T^2, unweighted)."""
+    "hard_loss"}`` (TCKD and NCKD times T^2, unweighted). Needs labels: they pick each row's
+    target class.
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 20, ce_weight: float = 1.0) -> None:
+    ``warmup_epochs=None`` (the default) takes the paper's share of the run, 20 of its 240 epochs:
+    :math:`E_w = \lceil E / 12 \rceil` for a run of E epochs (``set_epoch`` tells it E), so a
+    20-epoch run ramps over 2 epochs instead of reaching full weight only in its last. A number
+    is taken as it is.
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: Optional[int] = None,
+                 ce_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
-        check_weight("alpha", alpha)
-        check_weight("beta", beta)
-        check_weight("ce_weight", ce_weight)
+        for name, value in (("alpha", alpha), ("beta", beta), ("ce_weight", ce_weight)):
+            check_weight(name, value)
         check_temperature(temperature)
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs={warmup_epochs!r}: must be an integer >= 0")
+        if warmup_epochs is not None:
+            check_int_at_least("warmup_epochs", warmup_epochs, 0)
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
         self.warmup_epochs, self.ce_weight = warmup_epochs, float(ce_weight)
         self.warmup = 1.0
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
-        self.warmup = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs else 1.0
+        warmup_epochs = math.ceil(epochs * _PAPER_WARMUP / _PAPER_EPOCHS) if self.warmup_epochs is None else self.warmup_epochs
+        self.warmup = min(epoch / warmup_epochs, 1.0) if warmup_epochs else 1.0
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        check_labels_given("DKDLoss", labels, "TCKD and NCKD split each row at its target class")
         tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, self.temperature)
-        hard = F.cross_entropy(student_logits.to(tckd.dtype), labels.long())
-        loss = self.ce_weight * hard + self.warmup * (self.alpha * tckd + self.beta * nckd)
-        return {"loss": loss, "tckd": tckd, "nckd": nckd, "hard_loss": hard}
+        distillation = self.warmup * (self.alpha * tckd + self.beta * nckd)
+        return with_cross_entropy("DKDLoss", distillation, {"tckd": tckd, "nckd": nckd}, student_logits, labels, self.ce_weight)

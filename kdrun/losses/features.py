@@ -11,13 +11,17 @@ from torch import nn
 from kdrun.errors import ConfigError
 
 
-def stage_names(model: nn.Module) -> list[str]:
-    """The model's stages: ``stages.0``, ``stages.1``, ... for kdrun's convolutional networks
-    (a ``stages`` ModuleList), else the outputs of its ReLUs (an MLP's hidden layers)."""
+def conv_stage_names(model: nn.Module) -> list[str]:
+    """``stages.0``, ``stages.1``, ... for kdrun's convolutional networks (a ``stages``
+    ModuleList); [] for a model without one."""
     stages = getattr(model, "stages", None)
-    if isinstance(stages, nn.ModuleList):
-        return [f"stages.{i}" for i in range(len(stages))]
-    return [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
+    return [f"stages.{i}" for i in range(len(stages))] if isinstance(stages, nn.ModuleList) else []
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """The model's stages (:func:`conv_stage_names`), else the outputs of its ReLUs (an MLP's
+    hidden layers)."""
+    return conv_stage_names(model) or [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
 
 
 def feature_shapes(model: nn.Module, names: Sequence[str], inputs: torch.Tensor, role: str) -> dict[str, tuple[int, ...]]:

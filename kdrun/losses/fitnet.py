@@ -11,8 +11,9 @@ from torch import nn
 
 from kdrun.errors import ConfigError
 from kdrun.losses.base import DistillationLoss
-from kdrun.losses.kd import KDLoss
+from kdrun.losses.checks import check_choice, check_fraction
 from kdrun.losses.features import feature_shapes, stage_names
+from kdrun.losses.kd import KDLoss
 
 
 class FitNetLoss(DistillationLoss):
@@ -26,18 +27,22 @@ class FitNetLoss(DistillationLoss):
     (the mean over every element). Then KD (:class:`KDLoss` with ``alpha`` and ``temperature``)
     for the rest. The regressor is a linear layer for ``[B, D]`` features (MLPs) and a
     ``kernel_size`` convolution for ``[B, C, H, W]`` ones (equal H and W). ``student_layer`` /
-    ``teacher_layer`` name the layers (``named_modules()``); ``auto`` takes each network's middle
-    stage (its middle hidden ReLU for an MLP). Returns ``{"loss", "hint_loss", "soft_loss",
-    "hard_loss"}``; ``loss`` is the hint in the first stage and KD's total in the second.
+    ``teacher_layer`` name the layers (``named_modules()``); ``auto`` takes stage number n // 2
+    (from 0) of each network's n stages, or of its n hidden ReLUs for an MLP: the middle one when
+    n is odd, the later of the two middle ones when n is even. For kdrun's 2-stage CNNs that is
+    ``stages.1``, the last stage: ``stages.0`` is a single convolution, too shallow to guide.
+    Returns ``{"loss", "hint_loss", "soft_loss", "hard_loss"}``; ``loss`` is the hint in the
+    first stage and KD's total in the second.
+
+    The hint stage lasts ``ceil(hint_fraction * E)`` of the E epochs, but always leaves the KD
+    stage at least one: the classifier head learns only there (with E = 1, there is no hint).
     """
 
     def __init__(self, student_layer: str = "auto", teacher_layer: str = "auto", hint_fraction: float = 0.5,
                  kernel_size: int = 1, alpha: float = 0.9, temperature: float = 4.0) -> None:  # fmt: skip
         super().__init__()
-        if not (isinstance(hint_fraction, (int, float)) and 0 < hint_fraction < 1):
-            raise ValueError(f"hint_fraction={hint_fraction!r}: must be in (0, 1)")
-        if kernel_size not in (1, 3):
-            raise ValueError(f"kernel_size={kernel_size!r}: must be 1 or 3")
+        check_fraction("hint_fraction", hint_fraction)
+        check_choice("kernel_size", kernel_size, (1, 3))
         self.kd = KDLoss(alpha, temperature)
         self.student_layer, self.teacher_layer = student_layer, teacher_layer
         self.hint_fraction, self.kernel_size = float(hint_fraction), int(kernel_size)
@@ -69,7 +74,7 @@ class FitNetLoss(DistillationLoss):
         self.regressor = regressor.to(inputs.device)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
-        self.hinting = epoch <= math.ceil(self.hint_fraction * epochs)
+        self.hinting = epoch <= min(math.ceil(self.hint_fraction * epochs), epochs - 1)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: Optional[torch.Tensor],
                 student_features: dict, teacher_features: dict) -> dict[str, torch.Tensor]:  # fmt: skip

@@ -48,17 +48,23 @@ _GAUSSIAN_REDUCTIONS = ("mean", "sum", "none")
 # --------------------------------------------------------------------------- discrete KL
 
 
-def _kl_per_position(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """sum_i P_i (log P_i - log Q_i) over the last dimension, classes with P_i = 0 contributing 0."""
-    dtype = compute_dtype(torch.promote_types(p_logits.dtype, q_logits.dtype))
-    log_p = F.log_softmax(p_logits.to(dtype) / temperature, dim=-1)
-    log_q = F.log_softmax(q_logits.to(dtype) / temperature, dim=-1)
+def kl_from_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """sum_i P_i (log P_i - log Q_i) over the last dimension, classes with P_i = 0 contributing 0:
+    the KL of every loss here, from log-probabilities (no argument checks)."""
     p = log_p.exp()
     # Masked classes (logit -inf) have P = 0 and log P = -inf; 0 * (-inf) would be NaN, in the
     # value and in the gradient, so those terms are replaced by 0 before the product.
     support = p > 0
     log_ratio = torch.where(support, log_p, 0.0) - torch.where(support, log_q, 0.0)
     return (p * log_ratio).sum(dim=-1)
+
+
+def _kl_per_position(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(p_logits / T) || softmax(q_logits / T)) per position, in at least float32."""
+    dtype = compute_dtype(torch.promote_types(p_logits.dtype, q_logits.dtype))
+    log_p = F.log_softmax(p_logits.to(dtype) / temperature, dim=-1)
+    log_q = F.log_softmax(q_logits.to(dtype) / temperature, dim=-1)
+    return kl_from_log_probs(log_p, log_q)
 
 
 def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -335,17 +341,24 @@ def soft_target_loss(student_logits: torch.Tensor, targets: SoftTargets, tempera
 
 # --------------------------------------------------------------------------- logit standardisation
 
+# The paper's sigma + 1e-7 scales a flat row (constant logits, as a zero-initialised head gives)
+# and its gradient by up to 1e7; flooring sigma at this changes only rows flatter than it.
+MIN_LOGIT_STD = 1e-4
+
 
 def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
     r"""Each row's logits as z-scores (Sun et al., CVPR 2024, "Logit Standardization in
     Knowledge Distillation"):
 
     .. math::
-        \mathcal{Z}(z)_i = \frac{z_i - \bar z}{\sigma(z) + 10^{-7}}
+        \mathcal{Z}(z)_i = \frac{z_i - \bar z}{\max(\sigma(z), 10^{-4}) + 10^{-7}}
 
     with :math:`\bar z` the mean and :math:`\sigma(z)` the unbiased standard deviation over the
     last dimension (which therefore needs at least 2 classes). A softmax of standardised logits
-    no longer depends on the logits' scale or offset, only on their relations.
+    no longer depends on the logits' scale or offset, only on their relations. The paper divides
+    by :math:`\sigma(z) + 10^{-7}`; the floor of :math:`10^{-4}` changes only rows flatter than
+    that (constant ones, say), whose gradients it keeps below about :math:`10^4` instead of
+    :math:`10^7`.
 
     Returns float32 for float16/bfloat16/float32 inputs, float64 for float64.
     """
@@ -357,4 +370,5 @@ def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def _standardize(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.to(compute_dtype(logits.dtype))
-    return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + 1e-7)
+    std = logits.std(dim=-1, keepdim=True).clamp_min(MIN_LOGIT_STD)
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (std + 1e-7)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from kdrun.losses.base import DistillationLoss
 from kdrun.losses.checks import check_alpha, check_temperature, compute_dtype
-from kdrun.losses.functional import SoftTargets, soft_target_loss, soft_targets, standardize_logits
+from kdrun.losses.functional import SoftTargets, kl_from_log_probs, soft_target_loss, soft_targets, standardize_logits
 
 
 def _combined(teacher_term: torch.Tensor, name: str, logits: torch.Tensor, labels: Optional[torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -84,7 +84,8 @@ class ReverseKLLoss(_AlphaLoss):
             + (1 - \alpha) \, \mathrm{CE}
 
     Mode-seeking: the student is pushed to put mass where the teacher does, not to cover all of
-    it. Returns ``{"loss", "soft_loss": T^2 KL(student || teacher), "hard_loss"}``.
+    it. Classes the teacher masks (logit -inf) are left out of the student's softmax too (else
+    the KL is infinite). Returns ``{"loss", "soft_loss": T^2 KL(student || teacher), "hard_loss"}``.
     """
 
     def __init__(self, alpha: float = 0.7, temperature: float = 3.0) -> None:
@@ -94,8 +95,11 @@ class ReverseKLLoss(_AlphaLoss):
         return F.log_softmax(teacher_logits.detach().to(compute_dtype(teacher_logits.dtype)) / self.temperature, dim=-1)
 
     def forward(self, student_logits: torch.Tensor, teacher_log_probs: torch.Tensor, labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        log_q = F.log_softmax(student_logits.to(teacher_log_probs.dtype) / self.temperature, dim=-1)
-        reverse = (log_q.exp() * (log_q - teacher_log_probs)).sum(-1).mean()
+        # A class the teacher masks (logit -inf, P = 0) would make KL(Q || P) infinite: it is
+        # masked in the student's softened distribution too, which then spreads over the rest.
+        masked = teacher_log_probs == -math.inf
+        softened = (student_logits.to(teacher_log_probs.dtype) / self.temperature).masked_fill(masked, -math.inf)
+        reverse = kl_from_log_probs(F.log_softmax(softened, dim=-1), teacher_log_probs).mean()
         return _combined(self.temperature**2 * reverse, "soft_loss", student_logits, labels, self.alpha)
 
 
@@ -106,7 +110,8 @@ class JSLoss(_AlphaLoss):
         \mathrm{JS}(P, Q) = \tfrac12 \mathrm{KL}(P \,\|\, M) + \tfrac12 \mathrm{KL}(Q \,\|\, M),
         \quad M = \tfrac12 (P + Q)
 
-    with P, Q the teacher's and the student's softmax at T; symmetric and bounded by log 2.
+    with P, Q the teacher's and the student's softmax at T; symmetric and bounded by log 2. A
+    class the teacher masks (logit -inf, P = 0) adds 0 to KL(P || M), as in the forward KL.
     ``L = alpha T^2 JS + (1 - alpha) CE``; returns ``{"loss", "soft_loss": T^2 JS, "hard_loss"}``.
     """
 
@@ -119,7 +124,7 @@ class JSLoss(_AlphaLoss):
         log_p = teacher_log_probs
         log_q = F.log_softmax(student_logits.to(log_p.dtype) / self.temperature, dim=-1)
         log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
-        js = 0.5 * ((log_p.exp() * (log_p - log_m)).sum(-1) + (log_q.exp() * (log_q - log_m)).sum(-1)).mean()
+        js = 0.5 * (kl_from_log_probs(log_p, log_m) + kl_from_log_probs(log_q, log_m)).mean()
         return _combined(self.temperature**2 * js, "soft_loss", student_logits, labels, self.alpha)
 
 

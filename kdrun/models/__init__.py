@@ -54,15 +54,16 @@ def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
     """The model saved in a kdrun checkpoint (``teacher.pt``, ``distilled.pt``, ``baseline.pt``),
     rebuilt from what the file records (``ckpt["model"]``: the ``_target_`` that built it and its
     arguments) and loaded with its weights, in eval mode. The module named by ``_target_`` must be
-    importable. When the run standardised its inputs (``ckpt["normalization"]``), the model comes
-    wrapped in ``Standardized`` and takes raw inputs, as the dataset's loader returns them;
-    ``raw_inputs=False`` gives the bare network, which expects standardised inputs."""
+    importable. The model comes wrapped in ``Standardized`` and takes raw inputs, as the dataset's
+    loader returns them (uint8 images scaled to [0, 1], then standardised as the run did, per
+    ``ckpt["normalization"]``); ``raw_inputs=False`` gives the bare network, which expects inputs
+    as training fed them."""
     from hydra.utils import instantiate
 
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     model = instantiate(checkpoint["model"], _convert_="all")
     model.load_state_dict(checkpoint["state_dict"])
-    normalization = checkpoint.get("normalization")
-    if raw_inputs and normalization:
+    normalization = checkpoint.get("normalization") or {"mean": 0.0, "std": 1.0}
+    if raw_inputs:
         model = Standardized(model, normalization["mean"], normalization["std"]).to(map_location)
     return model.eval()
