@@ -2,7 +2,7 @@
 
     python benchmarks/run.py            # everything, ~15 minutes on an idle 2-core machine
     python benchmarks/run.py --quick    # fewer repeats, a 5-run sample of the notebook sweep
-    python benchmarks/run.py --only a,c # some sections: s (start-up), a, b, m (memory), c
+    python benchmarks/run.py --only a,c # some sections: s (start-up), a, b, m (memory), c, k (checkpoints)
     python benchmarks/run.py --only c --device cuda   # (c) on a GPU
 
 Sections
@@ -26,6 +26,9 @@ Sections
      gradient); per validation example 2 * W. The matmul rate at the same thread count is
      measured before a model's first epoch and after each epoch; each epoch's ratio = achieved /
      the mean of the two rates around it; a model's ratio is the median over its epochs.
+  k  checkpoints: an MNIST-size teacher (784-1200-1200-10, 55,000 random rows, batch 128) through
+     kdrun.train.fit with a checkpoint after every epoch against none, interleaved; the time of
+     one checkpoint write, and what the default (at most one a minute) costs at most.
 
 Every process's wall time, CPU time (user + sys) and peak RSS come from os.wait4. The machine is
 shared: the load average is printed at the start and the end; trust same-run ratios only.
@@ -384,13 +387,53 @@ def section_c(device_name: str, epochs: int) -> None:
               f"{worst[threads]:.1%}  {verdict(worst[threads], 0.75)}")
 
 
+def section_k(tmp: Path, epochs: int) -> None:
+    """What resumable checkpoints cost: an MNIST-size teacher through fit, a checkpoint after
+    every epoch against none, in one process, interleaved."""
+    import torch
+
+    from kdrun.checkpoints import AUTO_SECONDS, Checkpoint
+    from kdrun.data import Split
+    from kdrun.models import MLP
+    from kdrun.train import FitSettings, fit
+
+    print("\n== (k) checkpoints: MNIST-size teacher 784-1200-1200-10, 55,000 rows, batch 128, adam, 2 threads ==")
+    torch.set_num_threads(2)
+    generator = torch.Generator().manual_seed(0)
+    train = Split(torch.randn(55_000, 784, generator=generator), torch.randint(0, 10, (55_000,), generator=generator))
+    val = Split(torch.randn(5_000, 784, generator=generator), torch.randint(0, 10, (5_000,), generator=generator))
+    settings = FitSettings(epochs, 128, "adam", 1e-3, 0.0, 0)
+    timings: dict[str, list[float]] = {"none": [], "every epoch": []}
+    for repeat in range(2):
+        for label, every in (("none", 0), ("every epoch", 1)):
+            torch.manual_seed(0)
+            checkpoint = Checkpoint(tmp / f"k-{label.replace(' ', '-')}-{repeat}.pt", every, "the teacher")
+            started = time.perf_counter()
+            fit(MLP((784,), 10, [1200, 1200]), train, val, settings, "teacher", checkpoint=checkpoint)
+            timings[label].append((time.perf_counter() - started) / epochs)
+    saves = []
+    model = MLP((784,), 10, [1200, 1200])
+    state = {"model": model.state_dict(), "optimizer": {"a": [torch.zeros_like(p) for p in model.parameters()],
+                                                        "b": [torch.zeros_like(p) for p in model.parameters()]}}  # fmt: skip
+    for _ in range(5):
+        started = time.perf_counter()
+        Checkpoint(tmp / "k-save.pt", 1, "the teacher").save(state)
+        saves.append(time.perf_counter() - started)
+    epoch, with_saves, save = med(timings["none"]), med(timings["every epoch"]), med(saves)
+    size = (tmp / "k-save.pt").stat().st_size / 2**20
+    print(f"  epoch without checkpoints {epoch:.2f} s, with one per epoch {with_saves:.2f} s (x{with_saves / epoch:.3f}); "
+          f"one checkpoint ({size:.0f} MiB: weights and Adam's moments, fsync'd) {save:.3f} s")
+    print(f"  the default (at most one a minute) costs at most {save / AUTO_SECONDS:.2%} of training time; target < 2%  "
+          f"{verdict(save / AUTO_SECONDS, 0.02, higher_is_better=False)}")
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats; a 5-run sample of the notebook sweep")
-    parser.add_argument("--only", default="s,a,b,m,c", help="comma-separated sections among s,a,b,m,c")
+    parser.add_argument("--only", default="s,a,b,m,c,k", help="comma-separated sections among s,a,b,m,c,k")
     parser.add_argument("--repeats", type=int, default=None, help="repeats in (a) (default 5, quick 3)")
     parser.add_argument("--device", default="cpu", help="device for (c) (cpu or cuda)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -413,6 +456,8 @@ def main() -> None:
             section_m(tmp)
         if "c" in sections:
             section_c(args.device, 1 if args.quick else 3)
+        if "k" in sections:
+            section_k(tmp, 2 if args.quick else 3)
     finally:
         print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -5,9 +5,14 @@ place that writes it. A user's mistake (a bad value, a missing data file, a fold
 written) or a non-finite loss becomes one message and a failed status, never a traceback; in a
 sweep the other jobs go on, and the sweep ends with the exit code of its worst job. SIGINT and
 SIGTERM stop the job within a batch or so, mark it interrupted and keep the metrics rows written
-so far. Re-running a sweep into the same directory skips the jobs that completed with the same
-config and redoes the others. A job that does not complete leaves no summary.csv and no model
-files (run_files.RESULT_FILES), so nothing in its folder looks like a finished run.
+so far. A job that does not complete leaves no summary.csv and no model files
+(run_files.RESULT_FILES), so nothing in its folder looks like a finished run.
+
+Running a job again into its folder continues it from its checkpoints (kdrun.checkpoints) when it
+did not complete (interrupted, failed, or killed: a ``running`` status whose process is gone) and
+its config is the same; an unfinished run of another config there is refused. Re-running a sweep
+into the same directory skips the jobs that completed with the same config and continues or
+redoes the others.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
+import socket
 import sys
 import traceback
 from dataclasses import dataclass
@@ -31,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from kdrun.config import compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, validate, without_hydra
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
-from kdrun.run_files import read_status, remove_results, write_status
+from kdrun.run_files import has_checkpoints, read_status, remove_checkpoints, remove_results, write_status
 
 if TYPE_CHECKING:
     import pandas
@@ -43,6 +50,10 @@ log = logging.getLogger("kdrun")
 
 # HYDRA_FULL_ERROR=1 as the user set it (kdrun train sets it for Hydra, to hear of every mistake).
 _show_tracebacks = False
+# The run folder BeforeRun created for this process's single run, and the folders it had to create
+# above it: removed again if the run is refused.
+_created_run_dir: Optional[Path] = None
+_created_parents: list[Path] = []
 
 
 # --------------------------------------------------------------------------- signals
@@ -60,7 +71,11 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` meanwhile (where signals can be set: the main thread)."""
+    """SIGTERM raises ``Terminated`` meanwhile (where signals can be set: the main thread),
+    unless the process has its own handler: a scheduler's (submitit's) then stays in charge."""
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, _raise_terminated):
+        yield
+        return
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread, as in some launchers
@@ -129,33 +144,92 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def _run_job(cfg: DictConfig, run_dir: Path) -> "RunResult":
-    """Run one experiment into ``run_dir``, its status.json saying how it went. Raises what
-    stopped it (after recording it), ``failure_of`` telling a user's mistake from a bug."""
+def _still_running(status: dict) -> bool:
+    """Whether ``status`` is that of a kdrun process still alive on this machine (another one)."""
+    pid = status.get("pid")
+    if status.get("status") != "running" or status.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False  # on another machine: a job requeued elsewhere takes over its folder
+    if pid == os.getpid() or os.name == "nt":  # (os.kill would end the process on Windows)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _resumable(run_dir: Path, digest: str) -> bool:
+    """Whether ``run_dir`` holds an unfinished run of this config to continue from its
+    checkpoints. Raises ConfigError if a live process is running there, or if the unfinished run
+    there is of other settings."""
+    previous = read_status(run_dir) or {}
+    if _still_running(previous):
+        raise ConfigError(
+            f"{run_dir} is in use: kdrun process {previous['pid']} has been running there since {previous.get('time')}; "
+            "wait for it, stop it, or choose another folder"
+        )
+    if not has_checkpoints(run_dir) or previous.get("status") == "completed":
+        return False
+    if previous.get("config_hash") != digest:
+        settings = " ".join(previous.get("overrides") or []) or "the defaults"
+        message = (
+            f"{run_dir} holds an unfinished run of other settings ({settings}), with checkpoints to continue it: "
+            f"run that command again to continue it, choose another folder, or delete {run_dir / 'checkpoints'} to start this run there"
+        )
+        kept = {key: value for key, value in previous.items() if key not in ("status", "time", "exit_code", "message")}
+        write_status(run_dir, "failed", **kept, exit_code=EXIT_USAGE, message=message)  # its config_hash: still resumable
+        raise ConfigError(message)
+    return True
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: str) -> "RunResult":
+    """Run one experiment into ``run_dir``, its status.json saying how it went, or continue it
+    from its checkpoints. Raises what stopped it (after recording it), ``failure_of`` telling a
+    user's mistake from a bug. ``overrides``: the command's settings (recorded, and given to the
+    trackers); ``again``: how to continue the run if it stops ("run the same command again")."""
     digest = config_hash(cfg)
-    remove_results(run_dir, metrics=True)  # a rerun into the same folder: the old results no longer hold
-    write_status(run_dir, "running", config_hash=digest, pid=os.getpid())
+    record = {"config_hash": digest, "overrides": list(overrides)}
+    if _resumable(run_dir, digest):
+        remove_results(run_dir)
+        log.info("kdrun: continuing the unfinished run in %s from its checkpoints", run_dir)
+    else:
+        remove_results(run_dir, metrics=True)  # a rerun into the same folder: the old results no longer hold
+        remove_checkpoints(run_dir)
+    write_status(run_dir, "running", **record, pid=os.getpid(), host=socket.gethostname())
     try:
         validate(cfg)  # before torch is imported: a bad value fails in about a second
         _check_cache_dir(cfg)
         from kdrun.experiment import run_experiment
 
-        result = run_experiment(cfg, run_dir)
-    except KeyboardInterrupt as interruption:
-        stopped_by = signal_of(interruption)
+        tags = {"overrides": " ".join(overrides), "seed": str(cfg.trainer.seed)}
+        result = run_experiment(cfg, run_dir, tags=tags)
+    except (KeyboardInterrupt, SystemExit) as interruption:  # SystemExit: a scheduler's handler (submitit) ends the job
         with _signals_held():
             remove_results(run_dir)
-            message = f"stopped by {stopped_by.name}; metrics.csv holds the epochs finished before"
-            write_status(run_dir, "interrupted", config_hash=digest, signal=stopped_by.name, exit_code=128 + int(stopped_by), message=message)
+            if isinstance(interruption, KeyboardInterrupt):
+                stopped_by = signal_of(interruption)
+                how, fields = f"stopped by {stopped_by.name}", {"signal": stopped_by.name, "exit_code": 128 + int(stopped_by)}
+            else:
+                code = interruption.code if isinstance(interruption.code, int) else EXIT_FAILED
+                how, fields = "stopped (its process was told to exit)", {"exit_code": code}
+            message = f"{how}; metrics.csv holds the epochs finished before"
+            if has_checkpoints(run_dir):
+                message += f"; to continue from the last checkpoint, {again}"
+            write_status(run_dir, "interrupted", **record, **fields, message=message)
+        log.warning("%s", message)
         raise
     except BaseException as error:
         failure = failure_of(error)
         code, message = failure if failure is not None else (EXIT_FAILED, f"internal error: {type(error).__name__}: {error}")
         with _signals_held():
             remove_results(run_dir)
-            write_status(run_dir, "failed", config_hash=digest, exit_code=code, message=message.splitlines()[0] if message else "")
+            write_status(run_dir, "failed", **record, exit_code=code, message=message.splitlines()[0] if message else "")
         raise
-    write_status(run_dir, "completed", config_hash=digest, objective=result.objective)
+    write_status(run_dir, "completed", **record, objective=result.objective)
     return result
 
 
@@ -167,23 +241,38 @@ def train_task(cfg: DictConfig) -> float:
     single run with its exit code; in a sweep it ends that job alone, and ``SweepEnd`` turns the
     recorded statuses into the sweep's exit code."""
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = Path(hydra_cfg.runtime.output_dir).absolute()
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = list(hydra_cfg.overrides.task)
+    again = f"run the same command again with hydra.sweep.dir={hydra_cfg.sweep.dir}" if sweep else (
+        "run the same command again" if run_dir != _created_run_dir else f"run the same command again with hydra.run.dir={run_dir}"
+    )  # fmt: skip
     previous = read_status(run_dir) if sweep else None
     if previous and previous.get("status") == "completed" and previous.get("config_hash") == config_hash(cfg) and (run_dir / "summary.csv").is_file():
         log.info("job %s completed in an earlier run of this sweep; skipped (%s)", hydra_cfg.job.num, run_dir)
         return float(previous.get("objective", math.nan))
     with _sigterm_interrupts():
         try:
-            return _run_job(cfg, run_dir).objective
+            return _run_job(cfg, run_dir, overrides, again).objective
         except Exception as error:
             failure = failure_of(error)
             if failure is None or _show_tracebacks:
                 raise  # a bug in kdrun (or HYDRA_FULL_ERROR=1): its traceback
             log.error("%s", failure[1])
-            if not sweep:
-                raise SystemExit(failure[0]) from None
-            return math.nan
+            if sweep:
+                return math.nan
+            if failure[0] == EXIT_USAGE and run_dir == _created_run_dir:
+                _remove_created_folders()  # a refused command leaves no folder
+            raise SystemExit(failure[0]) from None
+
+
+def _remove_created_folders() -> None:
+    shutil.rmtree(_created_run_dir, ignore_errors=True)
+    for folder in _created_parents:  # innermost first; one another run uses now is not empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 # --------------------------------------------------------------------------- callbacks (conf/config.yaml)
@@ -203,10 +292,14 @@ class BeforeRun(Callback):
                 _check_cache_dir(task)
             run_dir = Path(str(config.hydra.run.dir))
             if any(str(o).startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
-                _make_folder(run_dir, "hydra.run.dir")  # the user's folder: a rerun may reuse it
+                _make_folder(run_dir, "hydra.run.dir")  # the user's folder: a rerun may reuse it (and continue it)
             else:
+                global _created_run_dir, _created_parents
+                _created_parents = [p.absolute() for p in run_dir.parents if not p.exists()]
+                run_dir = _new_folder(run_dir)
+                _created_run_dir = run_dir.absolute()
                 with read_write(config.hydra.run):
-                    config.hydra.run.dir = str(_new_folder(run_dir))
+                    config.hydra.run.dir = str(run_dir)
         except ConfigError as error:  # Hydra turns a callback's exceptions into warnings
             print(f"kdrun ERROR: {error}", file=sys.stderr)
             raise SystemExit(EXIT_USAGE) from None
@@ -401,7 +494,7 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None) ->
     log.setLevel(logging.INFO)
     try:
         with torch.random.fork_rng():  # every device's generator, restored afterwards
-            result = _run_job(cfg, run_dir)
+            result = _run_job(cfg, run_dir, overrides, f"call kdrun.run again with run_dir={str(run_dir)!r}")
     finally:
         log.removeHandler(handler)
         log.setLevel(level)

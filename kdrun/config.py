@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -225,14 +225,16 @@ class DKDLossConf:
     alpha: float = _setting(1.0, "weight of TCKD, the target-class part")
     beta: float = _setting(8.0, "weight of NCKD, the non-target-class part")
     temperature: float = _setting(4.0, "softmax temperature T > 0")
-    warmup_epochs: int = _setting(20, "epochs over which the DKD term ramps up linearly (0: none)")
+    warmup_epochs: Optional[int] = _setting(
+        None, "epochs over which the DKD term ramps up linearly (null: 1/12 of the run, the paper's 20 of 240; 0: none)"
+    )
     ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels")
 
     def check(self, key: str) -> None:
         for name in ("alpha", "beta", "ce_weight"):
             _check_weight(f"{key}.{name}", getattr(self, name))
         _check_temperature(f"{key}.temperature", self.temperature)
-        _check_int_at_least(f"{key}.warmup_epochs", self.warmup_epochs, 0)
+        _check_int_at_least(f"{key}.warmup_epochs", self.warmup_epochs, 0, allow_none=True)
 
 
 @dataclass
@@ -241,7 +243,7 @@ class DISTLossConf:
     beta: float = _setting(1.0, "weight of the inter-class relation (per example)")
     gamma: float = _setting(1.0, "weight of the intra-class relation (per class, across the batch)")
     temperature: float = _setting(1.0, "softmax temperature T > 0")
-    ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels")
+    ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels (0: learns without labels)")
 
     def check(self, key: str) -> None:
         for name in ("beta", "gamma", "ce_weight"):
@@ -252,9 +254,11 @@ class DISTLossConf:
 @dataclass
 class FitNetLossConf:
     _target_: str = "kdrun.losses.FitNetLoss"
-    student_layer: str = _setting("auto", "the student's guided layer (a name from named_modules(); auto: its middle stage)")
-    teacher_layer: str = _setting("auto", "the teacher's hint layer (auto: its middle stage)")
-    hint_fraction: float = _setting(0.5, "the share of the student's epochs spent on the hint before KD, in (0, 1)")
+    student_layer: str = _setting(
+        "auto", "the student's guided layer (a name from named_modules(); auto: stage n//2 of its n stages or hidden ReLUs)"
+    )
+    teacher_layer: str = _setting("auto", "the teacher's hint layer (auto: stage n//2 of its n stages or hidden ReLUs)")
+    hint_fraction: float = _setting(0.5, "the share of the student's epochs spent on the hint before KD, in (0, 1); KD gets at least one")
     kernel_size: int = _setting(1, "the regressor's convolution for [C, H, W] features: 1 or 3")
     alpha: float = _setting(0.9, "KD stage: weight of the teacher's soft targets, in [0, 1]")
     temperature: float = _setting(4.0, "KD stage: softmax temperature T > 0")
@@ -274,14 +278,14 @@ class ATLossConf:
     student_layers: Any = _setting("auto", "the student's layers to pair, a list (auto: its stages, in order)")
     teacher_layers: Any = _setting("auto", "the teacher's layers, as many (auto: its stages)")
     beta: float = _setting(1000.0, "weight of the attention term (the paper's 1000, halved in the loss)")
-    p: float = _setting(2.0, "the power of |activation| averaged over channels, > 0")
-    ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels")
+    p: float = _setting(2.0, "the power of |activation| averaged over channels, >= 1 (below, NaN gradients where activations are 0)")
+    ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels (0: learns without labels)")
 
     def check(self, key: str) -> None:
         _check_weight(f"{key}.beta", self.beta)
         _check_weight(f"{key}.ce_weight", self.ce_weight)
-        if not (_finite(self.p) and self.p > 0):
-            _fail(f"{key}.p", self.p, "a finite number > 0")
+        if not (_finite(self.p) and self.p >= 1):
+            _fail(f"{key}.p", self.p, "a finite number >= 1 (p < 1 gives NaN gradients where activations are 0)")
         for name in ("student_layers", "teacher_layers"):
             value = getattr(self, name)
             if not (value == "auto" or (isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value))):
@@ -295,6 +299,7 @@ LOSS_SCHEMAS = {"kd": KDLossConf, "reverse_kl": ReverseKLLossConf, "js": JSLossC
 # --------------------------------------------------------------------------- the rest
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+REPORTS = ("last", "best_val")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -310,6 +315,11 @@ class TrainerConf:
     seed: int = _setting(42, "model initialisation and batch order")
     device: str = _setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
     threads: Optional[int] = _setting(None, "torch CPU threads (null: 1 for models under 1M parameters, else all cores)")
+    checkpoint_every: Optional[int] = _setting(
+        None, "epochs between resumable checkpoints (null: at most one a minute, none for short runs; 0: never)"
+    )
+    keep_checkpoints: bool = _setting(False, "keep the resumable checkpoints once the run completes")
+    report: str = _setting("last", "which epoch each model's results and saved weights come from: last or best_val")
 
     def check(self, key: str) -> None:
         _check_int_at_least(f"{key}.epochs", self.epochs, 1)
@@ -326,12 +336,30 @@ class TrainerConf:
             _fail(f"{key}.device", self.device, "one of auto, cpu, cuda, cuda:N, mps")
         _check_int_at_least(f"{key}.threads", self.threads, 1, allow_none=True)
         _check_int_at_least(f"{key}.seed", self.seed, 0)
+        _check_int_at_least(f"{key}.checkpoint_every", self.checkpoint_every, 0, allow_none=True)
+        if self.report not in REPORTS:
+            _fail(f"{key}.report", self.report, f"one of {', '.join(REPORTS)}")
 
 
 @dataclass
 class CacheConf:
     enabled: bool = _setting(True, "reuse trained teachers and baselines from earlier runs")
     dir: Optional[str] = _setting(None, "the cache folder (null: $XDG_CACHE_HOME/kdrun or ~/.cache/kdrun)")
+
+
+@dataclass
+class TensorBoardLoggerConf:
+    _target_: str = "kdrun.trackers.TensorBoardTracker"
+
+
+@dataclass
+class MLflowLoggerConf:
+    _target_: str = "kdrun.trackers.MLflowTracker"
+    tracking_uri: Optional[str] = _setting(None, "the MLflow store (null: SQLite, outputs/mlflow.db under the working directory)")
+    experiment_name: str = _setting("kdrun", "the MLflow experiment every run (and sweep job) is logged to")
+
+
+LOGGER_SCHEMAS = {"tensorboard": TensorBoardLoggerConf, "mlflow": MLflowLoggerConf}
 
 
 @dataclass
@@ -342,6 +370,7 @@ class KDRunConf:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     cache: CacheConf = field(default_factory=CacheConf)
     plots: bool = _setting(True, "write curves.png and temperature.png")
+    logger: Dict[str, Any] = field(default_factory=dict)  # trackers besides the CSVs, by name (logger=[tensorboard,mlflow])
 
 
 # Where each schema's keys live, for suggestions ("did you mean ...?") and for --help.
@@ -352,6 +381,7 @@ SCHEMAS_AT = {
     "model.teacher": (MLPConf, CNNConf),
     "dataset": (DataConf, SyntheticDataConf, DigitsDataConf, IdxDataConf),
     "cache": (CacheConf,),
+    "logger.mlflow": (MLflowLoggerConf,),
 }
 # What users write for a key's last part, and what kdrun calls it.
 ALIASES = {"t": "temperature", "temp": "temperature", "a": "alpha", "epoch": "epochs", "batch": "batch_size", "bs": "batch_size",
@@ -419,6 +449,8 @@ def register_configs() -> None:
     cs.store(name="schema_model_cnn", node=CNNConf)
     for name, schema in LOSS_SCHEMAS.items():
         cs.store(name=f"schema_loss_{name}", node=schema)
+    for name, schema in LOGGER_SCHEMAS.items():
+        cs.store(name=f"schema_logger_{name}", node=schema)
     # Run-folder names leave out the settings that do not change what a run measures.
     exclude = {"job": {"config": {"override_dirname": {"exclude_keys": list(RESULT_UNCHANGED_KEYS)}}}}
     cs.store(name="kdrun_hydra", node={"hydra": exclude})
@@ -476,6 +508,10 @@ def validate(cfg: DictConfig) -> None:
                 plain.loss.alpha,
                 "with dataset.transfer_labels=false the students have no labels, so alpha must be 1 (soft targets only)",
             )
+    if not dataset.transfer_labels and isinstance(plain.loss, (DISTLossConf, ATLossConf)) and plain.loss.ce_weight != 0:
+        _fail("loss.ce_weight", plain.loss.ce_weight, "with dataset.transfer_labels=false the students have no labels, so ce_weight must be 0")
+    if not dataset.transfer_labels and isinstance(plain.loss, DKDLossConf):
+        raise ConfigError("loss=dkd needs labels (TCKD and NCKD split each row at its target class); dataset.transfer_labels=false leaves none")
     plain.trainer.check("trainer")
 
 
@@ -596,6 +632,10 @@ def not_a_setting(key: str, schema: Any = None) -> str:
     close = difflib.get_close_matches(key.rpartition(".")[2], here, n=1)
     suggestion = f"{prefix}.{close[0]}" if close and prefix else close[0] if close else suggest_key(key)
     hint = f"did you mean {suggestion}? " if suggestion else ""
+    if suggestion == key:  # a setting of the group's other options (loss.alpha under loss=dist)
+        last = key.rpartition(".")[2]
+        owners = [f"loss={name}" for name, owner in LOSS_SCHEMAS.items() if last in {f.name for f in dataclasses.fields(owner)}]
+        hint = f"{', '.join(owners)} {'has' if len(owners) == 1 else 'have'} it, not this option; " if prefix == "loss" and owners else ""
     if here and prefix:
         return f"{key} is not a setting: {hint}the settings here are {', '.join(f'{prefix}.{k}' for k in here)}"
     return f"{key} is not a setting: {hint}kdrun train --help lists them" if hint else f"{key} is not a setting; kdrun train --help lists them"

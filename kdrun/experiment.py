@@ -5,6 +5,11 @@ and the baseline student from the labels alone. Both students start from the sam
 see the same batches and dropout masks: the loss is the only difference. The teacher and the
 baseline do not depend on the loss, so they come from the disk cache when an earlier run trained
 them with the same settings. All three are evaluated on held-out data.
+
+A model that trains for long writes resumable checkpoints (kdrun.checkpoints) into the run
+directory; a rerun into the same directory continues each model from its checkpoint and rebuilds
+metrics.csv from the rows the checkpoints hold. The configured trackers (kdrun.trackers) see every
+row, the summary and the figures.
 """
 
 from __future__ import annotations
@@ -23,18 +28,21 @@ from rich.console import Console
 from torch import nn
 
 from kdrun.cache import load_or_train, model_fingerprint, save_atomic
+from kdrun.checkpoints import Checkpoint
 from kdrun.config import instantiate, model_cache_dir, phase_epochs, to_plain
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import ConfigError
 from kdrun.models import count_parameters
 from kdrun.plots import plot_curves, plot_temperature
-from kdrun.run_files import METRICS_FILE, MODELS, SUMMARY_COLUMNS, MetricsLog, write_csv_atomic
-from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, resolve_device
+from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MODELS, SUMMARY_COLUMNS, MetricsLog, remove_checkpoints, write_csv_atomic
+from kdrun.trackers import TrackedRun, Tracker, Trackers, flatten
+from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, reported_epoch, resolve_device
 
 log = logging.getLogger("kdrun")
 
 PLOT_TEMPERATURES = (1.0, 2.0, 3.0, 5.0, 10.0)
+TITLES = {"teacher": "the teacher", "distilled": "the distilled student", "baseline": "the baseline student"}
 SMALL_MODEL_PARAMS = 1_000_000  # below this, one thread is as fast as two and far steadier
 # torch's thread count at start-up follows OMP_NUM_THREADS, which parallel launchers set per job;
 # read it before any job of an in-process sweep changes it.
@@ -68,13 +76,16 @@ class _Run:
     metrics: MetricsLog
     cache_key: dict[str, Any]  # what every cached model's key shares
     cache_dir: Optional[Path]
+    trackers: Trackers
     source: dict[str, str] = field(default_factory=dict)  # trained, cached or not_trained
     seconds: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[dict]] = field(default_factory=dict)  # each model's metrics rows
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = None) -> RunResult:
+def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = None, tags: Optional[dict[str, str]] = None) -> RunResult:
     """Train and evaluate the three models of ``cfg`` (the composed config); write the run
-    directory's metrics.csv, summary.csv, checkpoints and figures."""
+    directory's metrics.csv, summary.csv, models and figures, and tell the trackers (tagged
+    with ``tags``: the overrides, the seed)."""
     console = console or make_console()
     device = resolve_device(cfg.trainer.device)
     seed = cfg.trainer.seed
@@ -84,9 +95,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
         loss = instantiate(cfg.loss, "loss")
     if not cfg.dataset.transfer_labels and not getattr(loss, "learns_without_labels", False):
         raise ConfigError(
-            f"dataset.transfer_labels=false leaves the students no labels, and loss ({cfg.loss._target_}) needs them; "
-            "a loss that learns without labels says so with an attribute learns_without_labels = True"
+            f"dataset.transfer_labels=false leaves the students no labels, and loss ({cfg.loss._target_}) needs them: "
+            "use a loss that learns from the teacher alone (loss=kd, reverse_kl, js or fitnet with loss.alpha=1, or loss=mse_logits)"
         )
+    trackers = Trackers({name: _build_tracker(node, f"logger.{name}") for name, node in cfg.logger.items()})
     teacher, initial_student = _build_models(cfg, data, seed)
     threads = choose_threads(cfg.trainer.threads, count_parameters(teacher))
     torch.set_num_threads(threads)
@@ -105,22 +117,42 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     run = _Run(
         cfg, data, run_dir, console, MetricsLog(run_dir / METRICS_FILE),
         cache_key={
-            "trainer": {k: trainer[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "seed")},
+            "trainer": {k: trainer[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "seed", "report")},
             "device": device.type,
             "threads": threads,
         },
         cache_dir=model_cache_dir(cfg),
+        trackers=trackers,
     )  # fmt: skip
 
-    _train_teacher(run, teacher)
-    if cfg.plots:
-        _plot_teacher_temperatures(run, teacher, getattr(loss, "temperature", None))
-    _train_students(run, teacher, distilled, baseline, loss)
-    models = {"teacher": teacher, "distilled": distilled, "baseline": baseline}
-    summary = _evaluate(run, models)
-    _write_run_files(run, models, summary)
+    trackers.start(TrackedRun(run_dir, flatten(to_plain(cfg)), tags or {}))
+    status = "failed"
+    try:
+        _train_teacher(run, teacher)
+        if cfg.plots:
+            _plot_teacher_temperatures(run, teacher, getattr(loss, "temperature", None))
+        _train_students(run, teacher, distilled, baseline, loss)
+        models = {"teacher": teacher, "distilled": distilled, "baseline": baseline}
+        summary = _evaluate(run, models)
+        _write_run_files(run, models, summary)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        trackers.finish(status)
+    if not trainer.keep_checkpoints:
+        remove_checkpoints(run_dir)
     print_summary(console, summary)
     return RunResult(run_dir, summary, run.metrics.rows, models)
+
+
+def _build_tracker(node: DictConfig, key: str) -> Tracker:
+    tracker = instantiate(node, key)
+    missing = [method for method in ("start", "log_epoch", "log_summary", "log_figure", "finish") if not callable(getattr(tracker, method, None))]
+    if missing:
+        raise ConfigError(f"{key}: {node._target_} returned {type(tracker).__name__}, which lacks {', '.join(missing)}; see kdrun.trackers.Tracker")
+    return tracker
 
 
 def choose_threads(requested: Optional[int], teacher_params: int) -> int:
@@ -177,27 +209,28 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
            cache_key: Optional[dict] = None) -> None:  # fmt: skip
     """Train one model (or fill it from the cache), its rows going to metrics.csv and the screen."""
     trainer = run.cfg.trainer
-    settings = FitSettings(epochs, trainer.batch_size, trainer.optimizer, trainer.lr, trainer.weight_decay, batch_seed)
+    settings = FitSettings(epochs, trainer.batch_size, trainer.optimizer, trainer.lr, trainer.weight_decay, batch_seed, trainer.report)
+    checkpoint = Checkpoint(run.run_dir / CHECKPOINTS_DIR / f"{name}.pt", trainer.checkpoint_every, TITLES[name])
     started = time.perf_counter()
     with Progress(run.console, name, epochs) as progress:
         def on_epoch(row: dict) -> None:
             run.metrics.append([row])
+            run.trackers.log_epoch(row)
             progress.update(row)
 
         def train() -> list[dict]:
-            return fit(model, split, run.data.val, settings, name, distillation, on_epoch=on_epoch)
+            return fit(model, split, run.data.val, settings, name, distillation, on_epoch=on_epoch, checkpoint=checkpoint)
 
         if cache_kind is None:
-            origin = "trained"
-            train()
+            origin, rows = "trained", train()
         else:
             rows, origin = load_or_train(cache_kind, cache_key, model, train, run.cache_dir)
             if origin == "cached":
-                run.metrics.append(rows)
                 for row in rows:
-                    progress.update(row)
+                    on_epoch(row)
                 log.info("%-9s reused from the cache (%s)", name, run.cache_dir)
     run.source[name] = origin
+    run.history[name] = rows
     run.seconds[name] = time.perf_counter() - started
 
 
@@ -240,6 +273,7 @@ def _evaluate(run: _Run, models: dict[str, nn.Module]) -> dict[str, dict]:
         summary[name] = {
             "model": name,
             "params": count_parameters(models[name]),
+            "epoch": reported_epoch(run.history[name], cfg.trainer.report) if trained else math.nan,
             "train_acc": on_train.accuracy if trained else math.nan,
             "val_acc": on_val.accuracy if trained else math.nan,
             "test_acc": on_test.accuracy if trained else math.nan,
@@ -272,8 +306,10 @@ def _write_run_files(run: _Run, models: dict[str, nn.Module], summary: dict[str,
         checkpoint = {"state_dict": model.state_dict(), "model": built_by, "normalization": run.data.normalization, "config": config}
         save_atomic(checkpoint, run.run_dir / f"{name}.pt")
     write_csv_atomic(run.run_dir / "summary.csv", summary.values(), SUMMARY_COLUMNS)
+    run.trackers.log_summary(summary)
     if run.cfg.plots:
         plot_curves(run.run_dir / "curves.png", run.metrics.rows, _title(run, summary))
+        run.trackers.log_figure(run.run_dir / "curves.png")
 
 
 def _title(run: _Run, summary: dict[str, dict]) -> str:
@@ -292,3 +328,4 @@ def _plot_teacher_temperatures(run: _Run, teacher: nn.Module, run_temperature: O
     probabilities = {t: torch.softmax(logits / t, dim=-1).tolist() for t in temperatures}
     labels = run.data.test.y[:n_examples].tolist()
     plot_temperature(run.run_dir / "temperature.png", probabilities, labels, float(run_temperature or math.nan))
+    run.trackers.log_figure(run.run_dir / "temperature.png")

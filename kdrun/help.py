@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from kdrun.config import compose
 
 # Groups a user chooses from, in the order shown (trainer has one option; sweeps is plumbing).
-GROUPS = ("dataset", "model", "model/teacher", "model/student", "loss", "experiment", "hparams_search")
+GROUPS = ("dataset", "model", "model/teacher", "model/student", "loss", "logger", "experiment", "hparams_search")
 
 EXAMPLES = """\
   kdrun train experiment=digits_transfer                      distillation on real digits, in seconds
@@ -20,6 +20,8 @@ EXAMPLES = """\
   kdrun train -m loss.alpha=0.5,0.9 loss.temperature=1,3,5    a grid; kdrun compare tabulates it
   kdrun train dataset=mnist dataset.root=~/data model=hinton
   kdrun train --config-dir my_conf model/student=mynet        your own model (README: Extending kdrun)
+  kdrun train logger=[tensorboard,mlflow] trainer.report=best_val   trackers; the best epoch on validation
+  kdrun train hydra.run.dir=outputs/long                      the same command again continues it if stopped
   kdrun train --cfg job loss.temperature=5                    print the composed config, run nothing"""
 
 

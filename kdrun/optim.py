@@ -17,6 +17,8 @@ import torch
 class Optimizer(Protocol):
     def zero_grad(self, set_to_none: bool = True) -> None: ...
     def step(self) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state_dict: dict) -> None: ...
 
 
 class FusedAdam:
@@ -44,6 +46,21 @@ class FusedAdam:
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None
+
+    def state_dict(self) -> dict:
+        """The moments and step counts (for checkpoints; not torch.optim's layout)."""
+        shared = bool(self.steps) and self.steps[0] is self.step_count
+        return {"exp_avgs": self.exp_avgs, "exp_avg_sqs": self.exp_avg_sqs, "steps": self.steps, "shared_step": shared}
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch._foreach_copy_(self.exp_avgs, state_dict["exp_avgs"])
+        torch._foreach_copy_(self.exp_avg_sqs, state_dict["exp_avg_sqs"])
+        if state_dict["shared_step"]:
+            self.step_count.copy_(state_dict["steps"][0])
+            self.steps = [self.step_count] * len(self.params)
+        else:
+            self.steps = [step.clone() for step in state_dict["steps"]]
 
     @torch.no_grad()
     def step(self) -> None:

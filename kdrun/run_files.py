@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ MODELS = ("teacher", "distilled", "baseline")
 # metrics.csv: these, then the named parts of the distilled student's loss (kd: soft_loss, hard_loss)
 METRICS_COLUMNS = ["model", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 SUMMARY_COLUMNS = [
-    "model", "params", "train_acc", "val_acc", "test_acc", "test_nll", "agreement",
+    "model", "params", "epoch", "train_acc", "val_acc", "test_acc", "test_nll", "agreement",
     "dataset", "alpha", "temperature", "seed", "teacher_epochs", "student_epochs",
     "n_train", "n_transfer", "n_val", "n_test", "source", "train_seconds",
 ]  # fmt: skip
@@ -45,9 +46,13 @@ METRICS = {
 
 # Settings that do not change what a run measures: left out of run-folder names, of the digest
 # that lets a rerun sweep skip its completed jobs, and of the settings kdrun compare tabulates.
-RESULT_UNCHANGED_KEYS = ("trainer.device", "trainer.threads", "cache.enabled", "cache.dir", "dataset.root", "plots")
+RESULT_UNCHANGED_KEYS = (
+    "trainer.device", "trainer.threads", "trainer.checkpoint_every", "trainer.keep_checkpoints",
+    "cache.enabled", "cache.dir", "dataset.root", "plots", "logger",
+)  # fmt: skip
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.csv"
+CHECKPOINTS_DIR = "checkpoints"  # resumable training state, one file per model, while a run is unfinished
 # What a finished job leaves besides metrics.csv, status.json and its log. A job that starts, fails
 # or is interrupted removes these first, so that no stale or partial result looks like a finished run.
 RESULT_FILES = ("summary.csv", *(f"{model}.pt" for model in MODELS), "curves.png", "temperature.png")
@@ -152,3 +157,12 @@ def remove_results(run_dir: Path, metrics: bool = False) -> None:
     asked (a new run into the folder: its rows would be another run's)."""
     for name in (*RESULT_FILES, METRICS_FILE) if metrics else RESULT_FILES:
         (run_dir / name).unlink(missing_ok=True)
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds resumable training state (kdrun.checkpoints)."""
+    return any((run_dir / CHECKPOINTS_DIR).glob("*.pt"))
+
+
+def remove_checkpoints(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / CHECKPOINTS_DIR, ignore_errors=True)

@@ -6,12 +6,14 @@ tensor operations whose dispatch costs more than their arithmetic, so a step iss
 can: the training rows (and the teacher's targets, computed once) are put in the epoch's order
 once per epoch and each batch is a view of them; the batch losses are kept on the device and
 reduced once per epoch, with the validation metrics, in one host sync. A non-finite training
-loss stops the model's training with ``NonFiniteLossError``.
+loss stops the model's training with ``NonFiniteLossError``. Given a ``Checkpoint``, ``fit``
+writes its resumable state now and then and, finding one, continues from it (kdrun.checkpoints).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdrun.checkpoints import Checkpoint
 from kdrun.data import Split
 from kdrun.errors import ConfigError, NonFiniteLossError
 from kdrun.optim import make_optimizer
 from kdrun.run_files import METRICS_COLUMNS
+
+log = logging.getLogger("kdrun")
 
 EVAL_BATCH = 8192
 # fit reorders the training tensors once per epoch up to this size (fewer operations per step);
@@ -41,6 +46,7 @@ class FitSettings:
     lr: float
     weight_decay: float
     batch_seed: int  # the order of examples; equal seeds give equal batches
+    report: str = "last"  # best_val: end with the weights of the epoch of best validation accuracy
 
 
 @dataclass
@@ -165,12 +171,16 @@ def fit(
     model_name: str,
     distillation: Optional[Distillation] = None,
     on_epoch: Callable[[dict], None] = lambda row: None,
+    checkpoint: Optional[Checkpoint] = None,
 ) -> list[dict]:
     """Train ``model`` in place; return one metrics row per epoch (also passed to ``on_epoch``).
 
     Rows: model, epoch, train_loss (the epoch mean of what is minimised), the loss's named parts
     (epoch means), train_acc, val_loss, val_acc, seconds. Without ``distillation`` the loss is
-    cross-entropy on the labels.
+    cross-entropy on the labels. With ``settings.report="best_val"`` the model ends with the
+    weights of its first epoch of best validation accuracy (``reported_epoch`` says which). With a
+    ``checkpoint`` that holds saved state, training continues after its epoch; the rows of the
+    epochs before are passed to ``on_epoch`` again and returned too.
     """
     device = train.x.device
     n, batch_size = len(train), settings.batch_size
@@ -202,7 +212,18 @@ def fit(
     use_labels = distillation is None or distillation.use_labels
     set_epoch = getattr(loss_fn, "set_epoch", None)
     parts: Optional[list[str]] = None
-    history = []
+    history: list[dict] = []
+    best: Optional[dict] = None  # report=best_val: the epoch of best val_acc so far and its weights
+    first_epoch = 1
+    saved = checkpoint.load(device) if checkpoint is not None else None
+    if saved is not None and saved["epochs"] == settings.epochs:
+        history, best = saved["history"], saved["best"]
+        _restore(saved, model, optimizer, loss_fn, generator, device)
+        first_epoch = saved["epoch"] + 1
+        if first_epoch <= settings.epochs:
+            log.info("resuming %s at epoch %d of %d (%s)", checkpoint.title, first_epoch, settings.epochs, checkpoint.path)
+        for row in history:
+            on_epoch(row)
     with contextlib.ExitStack() as stack:
         student_features = stack.enter_context(_features(model, student_names, "student"))
         teacher_features = stack.enter_context(_features(teacher, teacher_names, "teacher")) if teacher is not None else {}
@@ -211,7 +232,7 @@ def fit(
             feature_kwargs["student_features"] = student_features
         if teacher_names:
             feature_kwargs["teacher_features"] = teacher_features
-        for epoch in range(1, settings.epochs + 1):
+        for epoch in range(first_epoch, settings.epochs + 1):
             started = time.perf_counter()
             if set_epoch is not None:
                 set_epoch(epoch, settings.epochs)
@@ -271,4 +292,55 @@ def fit(
             )
             history.append(row)
             on_epoch(row)
+            if settings.report == "best_val" and (best is None or row["val_acc"] > best["val_acc"]) and not math.isnan(row["val_acc"]):
+                best = {"epoch": epoch, "val_acc": row["val_acc"], "weights": _copy(model.state_dict())}
+            if checkpoint is not None and checkpoint.due(epoch, settings.epochs):
+                checkpoint.save(_state(epoch, settings.epochs, model, optimizer, loss_fn, generator, device, history, best))
+    if best is not None:
+        model.load_state_dict(best["weights"])
     return history
+
+
+def reported_epoch(history: Sequence[dict], report: str) -> int:
+    """The epoch whose weights ``fit`` ended with: the last, or the first of best val_acc (the
+    last when no epoch has one)."""
+    scored = [row for row in history if not math.isnan(row["val_acc"])] if report == "best_val" else []
+    if scored:
+        return max(scored, key=lambda row: (row["val_acc"], -row["epoch"]))["epoch"]
+    return history[-1]["epoch"] if history else 0
+
+
+# --------------------------------------------------------------------------- resumable state
+
+
+def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in state.items()}
+
+
+def _state(epoch: int, epochs: int, model: nn.Module, optimizer: Any, loss_fn: Any, generator: torch.Generator,
+           device: torch.device, history: list[dict], best: Optional[dict]) -> dict[str, Any]:  # fmt: skip
+    """Everything the next epoch depends on, for ``Checkpoint.save``."""
+    return {
+        "epoch": epoch,
+        "epochs": epochs,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "loss": loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else None,
+        "batch_order": generator.get_state(),
+        "rng": torch.get_rng_state(),  # dropout masks
+        "device_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "history": history,
+        "best": best,
+    }
+
+
+def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, loss_fn: Any, generator: torch.Generator,
+             device: torch.device) -> None:  # fmt: skip
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if isinstance(loss_fn, nn.Module) and saved["loss"] is not None:
+        loss_fn.load_state_dict(saved["loss"])
+    generator.set_state(saved["batch_order"].cpu())
+    torch.set_rng_state(saved["rng"].cpu())
+    if saved["device_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["device_rng"].cpu(), device)
