@@ -6,7 +6,7 @@ line is ``kdrun`` (kdrun.cli). Importing kdrun imports neither torch nor Hydra.
 
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -73,6 +73,7 @@ class DataConf:
         None, "the students learn from this many (int) or this fraction of the training examples (null: all)"
     )
     transfer_labels: bool = _setting(True, "false: the distilled student learns from the teacher alone, no baseline")
+    augment: bool = _setting(False, "random crops (4-pixel padding) and horizontal flips of training images; both students get the same draws")
 
     def check(self, key: str) -> None:
         _check_fraction(f"{key}.val_fraction", self.val_fraction)
@@ -128,11 +129,41 @@ class IdxDataConf(DataConf):
     val_fraction: float = _setting(1 / 12, "the validation part of the training split (1/12: 5,000 of 60,000)")
 
 
+@dataclass
+class CifarDataConf(DataConf):
+    """CIFAR-10 / CIFAR-100's python-version files with the published train/test split: val is carved from train."""
+
+    _target_: str = "kdrun.data.cifar.load_cifar100"
+    name: Optional[str] = _setting("cifar100", "shown in logs and summary.csv")
+    root: str = _setting("data", "the folder holding cifar-100-python/ or cifar-100-python.tar.gz (cifar-10-... for CIFAR-10)")
+    val_fraction: float = _setting(0.1, "the validation part of the training split (0.1: 5,000 of 50,000)")
+    augment: bool = _setting(True, "random crops (4-pixel padding) and horizontal flips of training images; both students get the same draws")
+
+
 # --------------------------------------------------------------------------- models
 
 
 @dataclass
-class MLPConf:
+class ModelConf:
+    """What every built-in architecture's config has besides its own settings."""
+
+    checkpoint: Optional[str] = _setting(
+        None, "teacher only: a weights file (.pt, .pth, .safetensors) loaded into this network instead of training it"
+    )
+
+
+@dataclass
+class ArchitectureConf(ModelConf):
+    """A benchmark architecture: no settings of its own (its _target_ builds it)."""
+
+    _target_: str = MISSING
+
+    def check(self, key: str) -> None:
+        pass
+
+
+@dataclass
+class MLPConf(ModelConf):
     _target_: str = "kdrun.models.MLP"
     hidden: List[int] = _setting([], "hidden layer widths, e.g. [256,256] (inputs and classes come from the data)")
     dropout: float = _setting(0.0, "dropout after each hidden layer, in [0, 1)")
@@ -146,7 +177,7 @@ class MLPConf:
 
 
 @dataclass
-class CNNConf:
+class CNNConf(ModelConf):
     _target_: str = "kdrun.models.CNN"
     channels: List[int] = _setting([16, 32], "each stage's width (3x3 conv, batch norm, ReLU, 2x2 max pool)")
     dropout: float = _setting(0.0, "dropout before the last linear layer, in [0, 1)")
@@ -164,6 +195,9 @@ class ModelPairConf:
 
     teacher: Any = MISSING
     student: Any = MISSING
+    recipe_lr: float = _setting(
+        0.05, "the CIFAR benchmark recipe's learning rate for this pair (experiment=cifar100_kd): 0.05, 0.01 for MobileNetV2 and ShuffleNet students"
+    )
 
 
 # --------------------------------------------------------------------------- losses
@@ -299,6 +333,8 @@ LOSS_SCHEMAS = {"kd": KDLossConf, "reverse_kl": ReverseKLLossConf, "js": JSLossC
 # --------------------------------------------------------------------------- the rest
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "multistep", "cosine")
+PRECISIONS = ("32", "bf16", "16")
 REPORTS = ("last", "best_val")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -309,9 +345,17 @@ class TrainerConf:
     teacher_epochs: Optional[int] = _setting(None, "the teacher's epochs (null: epochs)")
     student_epochs: Optional[int] = _setting(None, "each student's epochs (null: epochs)")
     batch_size: int = _setting(32, "examples per step")
-    optimizer: str = _setting("adam", "adam, adamw or sgd (momentum 0.9)")
-    lr: float = _setting(1e-3, "learning rate")
+    optimizer: str = _setting("adam", "adam, adamw or sgd")
+    lr: float = _setting(1e-3, "learning rate (the schedule's starting value)")
     weight_decay: float = _setting(0.0, "weight decay")
+    momentum: float = _setting(0.9, "sgd's momentum, in [0, 1)")
+    nesterov: bool = _setting(False, "sgd with Nesterov momentum")
+    scheduler: str = _setting("none", "the learning rate per epoch: none, multistep (times gamma after each milestone) or cosine")
+    milestones: List[int] = _setting([], "multistep: the epochs after which the learning rate is multiplied by gamma, e.g. [150,180,210]")
+    gamma: float = _setting(0.1, "multistep: the factor at each milestone")
+    warmup_epochs: int = _setting(0, "the learning rate rises linearly to lr over these first epochs")
+    precision: str = _setting("32", "32, bf16 (autocast; CPU and CUDA) or 16 (autocast and a gradient scaler; CUDA)")
+    compile: bool = _setting(False, "torch.compile the trained model and the teacher's forward pass (compiles at the first batch)")
     seed: int = _setting(42, "model initialisation and batch order")
     device: str = _setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
     threads: Optional[int] = _setting(None, "torch CPU threads (null: 1 for models under 1M parameters, else all cores)")
@@ -332,6 +376,17 @@ class TrainerConf:
             _fail(f"{key}.weight_decay", self.weight_decay, "a finite number >= 0")
         if self.optimizer not in OPTIMIZERS:
             _fail(f"{key}.optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
+        if not (_finite(self.momentum) and 0 <= self.momentum < 1):
+            _fail(f"{key}.momentum", self.momentum, "a number in [0, 1)")
+        if self.scheduler not in SCHEDULERS:
+            _fail(f"{key}.scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            _fail(f"{key}.milestones", list(self.milestones), "a list of increasing epochs >= 1, e.g. [150,180,210]")
+        if not (_finite(self.gamma) and self.gamma > 0):
+            _fail(f"{key}.gamma", self.gamma, "a finite number > 0")
+        _check_int_at_least(f"{key}.warmup_epochs", self.warmup_epochs, 0)
+        if str(self.precision) not in PRECISIONS:
+            _fail(f"{key}.precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         if not _DEVICE.match(str(self.device)):
             _fail(f"{key}.device", self.device, "one of auto, cpu, cuda, cuda:N, mps")
         _check_int_at_least(f"{key}.threads", self.threads, 1, allow_none=True)
@@ -378,7 +433,7 @@ SCHEMAS_AT = {
     "trainer": (TrainerConf,),
     "loss": tuple(LOSS_SCHEMAS.values()),
     "model.student": (MLPConf, CNNConf),
-    "model.teacher": (MLPConf, CNNConf),
+    "model.teacher": (MLPConf, CNNConf),  # (ArchitectureConf adds only ModelConf's checkpoint)
     "dataset": (DataConf, SyntheticDataConf, DigitsDataConf, IdxDataConf),
     "cache": (CacheConf,),
     "logger.mlflow": (MLflowLoggerConf,),
@@ -445,8 +500,10 @@ def register_configs() -> None:
     cs.store(name="schema_dataset_synthetic", node=SyntheticDataConf)
     cs.store(name="schema_dataset_digits", node=DigitsDataConf)
     cs.store(name="schema_dataset_idx", node=IdxDataConf)
+    cs.store(name="schema_dataset_cifar", node=CifarDataConf)
     cs.store(name="schema_model_mlp", node=MLPConf)
     cs.store(name="schema_model_cnn", node=CNNConf)
+    cs.store(name="schema_model_architecture", node=ArchitectureConf)
     for name, schema in LOSS_SCHEMAS.items():
         cs.store(name=f"schema_loss_{name}", node=schema)
     for name, schema in LOGGER_SCHEMAS.items():
@@ -513,6 +570,8 @@ def validate(cfg: DictConfig) -> None:
     if not dataset.transfer_labels and isinstance(plain.loss, DKDLossConf):
         raise ConfigError("loss=dkd needs labels (TCKD and NCKD split each row at its target class); dataset.transfer_labels=false leaves none")
     plain.trainer.check("trainer")
+    if getattr(plain.model.student, "checkpoint", None) is not None:
+        _fail("model.student.checkpoint", plain.model.student.checkpoint, "null: the students train from the same initial weights (a checkpoint is for model.teacher)")
 
 
 def _import(path: str, key: str) -> Any:
@@ -538,6 +597,15 @@ def _import(path: str, key: str) -> Any:
         f"{key}._target_={path!r} cannot be imported: no module {parts[0]!r}; "
         "its module must be importable, e.g. from a folder on PYTHONPATH"
     )
+
+
+def names_parameter(node: Any, key: str, name: str) -> bool:
+    """Whether ``node``'s ``_target_`` lists a parameter called ``name`` (True when its signature
+    cannot be read). ``**kwargs`` does not count."""
+    try:
+        return name in inspect.signature(_import(str(node.get("_target_")), key)).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return True
 
 
 def instantiate(node: Any, key: str, **extra: Any) -> Any:

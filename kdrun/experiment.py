@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -29,11 +29,12 @@ from torch import nn
 
 from kdrun.cache import load_or_train, model_fingerprint, save_atomic
 from kdrun.checkpoints import Checkpoint
-from kdrun.config import instantiate, model_cache_dir, phase_epochs, to_plain
+from kdrun.config import instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import ConfigError
 from kdrun.models import count_parameters
+from kdrun.models.weights import file_digest, load_weights
 from kdrun.plots import plot_curves, plot_temperature
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MODELS, SUMMARY_COLUMNS, MetricsLog, remove_checkpoints, write_csv_atomic
 from kdrun.trackers import TrackedRun, Tracker, Trackers, flatten
@@ -44,6 +45,9 @@ log = logging.getLogger("kdrun")
 PLOT_TEMPERATURES = (1.0, 2.0, 3.0, 5.0, 10.0)
 TITLES = {"teacher": "the teacher", "distilled": "the distilled student", "baseline": "the baseline student"}
 SMALL_MODEL_PARAMS = 1_000_000  # below this, one thread is as fast as two and far steadier
+# The trainer settings that change a cached teacher's or baseline's weights.
+CACHED_TRAINER_KEYS = ("batch_size", "optimizer", "lr", "weight_decay", "seed", "report", "momentum", "nesterov", "scheduler",
+                       "milestones", "gamma", "warmup_epochs", "precision")  # fmt: skip
 # torch's thread count at start-up follows OMP_NUM_THREADS, which parallel launchers set per job;
 # read it before any job of an in-process sweep changes it.
 DEFAULT_THREADS = torch.get_num_threads()
@@ -77,6 +81,7 @@ class _Run:
     cache_key: dict[str, Any]  # what every cached model's key shares
     cache_dir: Optional[Path]
     trackers: Trackers
+    augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None  # of training batches
     source: dict[str, str] = field(default_factory=dict)  # trained, cached or not_trained
     seconds: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[dict]] = field(default_factory=dict)  # each model's metrics rows
@@ -100,6 +105,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
         )
     trackers = Trackers({name: _build_tracker(node, f"logger.{name}") for name, node in cfg.logger.items()})
     teacher, initial_student = _build_models(cfg, data, seed)
+    teacher_file = cfg.model.teacher.get("checkpoint")
+    if teacher_file:  # a teacher trained elsewhere: its weights, and no training
+        load_weights(teacher, teacher_file, "model.teacher.checkpoint")
+    augment = _augmentation(cfg, data)
+    if str(cfg.trainer.precision) == "16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=16 is not allowed on {device.type}: float16 training needs CUDA; use trainer.precision=bf16")
     threads = choose_threads(cfg.trainer.threads, count_parameters(teacher))
     torch.set_num_threads(threads)
     data = data.to(device)
@@ -108,7 +119,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     if hasattr(loss, "setup"):  # a loss's layers and shapes are checked before any training
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + 4)
-            loss.setup(distilled, teacher, data.train.x[: cfg.trainer.batch_size])
+            loss.setup(distilled, teacher, data.prepare(data.train.x[: cfg.trainer.batch_size]))
     log.info(
         "kdrun: dataset %s (train %d, transfer %d, val %d, test %d, %d classes), device %s, %d thread(s) -> %s",
         data.name, len(data.train), len(data.transfer_index), len(data.val), len(data.test), data.num_classes, device, threads, run_dir,
@@ -117,12 +128,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     run = _Run(
         cfg, data, run_dir, console, MetricsLog(run_dir / METRICS_FILE),
         cache_key={
-            "trainer": {k: trainer[k] for k in ("batch_size", "optimizer", "lr", "weight_decay", "seed", "report")},
+            "trainer": {k: to_plain(trainer[k]) for k in CACHED_TRAINER_KEYS},
+            "augment": bool(cfg.dataset.augment),
             "device": device.type,
             "threads": threads,
         },
         cache_dir=model_cache_dir(cfg),
         trackers=trackers,
+        augment=augment,
     )  # fmt: skip
 
     trackers.start(TrackedRun(run_dir, flatten(to_plain(cfg)), tags or {}))
@@ -147,6 +160,17 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     return RunResult(run_dir, summary, run.metrics.rows, models)
 
 
+def _augmentation(cfg: DictConfig, data: DataSplits) -> Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]]:
+    """dataset.augment: random crops and flips of training images, or None."""
+    if not cfg.dataset.get("augment", False):
+        return None
+    if len(data.input_shape) != 3:
+        raise ConfigError(f"dataset.augment=true crops and flips images [channels, height, width]; this dataset's examples are {data.input_shape}")
+    from kdrun.data.augment import random_crop_flip
+
+    return random_crop_flip
+
+
 def _build_tracker(node: DictConfig, key: str) -> Tracker:
     tracker = instantiate(node, key)
     missing = [method for method in ("start", "log_epoch", "log_summary", "log_figure", "finish") if not callable(getattr(tracker, method, None))]
@@ -164,12 +188,26 @@ def choose_threads(requested: Optional[int], teacher_params: int) -> int:
 # --------------------------------------------------------------------------- models
 
 
+def _model_spec(cfg: DictConfig, role: str) -> dict[str, Any]:
+    """What builds the teacher's or the student's network: its config without ``checkpoint``."""
+    return {key: value for key, value in to_plain(cfg.model[role]).items() if key != "checkpoint"}
+
+
+def _data_arguments(cfg: DictConfig, role: str, data: DataSplits) -> dict[str, Any]:
+    """What the data tells a model's ``_target_``: ``num_classes``, and ``input_shape`` where the
+    target names that parameter (torchvision's and timm's constructors take num_classes alone)."""
+    arguments: dict[str, Any] = {"num_classes": data.num_classes}
+    if names_parameter(cfg.model[role], f"model.{role}", "input_shape"):
+        arguments["input_shape"] = tuple(data.input_shape)
+    return arguments
+
+
 def _build_model(cfg: DictConfig, role: str, data: DataSplits) -> nn.Module:
     key = f"model.{role}"
-    model = instantiate(cfg.model[role], key, input_shape=data.input_shape, num_classes=data.num_classes)
+    model = instantiate(_model_spec(cfg, role), key, **_data_arguments(cfg, role, data))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{key}: {cfg.model[role]._target_} returned {type(model).__name__}; it must return a torch.nn.Module")
-    shape = tuple(predict(model, data.train.x[:2]).shape)
+    shape = tuple(predict(model, data.train.x[:2], data.prepare).shape)
     if shape != (min(2, len(data.train)), data.num_classes):
         raise ConfigError(
             f"{key}: {cfg.model[role]._target_} maps inputs of shape {tuple(data.train.x[:2].shape)} to {shape}; "
@@ -195,7 +233,7 @@ def _model_key(run: _Run, role: str, model: nn.Module, epochs: int, include_tran
     return {
         **run.cache_key,
         "data": run.data.fingerprint(include_transfer=include_transfer),
-        "model": to_plain(run.cfg.model[role]),
+        "model": _model_spec(run.cfg, role),
         "architecture": model_fingerprint(model),
         "epochs": epochs,
     }
@@ -209,7 +247,11 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
            cache_key: Optional[dict] = None) -> None:  # fmt: skip
     """Train one model (or fill it from the cache), its rows going to metrics.csv and the screen."""
     trainer = run.cfg.trainer
-    settings = FitSettings(epochs, trainer.batch_size, trainer.optimizer, trainer.lr, trainer.weight_decay, batch_seed, trainer.report)
+    settings = FitSettings(
+        epochs, trainer.batch_size, trainer.optimizer, trainer.lr, trainer.weight_decay, batch_seed, trainer.report,
+        trainer.momentum, trainer.nesterov, trainer.scheduler, list(trainer.milestones), trainer.gamma, trainer.warmup_epochs,
+        str(trainer.precision), trainer.compile,
+    )  # fmt: skip
     checkpoint = Checkpoint(run.run_dir / CHECKPOINTS_DIR / f"{name}.pt", trainer.checkpoint_every, TITLES[name])
     started = time.perf_counter()
     with Progress(run.console, name, epochs) as progress:
@@ -219,7 +261,7 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
             progress.update(row)
 
         def train() -> list[dict]:
-            return fit(model, split, run.data.val, settings, name, distillation, on_epoch=on_epoch, checkpoint=checkpoint)
+            return fit(model, split, run.data.val, settings, name, distillation, on_epoch, checkpoint, run.data.prepare, run.augment)
 
         if cache_kind is None:
             origin, rows = "trained", train()
@@ -235,6 +277,11 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
 
 
 def _train_teacher(run: _Run, teacher: nn.Module) -> None:
+    teacher_file = run.cfg.model.teacher.get("checkpoint")
+    if teacher_file:
+        run.source["teacher"], run.history["teacher"] = "checkpoint", []
+        log.info("teacher   loaded from %s (sha256 %s); not trained", teacher_file, file_digest(Path(teacher_file).expanduser())[:16])
+        return
     epochs = phase_epochs(run.cfg, "teacher")
     key = _model_key(run, "teacher", teacher, epochs, include_transfer=False)
     _train(run, "teacher", teacher, run.data.train, epochs, run.cfg.trainer.seed, cache_kind="teacher", cache_key=key)
@@ -264,16 +311,16 @@ def _evaluate(run: _Run, models: dict[str, nn.Module]) -> dict[str, dict]:
     """One summary row per model: accuracy on each split, test NLL, agreement with the teacher,
     and the run's settings (so that many runs' summaries concatenate into one table)."""
     cfg, data = run.cfg, run.data
-    teacher_test = evaluate(models["teacher"], data.test)
+    teacher_test = evaluate(models["teacher"], data.test, data.prepare)
     summary = {}
     for name in MODELS:
         trained = run.source[name] != "not_trained"
-        on_train, on_val, on_test = (evaluate(models[name], split) for split in (data.train, data.val, data.test))
+        on_train, on_val, on_test = (evaluate(models[name], split, data.prepare) for split in (data.train, data.val, data.test))
         agreement = (on_test.logits.argmax(-1) == teacher_test.logits.argmax(-1)).sum().item() / max(1, len(data.test))
         summary[name] = {
             "model": name,
             "params": count_parameters(models[name]),
-            "epoch": reported_epoch(run.history[name], cfg.trainer.report) if trained else math.nan,
+            "epoch": reported_epoch(run.history[name], cfg.trainer.report) if run.history.get(name) else math.nan,
             "train_acc": on_train.accuracy if trained else math.nan,
             "val_acc": on_val.accuracy if trained else math.nan,
             "test_acc": on_test.accuracy if trained else math.nan,
@@ -302,7 +349,8 @@ def _write_run_files(run: _Run, models: dict[str, nn.Module], summary: dict[str,
         if run.source[name] == "not_trained":
             continue
         role = "teacher" if name == "teacher" else "student"
-        built_by = {**to_plain(run.cfg.model[role]), "input_shape": list(run.data.input_shape), "num_classes": run.data.num_classes}
+        data_arguments = _data_arguments(run.cfg, role, run.data)
+        built_by = {**_model_spec(run.cfg, role), **{k: list(v) if isinstance(v, tuple) else v for k, v in data_arguments.items()}}
         checkpoint = {"state_dict": model.state_dict(), "model": built_by, "normalization": run.data.normalization, "config": config}
         save_atomic(checkpoint, run.run_dir / f"{name}.pt")
     write_csv_atomic(run.run_dir / "summary.csv", summary.values(), SUMMARY_COLUMNS)
@@ -323,7 +371,7 @@ def _title(run: _Run, summary: dict[str, dict]) -> str:
 
 def _plot_teacher_temperatures(run: _Run, teacher: nn.Module, run_temperature: Optional[float], n_examples: int = 3) -> None:
     """temperature.png: the trained teacher's softmax on a few test examples at several T."""
-    logits = predict(teacher, run.data.test.x[:n_examples]).float().cpu()
+    logits = predict(teacher, run.data.test.x[:n_examples], run.data.prepare).float().cpu()
     temperatures = sorted(set(PLOT_TEMPERATURES) | ({float(run_temperature)} if run_temperature else set()))
     probabilities = {t: torch.softmax(logits / t, dim=-1).tolist() for t in temperatures}
     labels = run.data.test.y[:n_examples].tolist()

@@ -1,4 +1,4 @@
-"""Optimisers for the training loops.
+"""Optimisers and learning-rate schedules for the training loops.
 
 Adam and AdamW call PyTorch's fused kernels (``torch._fused_adam_`` / ``torch._fused_adamw_``)
 directly: the same arithmetic as ``torch.optim.Adam(fused=True)`` (bit for bit, checked in the
@@ -9,7 +9,8 @@ second; benchmarks/README.md). Where the fused kernel is missing (old torch, som
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+import math
+from typing import Iterable, Protocol, Sequence
 
 import torch
 
@@ -109,14 +110,49 @@ def _fused_adam_supported(device: torch.device) -> bool:
     return hasattr(torch, "_fused_adam_") and (device.type == "cuda" or (device.type == "cpu" and _torch_version() >= (2, 4)))
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, weight_decay: float = 0.0) -> Optimizer:
-    """``name`` is adam, adamw or sgd (checked by the config)."""
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    fused: bool = True,
+) -> Optimizer:
+    """``name`` is adam, adamw or sgd (checked by the config); ``momentum`` and ``nesterov`` are
+    SGD's. ``fused=False``: torch.optim's Adam, as a gradient scaler needs."""
     params = [p for p in params if p.requires_grad]
     device = params[0].device if params else torch.device("cpu")
-    if name in ("adam", "adamw") and _fused_adam_supported(device):
+    if name in ("adam", "adamw") and fused and _fused_adam_supported(device):
         return FusedAdam(params, lr=lr, weight_decay=weight_decay, decoupled_weight_decay=name == "adamw")
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+
+
+def learning_rate(base: float, epoch: int, epochs: int, schedule: str = "none", milestones: Sequence[int] = (),
+                  gamma: float = 0.1, warmup_epochs: int = 0) -> float:  # fmt: skip
+    """The learning rate of ``epoch`` (1-based, of ``epochs``), set at its start: a linear rise
+    over the first ``warmup_epochs`` (base * epoch / warmup_epochs), then ``schedule``: none
+    (base); multistep (base * gamma^k after k milestones: epoch 151 of milestones [150, ...] has
+    gamma, as in the CIFAR distillation benchmarks); cosine (from base down towards 0 over the
+    epochs after the warm-up, base * (1 + cos(pi * t)) / 2 with t = (epoch - warmup - 1) /
+    (epochs - warmup))."""
+    if epoch <= warmup_epochs:
+        return base * epoch / warmup_epochs
+    if schedule == "multistep":
+        return base * gamma ** sum(epoch > milestone for milestone in milestones)
+    if schedule == "cosine":
+        t = (epoch - warmup_epochs - 1) / max(1, epochs - warmup_epochs)
+        return base * (1 + math.cos(math.pi * t)) / 2
+    return base
+
+
+def set_learning_rate(optimizer: Optimizer, lr: float) -> None:
+    if isinstance(optimizer, FusedAdam):
+        optimizer.lr = lr
+    else:
+        for group in optimizer.param_groups:  # type: ignore[attr-defined]
+            group["lr"] = lr

@@ -275,13 +275,15 @@ def test_normalisation_uses_training_statistics_only(tmp_path):
     labels = torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64))
     train_idx, val_idx = stratified_split(labels, (0.25,), cfg.split_seed)
     mean, std = raw[train_idx].mean(), raw[train_idx].std()
-    assert torch.allclose(data.train.x, (raw[train_idx] - mean) / std, atol=1e-5)
-    assert torch.allclose(data.val.x, (raw[val_idx] - mean) / std, atol=1e-5)
-    assert torch.allclose(data.test.x, torch.full_like(data.test.x, float((1.0 - mean) / std)), atol=1e-5)
+    assert data.train.x.dtype == torch.uint8  # kept as the files hold it; scaled per batch
+    train_x, val_x, test_x = (data.prepare(split.x) for split in (data.train, data.val, data.test))
+    assert torch.allclose(train_x, (raw[train_idx] - mean) / std, atol=1e-5)
+    assert torch.allclose(val_x, (raw[val_idx] - mean) / std, atol=1e-5)
+    assert torch.allclose(test_x, torch.full_like(test_x, float((1.0 - mean) / std)), atol=1e-5)
     # statistics that included the val or test rows would have given other values
     for other in (raw, torch.cat([raw[train_idx], torch.ones(20, 1, 4, 4)])):
-        assert not torch.allclose(data.test.x, (torch.ones(20, 1, 4, 4) - other.mean()) / other.std(), atol=1e-5)
-    assert data.normalization == {"mean": pytest.approx(float(mean)), "std": pytest.approx(float(std))}
+        assert not torch.allclose(test_x, (torch.ones(20, 1, 4, 4) - other.mean()) / other.std(), atol=1e-5)
+    assert data.normalization == {"mean": [pytest.approx(float(mean))], "std": [pytest.approx(float(std))]}  # one per channel
 
 
 def test_held_out_parts_have_exactly_their_fraction_of_the_examples():
@@ -379,7 +381,8 @@ def test_a_loaded_checkpoint_takes_raw_inputs_as_the_loader_gives_them(tmp_path)
     bare = load(tmp_path / "run" / "teacher.pt", raw_inputs=False)
     data = load_data(compose(["dataset=digits"]).dataset)
     with torch.no_grad():
-        assert torch.allclose(model(data.test.x * data.normalization["std"] + data.normalization["mean"]), bare(data.test.x), atol=1e-4)
+        mean, std = (torch.tensor(data.normalization[key]).reshape(-1, 1, 1) for key in ("mean", "std"))
+        assert torch.allclose(model(data.test.x * std + mean), bare(data.test.x), atol=1e-4)
         accuracy = (model(raw_x).argmax(-1) == raw_y).float().mean().item()
     assert accuracy > 0.8 and results.summary.loc[0, "train_acc"] > 0.8
 
@@ -396,7 +399,7 @@ def test_a_checkpoint_of_unstandardised_inputs_still_takes_the_loaders_uint8_ima
     kdrun.run(overrides, run_dir=tmp_path / "run")
     model = load(tmp_path / "run" / "teacher.pt")
     data = load_data(compose(overrides).dataset)
-    raw = (data.test.x * 255).round().to(torch.uint8)  # the loader's images, as the IDX files hold them
-    assert isinstance(model, Standardized)
+    assert isinstance(model, Standardized) and data.test.x.dtype == torch.uint8  # as the IDX files hold them
     with torch.no_grad():
-        assert torch.equal(model(raw).argmax(-1), load(tmp_path / "run" / "teacher.pt", raw_inputs=False)(data.test.x).argmax(-1))
+        bare = load(tmp_path / "run" / "teacher.pt", raw_inputs=False)
+        assert torch.equal(model(data.test.x).argmax(-1), bare(data.prepare(data.test.x)).argmax(-1))

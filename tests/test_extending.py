@@ -27,6 +27,11 @@ USER_CODE = {
 
         def wrong_shape(input_shape, num_classes):
             return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes + 1))
+
+        def library_style(*, weights=None, **kwargs):
+            # like torchvision.models.resnet18(weights=None, num_classes=...): no input_shape
+            assert weights is None and set(kwargs) == {"num_classes"}, kwargs
+            return nn.Sequential(nn.Flatten(), nn.LazyLinear(kwargs["num_classes"]))
     """,
     "blobs.py": """
         import torch
@@ -58,6 +63,7 @@ CONFIGS = {
     "model/student/broken.yaml": "_target_: mypkg.nets.not_a_module\n",
     "model/student/misshapen.yaml": "_target_: mypkg.nets.wrong_shape\n",
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
+    "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
     "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
     "loss/logit_mse.yaml": "_target_: mypkg.mylosses.LogitMSE\nweight: 0.5\n",
     "loss/fn_loss.yaml": "_target_: mypkg.mylosses.fn_loss\n_partial_: true\nweight: 0.5\n",
@@ -108,6 +114,37 @@ def test_a_users_model_trains_as_the_student_and_its_checkpoint_rebuilds_it(user
     assert isinstance(model.model, torch.nn.Sequential) and model(torch.randn(2, 784)).shape == (2, 10)
 
 
+def test_a_library_constructor_gets_num_classes_alone(user_project, monkeypatch):
+    """torchvision and timm constructors take num_classes but no input_shape: kdrun passes
+    input_shape only to a _target_ that names it."""
+    result = user_run(user_project, "library", "model/student=library")
+    assert result.returncode == 0, result.stderr
+    checkpoint = torch.load(user_project / "library" / "distilled.pt", weights_only=True)
+    assert checkpoint["model"] == {"_target_": "mypkg.nets.library_style", "weights": None, "num_classes": 10}
+    monkeypatch.syspath_prepend(str(user_project))
+    from kdrun.models import load
+
+    assert load(user_project / "library" / "baseline.pt", raw_inputs=False)(torch.randn(3, 784)).shape == (3, 10)
+
+
+def test_a_torchvision_model_trains_through_its_target(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    from test_cifar import write_set
+
+    write_set(tmp_path / "data", "cifar10", n_per_file=8)
+    (tmp_path / "conf" / "model" / "student").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "student" / "tv_resnet18.yaml").write_text("_target_: torchvision.models.resnet18\nweights: null\n")
+    result = run_kdrun(
+        "train", "--config-dir", str(tmp_path / "conf"), "dataset=cifar10", f"dataset.root={tmp_path / 'data'}",
+        "model/teacher=resnet8", "model/student=tv_resnet18", "trainer.epochs=1", "plots=false",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, tiny=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = {row["model"]: row for row in read_rows(tmp_path / "run" / "summary.csv")}
+    expected = sum(p.numel() for p in torchvision.models.resnet18(num_classes=10).parameters())
+    assert int(rows["distilled"]["params"]) == int(rows["baseline"]["params"]) == expected
+
+
 @pytest.mark.slow
 def test_a_users_dataset_is_split_normalised_and_trained_on(user_project):
     result = user_run(user_project, "data", "dataset=blobs", "dataset.val_fraction=0.2", "dataset.test_fraction=0.1", "dataset.transfer_size=40")
@@ -117,7 +154,7 @@ def test_a_users_dataset_is_split_normalised_and_trained_on(user_project):
     assert row["dataset"] == "mypkg.blobs.load"  # no name given: its loader's
     checkpoint = torch.load(user_project / "data" / "teacher.pt", weights_only=True)
     assert checkpoint["model"]["input_shape"] == [1, 6, 6] and checkpoint["model"]["num_classes"] == 4
-    assert checkpoint["normalization"]["std"] > 0  # uint8 inputs scaled to [0, 1], then standardised
+    assert len(checkpoint["normalization"]["std"]) == 1 and checkpoint["normalization"]["std"][0] > 0  # per channel, of [0, 1]-scaled uint8
 
 
 @pytest.mark.slow
@@ -293,7 +330,7 @@ def test_kdrun_run_writes_the_run_directory_and_returns_the_results(tmp_path):
     [
         ("loss.alpha=1.5", "loss.alpha=1.5 is not allowed: a number in [0, 1]"),
         ("loss.alpah=1", "loss.alpah is not a setting: did you mean loss.alpha?"),
-        ("dataset=nope", "dataset=nope is not an option: choose from digits, fashion_mnist, mnist, synthetic"),
+        ("dataset=nope", "dataset=nope is not an option: choose from cifar10, cifar100, digits, fashion_mnist, mnist, synthetic"),
     ],
 )
 def test_kdrun_run_raises_the_message_the_cli_prints(tmp_path, override, message):

@@ -1,0 +1,72 @@
+"""Weights from a file into a built network: a teacher trained elsewhere (``model.teacher.checkpoint``).
+
+Reads a kdrun checkpoint (``teacher.pt``: ``{"state_dict", ...}``), a checkpoint that keeps its
+weights under ``"model"`` or ``"state_dict"`` (RepDistiller, many training scripts), a plain
+``state_dict`` (``.pt`` / ``.pth``), or ``.safetensors`` when that package is installed. A file
+that cannot be read, or weights that do not fit the network, is one ConfigError naming the file
+and the keys or shapes that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from kdrun.errors import ConfigError
+
+
+def file_digest(path: Union[str, Path]) -> str:
+    """The file's sha256 (hex), for cache keys and records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Union[str, Path], key: str) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file ``path`` (``key``: the setting that named it, for messages)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}={path}: no such file (give a .pt, .pth or .safetensors file of the teacher's weights)")
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise ConfigError(f"{key}={path}: reading .safetensors needs the safetensors package (pip install safetensors)") from None
+            loaded = load_file(str(path))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise ConfigError(f"{key}={path} cannot be read as weights ({type(error).__name__}: {error}); expected a state_dict saved with torch.save") from None
+    for field in ("state_dict", "model"):  # a checkpoint that keeps its weights under a key
+        if isinstance(loaded, dict) and isinstance(loaded.get(field), dict):
+            loaded = loaded[field]
+            break
+    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ConfigError(f"{key}={path} holds no state_dict (a dict of tensors, or one under 'state_dict' or 'model')")
+    return loaded
+
+
+def load_weights(model: nn.Module, path: Union[str, Path], key: str) -> None:
+    """Load the weights file ``path`` into ``model``; every key and shape must match."""
+    state = read_state_dict(path, key)
+    own = model.state_dict()
+    missing = [name for name in own if name not in state]
+    unexpected = [name for name in state if name not in own]
+    wrong = [f"{name} {tuple(state[name].shape)} (the model's: {tuple(own[name].shape)})" for name in own if name in state and state[name].shape != own[name].shape]
+    problems = []
+    for what, names in (("missing", missing), ("not in the model", unexpected), ("of other shapes", wrong)):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{what}: {shown}")
+    if problems:
+        raise ConfigError(f"{key}={path} does not fit the configured teacher ({type(model).__name__}): weights {'; '.join(problems)}")
+    model.load_state_dict(state)
