@@ -15,12 +15,34 @@ import torch
 from torch import nn
 
 from kdrun.models.cnn import CNN
+from kdrun.models.lenet import LeNet5, lenet5
 from kdrun.models.mlp import MLP
+from kdrun.models.mobilenetv2 import MobileNetV2, mobilenetv2
+from kdrun.models.resnet import (
+    CifarResNet, ResNet, resnet8, resnet8x4, resnet14, resnet20, resnet32, resnet32x4, resnet44, resnet50, resnet56, resnet110,
+)  # fmt: skip
+from kdrun.models.shufflenet import ShuffleNetV1, ShuffleNetV2, shufflev1, shufflev2
+from kdrun.models.vgg import VGG, vgg8, vgg11, vgg13, vgg16, vgg19
+from kdrun.models.wrn import WideResNet, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
 
-__all__ = ["ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load"]
+# The CIFAR knowledge-distillation benchmark's networks (RepDistiller / CRD, mdistiller), by option name.
+BENCHMARK_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "resnet8": resnet8, "resnet14": resnet14, "resnet20": resnet20, "resnet32": resnet32, "resnet44": resnet44,
+    "resnet56": resnet56, "resnet110": resnet110, "resnet8x4": resnet8x4, "resnet32x4": resnet32x4, "resnet50": resnet50,
+    "wrn_16_1": wrn_16_1, "wrn_16_2": wrn_16_2, "wrn_40_1": wrn_40_1, "wrn_40_2": wrn_40_2,
+    "vgg8": vgg8, "vgg11": vgg11, "vgg13": vgg13, "vgg16": vgg16, "vgg19": vgg19,
+    "mobilenetv2": mobilenetv2, "shufflev1": shufflev1, "shufflev2": shufflev2,
+    "lenet5": lenet5,
+}  # fmt: skip
+
+__all__ = [
+    "ARCHITECTURES", "BENCHMARK_ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load",
+    "CifarResNet", "LeNet5", "MobileNetV2", "ResNet", "ShuffleNetV1", "ShuffleNetV2", "VGG", "WideResNet",
+    *BENCHMARK_ARCHITECTURES,
+]  # fmt: skip
 
 # Option name (conf/model/{teacher,student}/<name>.yaml) -> what builds it.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"cnn": CNN, "mlp": MLP}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"cnn": CNN, "mlp": MLP, **BENCHMARK_ARCHITECTURES}
 
 
 def create(name: str, input_shape: Sequence[int] = (3, 32, 32), num_classes: int = 100, **settings: Any) -> nn.Module:
@@ -39,11 +61,13 @@ class Standardized(nn.Module):
     as the dataset's loader gives them (uint8 images are scaled to [0, 1] first, as kdrun's data
     layer does), subtracts ``mean`` and divides by ``std``. ``.model`` is the network itself."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float) -> None:
+    def __init__(self, model: nn.Module, mean: Union[float, Sequence[float]], std: Union[float, Sequence[float]]) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(float(mean)))
-        self.register_buffer("std", torch.tensor(float(std)))
+        # one value, or one per channel of [B, C, H, W] images
+        shape = (-1, 1, 1) if isinstance(mean, (list, tuple)) else ()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().div(255.0) if x.dtype == torch.uint8 else x
