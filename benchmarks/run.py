@@ -4,6 +4,7 @@
     python benchmarks/run.py --quick    # fewer repeats, a 5-run sample of the notebook sweep
     python benchmarks/run.py --only a,c # some sections: s (start-up), a, b, m (memory), c, k (checkpoints)
     python benchmarks/run.py --only c --device cuda   # (c) on a GPU
+    python benchmarks/run.py --only d --device cuda   # (d), the CIFAR benchmark pairs, on a GPU
 
 Sections
   s  start-up: `kdrun --help` wall time, and which heavy modules it imports (-X importtime).
@@ -26,6 +27,12 @@ Sections
      gradient); per validation example 2 * W. The matmul rate at the same thread count is
      measured before a model's first epoch and after each epoch; each epoch's ratio = achieved /
      the mean of the two rates around it; a model's ratio is the median over its epochs.
+  d  the CIFAR-100 benchmark pairs: images per second of a distilled student's training epoch
+     (augmentation, the teacher's forward pass per batch, KD alpha 0.9 T 4, SGD, batch 64) through
+     kdrun.train.fit against a plain PyTorch loop of the same models written here, on random
+     CIFAR-shaped uint8 data (--images per measurement; each pair: one warm-up batch, then
+     kdrun and plain alternating, median of 2), and the epoch time that rate gives for the
+     45,000 training images of experiment=cifar100_kd.
   k  checkpoints: an MNIST-size teacher (784-1200-1200-10, 55,000 random rows, batch 128) through
      kdrun.train.fit with a checkpoint after every epoch against none, interleaved; the time of
      one checkpoint write, and what the default (at most one a minute) costs at most.
@@ -427,15 +434,119 @@ def section_k(tmp: Path, epochs: int) -> None:
           f"{verdict(save / AUTO_SECONDS, 0.02, higher_is_better=False)}")
 
 
+# --------------------------------------------------------------------------- d: CIFAR pairs
+
+
+def _plain_kd_epoch(student, teacher, x, y, mean, std, batch_size: int, seed: int) -> None:
+    """The plain PyTorch loop (d) compares kdrun with: the benchmark recipe's distillation step,
+    with the same crop-and-flip augmentation written with advanced indexing."""
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(seed)
+    student.train()
+    teacher.eval()
+    pixels = torch.arange(32, device=x.device)
+    for index in torch.randperm(len(x), generator=generator).to(x.device).split(batch_size):
+        images = F.pad(x[index], (4, 4, 4, 4))
+        b = len(index)
+        dy, dx = (torch.randint(0, 9, (b,), generator=generator).to(x.device) for _ in range(2))
+        flip = torch.randint(0, 2, (b,), generator=generator).bool().to(x.device)
+        rows = dy[:, None] + pixels
+        cols = dx[:, None] + torch.where(flip[:, None], 31 - pixels, pixels)
+        images = images[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+        inputs = (images.permute(0, 3, 1, 2).float() / 255 - mean) / std
+        logits = student(inputs)
+        with torch.no_grad():
+            soft = F.softmax(teacher(inputs) / 4, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / 4, dim=1), soft, reduction="batchmean") * 16
+        loss = 0.1 * F.cross_entropy(logits, y[index]) + 0.9 * kd
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def section_d(device_name: str, images: int, pairs: str) -> None:
+    import copy
+
+    import torch
+
+    from kdrun.data import Split
+    from kdrun.data.augment import random_crop_flip
+    from kdrun.data.splits import Inputs
+    from kdrun.losses import KDLoss
+    from kdrun.models import count_parameters, create
+    from kdrun.train import Distillation, FitSettings, fit
+
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
+    chosen = [p for p in (pairs.split(",") if pairs else CIFAR_PAIRS)]
+    print(f"\n== (d) CIFAR-100 benchmark pairs on {device_name}{' (' + torch.cuda.get_device_name(device) + ')' if cuda else ''}: "
+          f"a distilled student's epoch, {images:,} random 3x32x32 uint8 images, batch 64, images/s ==")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=generator).to(device)
+    y = torch.randint(0, 100, (images,), generator=generator).to(device)
+    val = Split(x[:0], y[:0])  # no validation pass: the plain loop has none
+    mean = torch.tensor([0.507, 0.487, 0.441], device=device).view(3, 1, 1)
+    std = torch.tensor([0.267, 0.256, 0.276], device=device).view(3, 1, 1)
+    prepare = Inputs(mean, std)
+    settings = FitSettings(1, 64, "sgd", 0.05, 5e-4, 0, momentum=0.9)
+    worst = None
+    for pair in chosen:
+        teacher_name, student_name = pair.split(">")
+        torch.manual_seed(0)
+        teacher = create(teacher_name).to(device).eval()
+        initial = create(student_name).to(device)
+        warm = x[:64]
+        _plain_kd_epoch(copy.deepcopy(initial), teacher, warm, y[:64], mean, std, 64, 0)  # kernels, allocator
+        fit(copy.deepcopy(initial), Split(warm, y[:64]), val, settings, "s", Distillation(KDLoss(0.9, 4.0), teacher), prepare=prepare, augment=random_crop_flip)
+        times: dict[str, list[float]] = {"kdrun": [], "plain": []}
+        for order in (("kdrun", "plain"), ("plain", "kdrun")):
+            for label in order:
+                student = copy.deepcopy(initial)
+                sync()
+                started = time.perf_counter()
+                if label == "plain":
+                    _plain_kd_epoch(student, teacher, x, y, mean, std, 64, 1)
+                else:
+                    fit(student, Split(x, y), val, settings, "s", Distillation(KDLoss(0.9, 4.0), teacher), prepare=prepare, augment=random_crop_flip)
+                sync()
+                times[label].append(time.perf_counter() - started)
+        kd_rate, plain_rate = images / med(times["kdrun"]), images / med(times["plain"])
+        ratio = kd_rate / plain_rate
+        worst = ratio if worst is None else min(worst, ratio)
+        print(f"  {teacher_name:>10} ({count_parameters(teacher) / 1e6:5.2f} M) -> {student_name:<11} ({count_parameters(initial) / 1e6:4.2f} M): "
+              f"kdrun {kd_rate:8.1f} img/s, plain {plain_rate:8.1f} img/s, x{ratio:.2f}; "
+              f"a 45,000-image epoch {45_000 / kd_rate:7.0f} s")
+    if worst is not None:
+        print(f"target (d): kdrun >= 1.0x the plain loop on every pair; worst x{worst:.2f}  {verdict(worst, 1.0)}")
+
+
+CIFAR_PAIRS = (
+    "resnet32x4>resnet8x4", "wrn_40_2>wrn_16_2", "wrn_40_2>wrn_40_1", "resnet56>resnet20", "resnet110>resnet20",
+    "resnet110>resnet32", "vgg13>vgg8", "vgg13>mobilenetv2", "resnet50>mobilenetv2", "resnet50>vgg8",
+    "resnet32x4>shufflev1", "resnet32x4>shufflev2", "wrn_40_2>shufflev1",
+)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats; a 5-run sample of the notebook sweep")
-    parser.add_argument("--only", default="s,a,b,m,c,k", help="comma-separated sections among s,a,b,m,c,k")
+    parser.add_argument("--only", default="s,a,b,m,c,k", help="comma-separated sections among s,a,b,m,c,k,d ((d) only when named)")
+    parser.add_argument("--images", type=int, default=None, help="images per measurement in (d) (default 640 on the CPU, 12,800 on CUDA)")
+    parser.add_argument("--pairs", default="", help="(d): teacher>student pairs, comma-separated (default: the 13 benchmark pairs)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats in (a) (default 5, quick 3)")
-    parser.add_argument("--device", default="cpu", help="device for (c) (cpu or cuda)")
+    parser.add_argument("--device", default="cpu", help="device for (c) and (d) (cpu or cuda)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     sections = set(args.only.split(","))
@@ -458,6 +569,8 @@ def main() -> None:
             section_c(args.device, 1 if args.quick else 3)
         if "k" in sections:
             section_k(tmp, 2 if args.quick else 3)
+        if "d" in sections:
+            section_d(args.device, args.images or (12_800 if args.device.startswith("cuda") else 640), args.pairs)
     finally:
         print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -4,6 +4,8 @@ and one line of meaning (from the schemas), then examples. Hydra's own page is `
 from __future__ import annotations
 
 import dataclasses
+import re
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,8 +27,13 @@ EXAMPLES = """\
   kdrun train --cfg job loss.temperature=5                    print the composed config, run nothing"""
 
 
+def _natural(name: str) -> list:
+    """resnet8 before resnet14: digit runs compare as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 def _options(group: str, folders: Sequence[Path]) -> list[str]:
-    return sorted({path.stem for folder in folders for path in (folder / group).glob("*.yaml")})
+    return sorted({path.stem for folder in folders for path in (folder / group).glob("*.yaml")}, key=_natural)
 
 
 def _meaning(node: Any, key: str) -> str:
@@ -79,7 +86,7 @@ def train_help(argv: Sequence[str], config_dir: Path) -> str:
     for group in GROUPS:
         chosen = choices.get(group)
         options = " ".join(f"{o}*" if o == chosen else o for o in _options(group, folders))
-        lines.append(f"  {group:<16} {options}")
+        lines += textwrap.wrap(options, 100, initial_indent=f"  {group:<16} ", subsequent_indent=" " * 19, break_on_hyphens=False)
     lines += ["", "Settings (KEY=VALUE), with the current choices' values:"]
     rows = _settings(cfg)
     width = max(len(key) for key, _, _ in rows)

@@ -239,7 +239,7 @@ def test_hydra_features_work_through_the_subcommand(tmp_path):
     help_text = kdrun("train", "--help", "dataset=digits", cwd=tmp_path)
     assert help_text.returncode == 0, help_text.stderr
     page = help_text.stdout
-    assert "digits* fashion_mnist mnist synthetic" in page and "model/student    cnn mlp*" in page
+    assert "cifar10 cifar100 digits* fashion_mnist mnist synthetic" in page and "model/student    cnn lenet5 mlp* mobilenetv2 resnet8 resnet8x4 resnet14" in page
     assert "schema" not in page and "\n  sweeps " not in page  # kdrun's plumbing is no option
     for key, meaning in (("loss.alpha", "weight of the teacher's term"), ("trainer.epochs", "epochs per model"), ("dataset.split_seed", "the split's seed")):
         line = next(line for line in page.splitlines() if line.strip().startswith(key + " "))
