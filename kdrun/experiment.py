@@ -107,7 +107,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     teacher, initial_student = _build_models(cfg, data, seed)
     teacher_file = cfg.model.teacher.get("checkpoint")
     if teacher_file:  # a teacher trained elsewhere: its weights, and no training
-        load_weights(teacher, teacher_file, "model.teacher.checkpoint")
+        recorded = load_weights(teacher, teacher_file, "model.teacher.checkpoint")
+        if recorded is not None and not _same_normalization(recorded["normalization"], data.normalization):
+            log.warning(
+                "model.teacher.checkpoint=%s was trained on inputs standardised with %s; this run standardises with %s, "
+                "so the teacher sees inputs scaled otherwise than in its training", teacher_file, recorded["normalization"], data.normalization,
+            )  # fmt: skip
     augment = _augmentation(cfg, data)
     if str(cfg.trainer.precision) == "16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=16 is not allowed on {device.type}: float16 training needs CUDA; use trainer.precision=bf16")
@@ -158,6 +163,12 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
         remove_checkpoints(run_dir)
     print_summary(console, summary)
     return RunResult(run_dir, summary, run.metrics.rows, models)
+
+
+def _same_normalization(a: Optional[dict], b: Optional[dict]) -> bool:
+    if a is None or b is None:
+        return a is b
+    return all(torch.allclose(torch.tensor(a[k], dtype=torch.float64), torch.tensor(b[k], dtype=torch.float64), rtol=1e-3) for k in ("mean", "std"))
 
 
 def _augmentation(cfg: DictConfig, data: DataSplits) -> Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]]:

@@ -229,12 +229,12 @@ def fit(
         if isinstance(loss_fn, nn.Module):
             loss_fn.to(device)
             params += list(loss_fn.parameters())
-    scaler = torch.amp.GradScaler(device.type) if settings.precision == "16" else None
+    scaler = _grad_scaler(device) if settings.precision == "16" else None
     optimizer = make_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum, settings.nesterov, fused=scaler is None)
     generator = torch.Generator().manual_seed(settings.batch_seed)
     draws = torch.Generator().manual_seed(settings.batch_seed + AUGMENT_SEED_OFFSET) if augment is not None else None
-    # Images in channels-last layout: convolutions ran 1.1-1.7x faster on a 2-core x86 CPU (most
-    # CNNs here; ShuffleNetV2 0.93x) and use CUDA's tensor-core kernels.
+    # Images in channels-last layout: most CNNs trained 1.1-1.7x faster so on a 2-core x86 CPU
+    # (ShuffleNetV2 0.93x; benchmarks/README.md), and it is the layout cuDNN's fast kernels take.
     channels_last = train.x.dim() == 4 and device.type in ("cpu", "cuda")
     if channels_last:
         for network in (model, teacher):
@@ -357,6 +357,12 @@ def reported_epoch(history: Sequence[dict], report: str) -> int:
     return history[-1]["epoch"] if history else 0
 
 
+def _grad_scaler(device: torch.device) -> Any:
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler(device.type)
+    return torch.cuda.amp.GradScaler()
+
+
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass and the loss: bf16 (CPU and CUDA) or float16."""
     if precision == "32":
@@ -398,9 +404,9 @@ def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, loss_fn: A
     if isinstance(loss_fn, nn.Module) and saved["loss"] is not None:
         loss_fn.load_state_dict(saved["loss"])
     generator.set_state(saved["batch_order"].cpu())
-    if draws is not None and saved["augmentation"] is not None:
+    if draws is not None and saved.get("augmentation") is not None:
         draws.set_state(saved["augmentation"].cpu())
-    if scaler is not None and saved["scaler"] is not None:
+    if scaler is not None and saved.get("scaler") is not None:
         scaler.load_state_dict(saved["scaler"])
     torch.set_rng_state(saved["rng"].cpu())
     if saved["device_rng"] is not None and device.type == "cuda":

@@ -156,6 +156,13 @@ def test_a_teacher_from_a_weights_file_is_loaded_not_trained(tmp_path):
     assert summary["teacher"]["test_acc"] == _summary(first)["teacher"]["test_acc"]
     with open(second / "metrics.csv", newline="") as handle:
         assert {row["model"] for row in csv.DictReader(handle)} == {"distilled", "baseline"}  # no teacher epochs
+    # kdrun's own teacher.pt records its input scaling: a run that scales otherwise is warned
+    third = run_kdrun("train", f"hydra.run.dir={tmp_path / 'third'}", "trainer.epochs=1", "dataset.normalize=true",
+                      f"model.teacher.checkpoint={first / 'teacher.pt'}", cwd=tmp_path, check=True)  # fmt: skip
+    assert "trained on inputs standardised with" in third.stdout + third.stderr and not has_traceback(third.stderr)
+    same = run_kdrun("train", f"hydra.run.dir={tmp_path / 'same'}", "trainer.epochs=1", f"model.teacher.checkpoint={first / 'teacher.pt'}",
+                     cwd=tmp_path, check=True)  # fmt: skip
+    assert "standardised with" not in same.stdout + same.stderr
 
 
 def test_a_weights_file_that_does_not_fit_is_one_message(tmp_path):

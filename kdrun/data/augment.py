@@ -79,7 +79,7 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4, fi
     output, on any device. ``fill`` is the padding's value in ``x``'s units (0: black for raw
     pixels; for standardised inputs pass ``(0 - mean) / std`` to pad with black, or 0 to pad with
     the mean). Returns a new tensor of ``x``'s shape, dtype and device."""
-    _check(x, padding)
+    _check(x, padding)  # before any draw
     return crop_flip(x, crop_flip_params(x.shape[0], generator, padding), padding, fill)
 
 

@@ -1,8 +1,9 @@
 """Weights from a file into a built network: a teacher trained elsewhere (``model.teacher.checkpoint``).
 
 Reads a kdrun checkpoint (``teacher.pt``: ``{"state_dict", ...}``), a checkpoint that keeps its
-weights under ``"model"`` or ``"state_dict"`` (RepDistiller, many training scripts), a plain
-``state_dict`` (``.pt`` / ``.pth``), or ``.safetensors`` when that package is installed. A file
+weights under ``"model"`` or ``"state_dict"`` (as many training scripts do; the parameter names
+must still be the configured network's), a plain ``state_dict`` (``.pt`` / ``.pth``), or
+``.safetensors`` when that package is installed. A file
 that cannot be read, or weights that do not fit the network, is one ConfigError naming the file
 and the keys or shapes that differ.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -28,8 +29,10 @@ def file_digest(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(path: Union[str, Path], key: str) -> dict[str, torch.Tensor]:
-    """The tensors of the weights file ``path`` (``key``: the setting that named it, for messages)."""
+def read_state_dict(path: Union[str, Path], key: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
+    """The tensors of the weights file ``path`` (``key``: the setting that named it, for messages),
+    and ``{"normalization": ...}`` where the file records its inputs' scaling (a kdrun checkpoint;
+    the value is None when inputs were not standardised), else None."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"{key}={path}: no such file (give a .pt, .pth or .safetensors file of the teacher's weights)")
@@ -46,18 +49,20 @@ def read_state_dict(path: Union[str, Path], key: str) -> dict[str, torch.Tensor]
         raise
     except Exception as error:
         raise ConfigError(f"{key}={path} cannot be read as weights ({type(error).__name__}: {error}); expected a state_dict saved with torch.save") from None
+    recorded = {"normalization": loaded["normalization"]} if isinstance(loaded, dict) and "normalization" in loaded else None
     for field in ("state_dict", "model"):  # a checkpoint that keeps its weights under a key
         if isinstance(loaded, dict) and isinstance(loaded.get(field), dict):
             loaded = loaded[field]
             break
     if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ConfigError(f"{key}={path} holds no state_dict (a dict of tensors, or one under 'state_dict' or 'model')")
-    return loaded
+    return loaded, recorded
 
 
-def load_weights(model: nn.Module, path: Union[str, Path], key: str) -> None:
-    """Load the weights file ``path`` into ``model``; every key and shape must match."""
-    state = read_state_dict(path, key)
+def load_weights(model: nn.Module, path: Union[str, Path], key: str) -> Optional[dict]:
+    """Load the weights file ``path`` into ``model``; every key and shape must match. Returns
+    ``{"normalization": ...}`` where the file records its inputs' scaling (kdrun checkpoints), else None."""
+    state, recorded = read_state_dict(path, key)
     own = model.state_dict()
     missing = [name for name in own if name not in state]
     unexpected = [name for name in state if name not in own]
@@ -70,3 +75,4 @@ def load_weights(model: nn.Module, path: Union[str, Path], key: str) -> None:
     if problems:
         raise ConfigError(f"{key}={path} does not fit the configured teacher ({type(model).__name__}): weights {'; '.join(problems)}")
     model.load_state_dict(state)
+    return recorded
