@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,10 +85,13 @@ def run_kdrun(
 
 def start_kdrun(*args: str, cwd: Path, tiny: bool = True, cache_dir: Union[Path, None, object] = DEFAULT_CACHE, **popen_options) -> subprocess.Popen:
     """Start ``kdrun *args`` without waiting (for signal tests); stdout and stderr are pipes.
-    Use it as ``with killed_if_left(start_kdrun(...)) as proc:``."""
+    Use it as ``with killed_if_left(start_kdrun(...)) as proc:``. SIGINT starts with its default
+    action, as in a terminal: a test suite started in the background (``pytest &``) would
+    otherwise pass on the shell's ignored SIGINT, and Python keeps it ignored."""
     return subprocess.Popen(
         kdrun_command(*args, cwd=cwd, tiny=tiny, cache_dir=cache_dir),
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env(), **popen_options,
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kdrun_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen_options,
     )  # fmt: skip
 
 
