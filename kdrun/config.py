@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -679,9 +679,23 @@ def digest(parts: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def file_digest(path: Union[str, Path]) -> str:
+    """The file's sha256 (hex)."""
+    hashed = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hashed.update(block)
+    return hashed.hexdigest()
+
+
 def config_hash(cfg: DictConfig) -> str:
-    """A digest of the settings that change what a run measures: equal digests, equal runs."""
+    """A digest of the settings that change what a run measures: equal digests, equal runs. A
+    teacher loaded from a file counts by the file's content, not only its path: a rerun after the
+    file changed is a run of other settings."""
     plain = to_plain(cfg)
+    teacher_file = OmegaConf.select(cfg, "model.teacher.checkpoint")
+    if teacher_file and Path(teacher_file).expanduser().is_file():
+        plain["teacher_weights_sha256"] = file_digest(Path(teacher_file).expanduser())
     for dotted in RESULT_UNCHANGED_KEYS:
         *parents, last = dotted.split(".")
         node = plain

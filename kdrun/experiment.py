@@ -29,12 +29,12 @@ from torch import nn
 
 from kdrun.cache import load_or_train, model_fingerprint, save_atomic
 from kdrun.checkpoints import Checkpoint
-from kdrun.config import instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain
+from kdrun.config import file_digest, instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import ConfigError
 from kdrun.models import count_parameters
-from kdrun.models.weights import file_digest, load_weights
+from kdrun.models.weights import load_weights
 from kdrun.plots import plot_curves, plot_temperature
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MODELS, SUMMARY_COLUMNS, MetricsLog, remove_checkpoints, write_csv_atomic
 from kdrun.trackers import TrackedRun, Tracker, Trackers, flatten

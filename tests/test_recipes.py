@@ -165,6 +165,20 @@ def test_a_teacher_from_a_weights_file_is_loaded_not_trained(tmp_path):
     assert "standardised with" not in same.stdout + same.stderr
 
 
+def test_a_changed_teacher_file_makes_a_run_of_other_settings(tmp_path):
+    """Resuming or skipping a completed sweep job compares config hashes: a teacher file whose
+    content changed must not pass for the same run."""
+    from kdrun.config import compose, config_hash
+
+    weights = tmp_path / "teacher.pth"
+    weights.write_bytes(b"first")
+    cfg = compose([f"model.teacher.checkpoint={weights}"])
+    first = config_hash(cfg)
+    assert config_hash(cfg) == first and first != config_hash(compose([]))
+    weights.write_bytes(b"second")
+    assert config_hash(cfg) != first
+
+
 def test_a_weights_file_that_does_not_fit_is_one_message(tmp_path):
     wrong = tmp_path / "wrong.pt"
     torch.save({"network.0.weight": torch.zeros(3, 3)}, wrong)

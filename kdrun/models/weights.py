@@ -10,7 +10,6 @@ and the keys or shapes that differ.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional, Union
 
@@ -18,15 +17,6 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
-
-
-def file_digest(path: Union[str, Path]) -> str:
-    """The file's sha256 (hex), for cache keys and records."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Union[str, Path], key: str) -> tuple[dict[str, torch.Tensor], Optional[dict]]:
