@@ -695,7 +695,10 @@ def config_hash(cfg: DictConfig) -> str:
     plain = to_plain(cfg)
     teacher_file = OmegaConf.select(cfg, "model.teacher.checkpoint")
     if teacher_file and Path(teacher_file).expanduser().is_file():
-        plain["teacher_weights_sha256"] = file_digest(Path(teacher_file).expanduser())
+        try:
+            plain["teacher_weights_sha256"] = file_digest(Path(teacher_file).expanduser())
+        except OSError:  # unreadable: loading it says so, in one message
+            pass
     for dotted in RESULT_UNCHANGED_KEYS:
         *parents, last = dotted.split(".")
         node = plain
