@@ -44,7 +44,6 @@ shared: the load average is printed at the start and the end; trust same-run rat
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shutil
@@ -207,32 +206,44 @@ def section_a(tmp: Path, repeats: int) -> None:
 # --------------------------------------------------------------------------- b: sweep
 
 
-def sweep_breakdown(sweep_dir: Path, started_at: float, ended_at: float) -> str:
-    """Per-job time from the run directories. A job starts at its first log line; its wall time
-    runs to the next job's start (the last one's to its summary.csv), so it includes composing
-    the next job's config. kdrun's launcher composes every job's config before the first job
-    starts (counted in the start-up)."""
-    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (d / "summary.csv").exists()),
-                  key=lambda d: int(d.name.split("_", 1)[0]))
-    if not jobs:
+def _log_time(line: str) -> float:
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def sweep_breakdown(sweep_dir: Path, log: Path, started_at: float, ended_at: float) -> str:
+    """Where a sweep's time went, from its log (Hydra's timestamped lines) and run directories:
+    start-up (interpreter, imports, composing the jobs' configs, the data and the teacher), the
+    students trained together (kdrun's launcher), the jobs one after the other (each writing its
+    run directory: evaluation, checkpoints, CSVs, figures), and the end (comparison, heatmap)."""
+    lines = log.read_text(errors="replace").splitlines()
+    stamped = [(line, _log_time(line)) for line in lines if line.startswith("[20") and "][HYDRA]" in line]
+    together = [t for line, t in stamped if "students together" in line]
+    launched = next((t for line, t in stamped if "Launching" in line), None)
+    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (d / "summary.csv").exists()), key=lambda d: int(d.name.split("_", 1)[0]))
+    if not jobs or launched is None:
         return "  (no job directories found)"
-    starts, trains = [], []
-    for job in jobs:
-        first = (job / "train.log").read_text().splitlines()[0]
-        starts.append(datetime.strptime(first[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp())
-        with open(job / "summary.csv") as handle:
-            trains.append(sum(float(r["train_seconds"] or 0) for r in csv.DictReader(handle)))
+    starts = [_log_time((job / "train.log").read_text().splitlines()[0]) for job in jobs]
     last_summary = (jobs[-1] / "summary.csv").stat().st_mtime
     walls = [b - a for a, b in zip(starts, starts[1:] + [last_summary])]
-    rest_walls, rest_trains = (walls[1:], trains[1:]) if len(jobs) > 1 else (walls, trains)
-    lines = [
-        f"  start-up: {starts[0] - started_at:.2f} s (interpreter, imports, Hydra composing all {len(jobs)} job configs)",
-        f"  job 0 (trains teacher + baseline): {walls[0]:.2f} s; training {trains[0]:.2f} s summed over the models",
-        f"  jobs 1-{len(jobs) - 1} (median per job): {med(rest_walls):.3f} s, of which training {med(rest_trains):.3f} s "
-        f"(rest: job set-up, evaluation, checkpoints, CSVs, figures {med(rest_walls) - med(rest_trains):.3f} s)",
+    first = together[0] if together else launched
+    out = [f"  start-up: {first - started_at:.2f} s (interpreter, imports, composing {len(jobs)} configs{', data and teacher' if together else ''})"]
+    if together:
+        out.append(f"  students trained together: {launched - together[0]:.2f} s")
+    out += [
+        f"  {len(jobs)} jobs: {sum(walls):.2f} s (median {med(walls):.3f} s a job: {'its models handed over, ' if together else 'training, '}"
+        "evaluation, checkpoints, CSVs, figures)",
         f"  after the last job's summary: {ended_at - last_summary:.2f} s (its figures, comparison table, heatmap, exit)",
     ]
-    return "\n".join(lines)
+    return "\n".join(out)
+
+
+def kdrun_sweep(tmp: Path, name: str, *overrides: str) -> tuple[Proc, Path, Path, float, float]:
+    """One ``kdrun train -m`` process with a fresh cache; returns its Proc, sweep dir, log, start and end."""
+    sweep_dir, log = tmp / name, tmp / f"{name}.log"
+    cmd = kdrun_command() + ["train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", f"cache.dir={tmp / f'{name}_cache'}"]
+    started = time.time()
+    proc = run_proc(cmd, log=log)
+    return proc, sweep_dir, log, started, time.time()
 
 
 def section_b(tmp: Path, kd_repeats: int, quick: bool) -> None:
@@ -241,51 +252,63 @@ def section_b(tmp: Path, kd_repeats: int, quick: bool) -> None:
     scale = len(grid) / len(sample)
     print(f"\n== (b) 5 x 5 alpha x T sweep: {len(sample)} notebook processes"
           f"{' (a sample, scaled x%g to 25)' % scale if quick else ''} (each at default threads and at 1 thread) vs one `kdrun train -m`, {kd_repeats} repeat(s) ==")
-
-    def kd_sweep(i: int, *extra: str) -> tuple[Proc, Path, float]:
-        sweep_dir = tmp / f"sweep_{i}{'_'.join(extra).replace('=', '')}"
-        cmd = kdrun_command() + [
-            "train", "-m", f"loss.alpha={','.join(map(str, ALPHAS))}", f"loss.temperature={','.join(map(str, TEMPERATURES))}",
-            f"hydra.sweep.dir={sweep_dir}", f"cache.dir={tmp / f'cache_b_{i}{len(extra)}'}", *extra,
-        ]
-        started = time.time()
-        proc = run_proc(cmd, log=tmp / f"sweep_{i}.log")
-        return proc, sweep_dir, started, time.time()
-
+    sweep = [f"loss.alpha={','.join(map(str, ALPHAS))}", f"loss.temperature={','.join(map(str, TEMPERATURES))}"]
     chunks = [sample[k::kd_repeats] for k in range(kd_repeats)]
-    kd: list[Proc] = []
-    nb: list[Proc] = []
-    nb1: list[Proc] = []  # the same notebook runs at 1 thread: the baseline a busy machine does not distort
+    kd, alone, nb, nb1 = [], [], [], []  # nb1: the notebook at 1 thread, which a busy machine does not distort
     last = None
     for k in range(kd_repeats):
-        proc, sweep_dir, started, ended = kd_sweep(k)
-        kd.append(proc)
-        last = (sweep_dir, started, ended)
+        result = kdrun_sweep(tmp, f"b_stacked_{k}", *sweep)
+        kd.append(result[0])
+        last = result[1:]
+        alone.append(kdrun_sweep(tmp, f"b_alone_{k}", *sweep, "hydra.launcher.stack=false")[0])
         for alpha, temperature in chunks[k]:
             command = [sys.executable, str(NOTEBOOK), str(alpha), str(temperature), str(tmp / "nb_b.png")]
             nb.append(run_proc(command))
             nb1.append(run_proc(command, env=base_env(threads=1)))
-    noplot, noplot_dir, noplot_started, noplot_ended = kd_sweep(99, "plots=false")
-    nb_total = sum(p.wall for p in nb) * scale
-    nb1_total = sum(p.wall for p in nb1) * scale
+    noplot = kdrun_sweep(tmp, "b_noplot", *sweep, "plots=false")
+    nb_total, nb1_total = sum(p.wall for p in nb) * scale, sum(p.wall for p in nb1) * scale
     kd_med = med([p.wall for p in kd])
     scaled = "(scaled) " if quick else ""
     print(f"notebook x25 {scaled}total           {nb_total:7.1f} s  (per run: {fmt_runs(nb)})")
     print(f"notebook x25, 1 thread, {scaled}total {nb1_total:7.1f} s  (per run: {fmt_runs(nb1)})")
     print(f"kdrun train -m (25 jobs)     {fmt_runs(kd)}")
-    print(f"kdrun train -m plots=false   {fmt_runs([noplot])}")
-    ratio = nb_total / kd_med
-    ratio1 = nb1_total / kd_med
+    print(f"  hydra.launcher.stack=false {fmt_runs(alone)}")
+    print(f"  plots=false                {fmt_runs([noplot[0]])}")
+    ratio, ratio1 = nb_total / kd_med, nb1_total / kd_med
     print(f"  notebook x25 / kdrun sweep                       {ratio:5.2f}x")
-    print(f"  notebook x25 / kdrun sweep plots=false           {nb_total / noplot.wall:5.2f}x")
+    print(f"  notebook x25 / kdrun sweep plots=false           {nb_total / noplot[0].wall:5.2f}x")
     print(f"  notebook x25 at 1 thread / kdrun sweep             {ratio1:5.2f}x")
-    print(f"  notebook x25 at 1 thread / kdrun sweep plots=false {nb1_total / noplot.wall:5.2f}x")
-    print(f"target (b): the sweep >= 10x faster than 25 notebook runs: {ratio:.2f}x  {verdict(ratio, 10)}; "
-          f"against the 1-thread notebook {ratio1:.2f}x  {verdict(ratio1, 10)}")
+    print(f"  notebook x25 at 1 thread / kdrun sweep plots=false {nb1_total / noplot[0].wall:5.2f}x")
+    print(f"  kdrun one job after the other / stacked           {med([p.wall for p in alone]) / kd_med:5.2f}x")
+    print(f"target (b): the sweep >= 25x faster than 25 notebook runs: {ratio:.2f}x  {verdict(ratio, 25)}; "
+          f"against the 1-thread notebook {ratio1:.2f}x  {verdict(ratio1, 25)}")
     print("kdrun sweep, where the time goes (last repeat, plots on):")
     print(sweep_breakdown(*last))
     print("kdrun sweep, where the time goes (plots=false):")
-    print(sweep_breakdown(noplot_dir, noplot_started, noplot_ended))
+    print(sweep_breakdown(*noplot[1:]))
+
+    seeds = ["trainer.seed=0,1,2,3,4", f"loss.temperature={','.join(map(str, TEMPERATURES))}"]
+    print(f"\n-- (b) 5 seeds x 5 temperatures: kdrun's launcher (teachers and students stacked) vs hydra/launcher=basic, {kd_repeats} repeat(s) --")
+    stacked, basic = [], []
+    for k in range(kd_repeats):
+        stacked.append(kdrun_sweep(tmp, f"bs_stacked_{k}", *seeds)[0])
+        basic.append(kdrun_sweep(tmp, f"bs_basic_{k}", *seeds, "hydra/launcher=basic")[0])
+    seed_ratio = med([p.wall for p in basic]) / med([p.wall for p in stacked])
+    print(f"kdrun train -m (stacked)     {fmt_runs(stacked)}")
+    print(f"hydra/launcher=basic         {fmt_runs(basic)}")
+    print(f"target (b): seeds x T >= 3x faster than hydra/launcher=basic: {seed_ratio:.2f}x  {verdict(seed_ratio, 3)}")
+
+    mnist = ["dataset.n_samples=2358", "model.teacher.hidden=[1200,1200]", "model.student.hidden=[800,800]", "trainer.batch_size=128",
+             "plots=false", "loss.alpha=0.5,0.9", "loss.temperature=1,2,4,8"]  # fmt: skip
+    print("\n-- (b) MNIST-size: students 784-800-800-10 on 1,650 examples (teacher 784-1200-1200-10), 8 settings, batch 128, "
+          f"20 epochs, plots off: stacked vs one job after the other (hydra.launcher.stack=false), {kd_repeats} repeat(s) --")
+    big_stacked, big_alone = [], []
+    for k in range(kd_repeats):
+        big_stacked.append(kdrun_sweep(tmp, f"bm_stacked_{k}", *mnist)[0])
+        big_alone.append(kdrun_sweep(tmp, f"bm_alone_{k}", *mnist, "hydra.launcher.stack=false")[0])
+    print(f"kdrun train -m (stacked)     {fmt_runs(big_stacked)}")
+    print(f"hydra.launcher.stack=false   {fmt_runs(big_alone)}")
+    print(f"  one job after the other / stacked: {med([p.wall for p in big_alone]) / med([p.wall for p in big_stacked]):.2f}x")
 
 
 # --------------------------------------------------------------------------- m: memory

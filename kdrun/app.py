@@ -186,6 +186,57 @@ def _resumable(run_dir: Path, digest: str) -> bool:
     return True
 
 
+# Models trained before their jobs ran, with the other jobs of their sweep (``train_together``):
+# job folder -> (the data, the models by name).
+_trained_before: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+
+def completed_earlier(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether a sweep's job completed in an earlier run of the sweep, with these settings."""
+    previous = read_status(run_dir)
+    return bool(previous) and previous.get("status") == "completed" and previous.get("config_hash") == config_hash(cfg) and (run_dir / "summary.csv").is_file()
+
+
+def train_together(configs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> None:
+    """Before a sweep's jobs run: train the models of the jobs that can train together
+    (kdrun.groups), for each job to take when it runs. Their status.json says running meanwhile,
+    and interrupted if the training is stopped. Jobs that completed before, or that continue from
+    their checkpoints, are left to run as they would alone."""
+    from kdrun import groups
+
+    tasks = {i: without_hydra(config) for i, config in enumerate(configs)}
+    todo = [i for i, task in tasks.items() if not completed_earlier(task, run_dirs[i]) and not has_checkpoints(run_dirs[i])]
+    planned, alone = groups.plan([tasks[i] for i in todo])
+    for position, reason in sorted(alone.items()):
+        log.info("kdrun: job %d trains alone: %s", configs[todo[position]].hydra.job.num, reason)
+    for group in planned:
+        jobs = [todo[position] for position in group]
+        records = {i: {"config_hash": config_hash(tasks[i]), "overrides": list(configs[i].hydra.overrides.task)} for i in jobs}
+        for i in jobs:
+            write_status(run_dirs[i], "running", **records[i], pid=os.getpid(), host=socket.gethostname())
+        try:
+            with _sigterm_interrupts():
+                data, trained = groups.train_group([tasks[i] for i in jobs], [run_dirs[i] for i in jobs], memory_mb)
+        except (KeyboardInterrupt, SystemExit) as interruption:
+            with _signals_held():
+                how = f"stopped by {signal_of(interruption).name}" if isinstance(interruption, KeyboardInterrupt) else "stopped"
+                sweep_dir = configs[jobs[0]].hydra.sweep.dir
+                for i in jobs:
+                    remove_results(run_dirs[i])
+                    message = f"{how} while it trained with other jobs of the sweep; to continue, run the same command again with hydra.sweep.dir={sweep_dir}"
+                    fields = {"signal": signal_of(interruption).name, "exit_code": 128 + int(signal_of(interruption))} if isinstance(interruption, KeyboardInterrupt) else {"exit_code": EXIT_FAILED}
+                    write_status(run_dirs[i], "interrupted", **records[i], **fields, message=message)
+            raise
+        except Exception as error:
+            if _show_tracebacks and not isinstance(error, groups.Unstackable):
+                raise
+            why = str(error) if isinstance(error, groups.Unstackable) else (failure_of(error) or (0, f"{type(error).__name__}: {error}"))[1]
+            log.info("kdrun: jobs %s train one by one: %s", ", ".join(str(configs[i].hydra.job.num) for i in jobs), why)
+            continue
+        for i, models in zip(jobs, trained):
+            _trained_before[os.path.abspath(run_dirs[i])] = (data, models)
+
+
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: str) -> "RunResult":
     """Run one experiment into ``run_dir``, its status.json saying how it went, or continue it
     from its checkpoints. Raises what stopped it (after recording it), ``failure_of`` telling a
@@ -193,7 +244,10 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
     trackers); ``again``: how to continue the run if it stops ("run the same command again")."""
     digest = config_hash(cfg)
     record = {"config_hash": digest, "overrides": list(overrides)}
-    if _resumable(run_dir, digest):
+    data, trained = _trained_before.pop(os.path.abspath(run_dir), (None, None))
+    if trained is not None:  # its models trained with other jobs of the sweep, just now
+        remove_results(run_dir, metrics=True)
+    elif _resumable(run_dir, digest):
         remove_results(run_dir)
         log.info("kdrun: continuing the unfinished run in %s from its checkpoints", run_dir)
     else:
@@ -206,7 +260,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
         from kdrun.experiment import run_experiment
 
         tags = {"overrides": " ".join(overrides), "seed": str(cfg.trainer.seed)}
-        result = run_experiment(cfg, run_dir, tags=tags)
+        result = run_experiment(cfg, run_dir, tags=tags, trained=trained, data=data)
     except (KeyboardInterrupt, SystemExit) as interruption:  # SystemExit: a scheduler's handler (submitit) ends the job
         with _signals_held():
             remove_results(run_dir)
@@ -247,10 +301,9 @@ def train_task(cfg: DictConfig) -> float:
     again = f"run the same command again with hydra.sweep.dir={hydra_cfg.sweep.dir}" if sweep else (
         "run the same command again" if run_dir != _created_run_dir else f"run the same command again with hydra.run.dir={run_dir}"
     )  # fmt: skip
-    previous = read_status(run_dir) if sweep else None
-    if previous and previous.get("status") == "completed" and previous.get("config_hash") == config_hash(cfg) and (run_dir / "summary.csv").is_file():
+    if sweep and completed_earlier(cfg, run_dir):
         log.info("job %s completed in an earlier run of this sweep; skipped (%s)", hydra_cfg.job.num, run_dir)
-        return float(previous.get("objective", math.nan))
+        return float((read_status(run_dir) or {}).get("objective", math.nan))
     with _sigterm_interrupts():
         try:
             return _run_job(cfg, run_dir, overrides, again).objective

@@ -71,6 +71,25 @@ def _load_entry(path: Path, device: torch.device) -> Optional[dict]:
         return None
 
 
+def lookup(kind: str, key_parts: dict[str, Any], model: torch.nn.Module, directory: Optional[Path]) -> Optional[list[dict]]:
+    """Fill ``model`` from the cache entry of this key and return its metrics rows, or None when
+    there is none (or the cache is off: ``directory=None``)."""
+    if directory is None:
+        return None
+    path = _entry_path(kind, key_parts, directory)
+    entry = _load_entry(path, next(model.parameters()).device) if path.exists() else None
+    if entry is None:
+        return None
+    model.load_state_dict(entry["state_dict"])
+    return entry["history"]
+
+
+def store(kind: str, key_parts: dict[str, Any], model: torch.nn.Module, history: list[dict], directory: Optional[Path]) -> None:
+    """Save a trained model and its rows as the entry of this key (nothing if the cache is off)."""
+    if directory is not None:
+        save_atomic({"state_dict": model.state_dict(), "history": history, "key_parts": key_parts}, _entry_path(kind, key_parts, directory))
+
+
 def load_or_train(
     kind: str,
     key_parts: dict[str, Any],
@@ -83,15 +102,12 @@ def load_or_train(
     With ``directory=None`` the cache is off and ``train()`` always runs."""
     if directory is None:
         return train(), "trained"
-    path = _entry_path(kind, key_parts, directory)
-    device = next(model.parameters()).device
-    with _locked(path.with_suffix(".lock")):
-        entry = _load_entry(path, device) if path.exists() else None
-        if entry is not None:
-            model.load_state_dict(entry["state_dict"])
-            return entry["history"], "cached"
+    with _locked(_entry_path(kind, key_parts, directory).with_suffix(".lock")):
+        history = lookup(kind, key_parts, model, directory)
+        if history is not None:
+            return history, "cached"
         history = train()
-        save_atomic({"state_dict": model.state_dict(), "history": history, "key_parts": key_parts}, path)
+        store(kind, key_parts, model, history, directory)
         return history, "trained"
 
 

@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from omegaconf import DictConfig
@@ -82,19 +82,49 @@ class _Run:
     cache_dir: Optional[Path]
     trackers: Trackers
     augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None  # of training batches
+    trained: dict[str, TrainedModel] = field(default_factory=dict)  # models trained before the run
     source: dict[str, str] = field(default_factory=dict)  # trained, cached or not_trained
     seconds: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[dict]] = field(default_factory=dict)  # each model's metrics rows
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = None, tags: Optional[dict[str, str]] = None) -> RunResult:
-    """Train and evaluate the three models of ``cfg`` (the composed config); write the run
-    directory's metrics.csv, summary.csv, models and figures, and tell the trackers (tagged
-    with ``tags``: the overrides, the seed)."""
-    console = console or make_console()
+@dataclass
+class TrainedModel:
+    """A model its job does not train itself: trained with other jobs' models before the job ran
+    (kdrun.groups), or found in the cache then. ``error``: what stopped its training, raised when
+    its job reaches it, after its rows."""
+
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict]
+    source: str  # trained or cached
+    seconds: float
+    error: Optional[Exception] = None
+
+
+@dataclass
+class Prepared:
+    """What a run builds before any training: data on the device, the loss, the models."""
+
+    cfg: DictConfig
+    device: torch.device
+    data: DataSplits
+    loss: Any
+    teacher: nn.Module  # initialised with trainer.seed, or loaded from model.teacher.checkpoint
+    student: nn.Module  # the students' initial weights (seed + 1): the distilled student's
+    baseline: nn.Module  # a copy, for the baseline
+    teacher_rng: torch.Tensor  # torch's random state the teacher's training starts from (its dropout masks)
+    threads: int
+    augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]]
+    cache_key: dict[str, Any]  # what every cached model's key shares
+    cache_dir: Optional[Path]
+
+
+def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:
+    """Load the data (unless given, on the device), build the loss and the models, check what
+    can be checked before training, and set torch's thread count."""
     device = resolve_device(cfg.trainer.device)
     seed = cfg.trainer.seed
-    data = load_data(cfg.dataset)
+    data = data if data is not None else load_data(cfg.dataset)
     with torch.random.fork_rng(devices=[]):  # a loss's own random draws never shift the models'
         torch.manual_seed(seed + 3)
         loss = instantiate(cfg.loss, "loss")
@@ -103,8 +133,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
             f"dataset.transfer_labels=false leaves the students no labels, and loss ({cfg.loss._target_}) needs them: "
             "use a loss that learns from the teacher alone (loss=kd, reverse_kl, js or fitnet with loss.alpha=1, or loss=mse_logits)"
         )
-    trackers = Trackers({name: _build_tracker(node, f"logger.{name}") for name, node in cfg.logger.items()})
     teacher, initial_student = _build_models(cfg, data, seed)
+    teacher_rng = torch.get_rng_state()
     teacher_file = cfg.model.teacher.get("checkpoint")
     if teacher_file:  # a teacher trained elsewhere: its weights, and no training
         recorded = load_weights(teacher, teacher_file, "model.teacher.checkpoint")
@@ -119,29 +149,39 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
     threads = choose_threads(cfg.trainer.threads, count_parameters(teacher))
     torch.set_num_threads(threads)
     data = data.to(device)
-    teacher, distilled = teacher.to(device), initial_student.to(device)
-    baseline = copy.deepcopy(distilled)
+    teacher, student = teacher.to(device), initial_student.to(device)
+    baseline = copy.deepcopy(student)
     if hasattr(loss, "setup"):  # a loss's layers and shapes are checked before any training
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + 4)
-            loss.setup(distilled, teacher, data.prepare(data.train.x[: cfg.trainer.batch_size]))
+            loss.setup(student, teacher, data.prepare(data.train.x[: cfg.trainer.batch_size]))
+    trainer = cfg.trainer
+    cache_key = {
+        "trainer": {k: to_plain(trainer[k]) for k in CACHED_TRAINER_KEYS},
+        "augment": bool(cfg.dataset.augment),
+        "device": device.type,
+        "threads": threads,
+    }
+    return Prepared(cfg, device, data, loss, teacher, student, baseline, teacher_rng, threads, augment, cache_key, model_cache_dir(cfg))
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = None, tags: Optional[dict[str, str]] = None,
+                   trained: Optional[dict[str, TrainedModel]] = None, data: Optional[DataSplits] = None) -> RunResult:  # fmt: skip
+    """Train and evaluate the three models of ``cfg`` (the composed config); write the run
+    directory's metrics.csv, summary.csv, models and figures, and tell the trackers (tagged
+    with ``tags``: the overrides, the seed). ``trained``: models trained before, by name, which
+    the run takes instead of training them; ``data``: the loaded data, if it is at hand."""
+    console = console or make_console()
+    trackers = Trackers({name: _build_tracker(node, f"logger.{name}") for name, node in cfg.logger.items()})
+    setup = prepare(cfg, data)
+    data, loss, teacher, distilled, baseline = setup.data, setup.loss, setup.teacher, setup.student, setup.baseline
     log.info(
         "kdrun: dataset %s (train %d, transfer %d, val %d, test %d, %d classes), device %s, %d thread(s) -> %s",
-        data.name, len(data.train), len(data.transfer_index), len(data.val), len(data.test), data.num_classes, device, threads, run_dir,
+        data.name, len(data.train), len(data.transfer_index), len(data.val), len(data.test), data.num_classes, setup.device, setup.threads, run_dir,
     )  # fmt: skip
     trainer = cfg.trainer
-    run = _Run(
-        cfg, data, run_dir, console, MetricsLog(run_dir / METRICS_FILE),
-        cache_key={
-            "trainer": {k: to_plain(trainer[k]) for k in CACHED_TRAINER_KEYS},
-            "augment": bool(cfg.dataset.augment),
-            "device": device.type,
-            "threads": threads,
-        },
-        cache_dir=model_cache_dir(cfg),
-        trackers=trackers,
-        augment=augment,
-    )  # fmt: skip
+    run = _Run(cfg, data, run_dir, console, MetricsLog(run_dir / METRICS_FILE), setup.cache_key, setup.cache_dir, trackers, setup.augment,
+               trained=dict(trained or {}))  # fmt: skip
 
     trackers.start(TrackedRun(run_dir, flatten(to_plain(cfg)), tags or {}))
     status = "failed"
@@ -238,7 +278,7 @@ def _build_models(cfg: DictConfig, data: DataSplits, seed: int) -> tuple[nn.Modu
     return teacher, student
 
 
-def _model_key(run: _Run, role: str, model: nn.Module, epochs: int, include_transfer: bool) -> dict[str, Any]:
+def model_key(run: Union[_Run, Prepared], role: str, model: nn.Module, epochs: int, include_transfer: bool) -> dict[str, Any]:
     """Everything that determines a cached model's trained weights. The teacher's key leaves the
     transfer set out: it trains on the whole training split whatever the transfer set is."""
     return {
@@ -253,18 +293,25 @@ def _model_key(run: _Run, role: str, model: nn.Module, epochs: int, include_tran
 # --------------------------------------------------------------------------- training
 
 
+def fit_settings(cfg: DictConfig, epochs: int, batch_seed: int) -> FitSettings:
+    """The trainer's settings, as ``fit`` takes them."""
+    trainer = cfg.trainer
+    return FitSettings(
+        epochs, trainer.batch_size, trainer.optimizer, trainer.lr, trainer.weight_decay, batch_seed, trainer.report,
+        trainer.momentum, trainer.nesterov, trainer.scheduler, list(trainer.milestones), trainer.gamma, trainer.warmup_epochs,
+        str(trainer.precision), trainer.compile,
+    )  # fmt: skip
+
+
 def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, batch_seed: int,
            distillation: Optional[Distillation] = None, cache_kind: Optional[str] = None,
            cache_key: Optional[dict] = None) -> None:  # fmt: skip
     """Train one model (or fill it from the cache), its rows going to metrics.csv and the screen."""
     trainer = run.cfg.trainer
-    settings = FitSettings(
-        epochs, trainer.batch_size, trainer.optimizer, trainer.lr, trainer.weight_decay, batch_seed, trainer.report,
-        trainer.momentum, trainer.nesterov, trainer.scheduler, list(trainer.milestones), trainer.gamma, trainer.warmup_epochs,
-        str(trainer.precision), trainer.compile,
-    )  # fmt: skip
+    settings = fit_settings(run.cfg, epochs, batch_seed)
     checkpoint = Checkpoint(run.run_dir / CHECKPOINTS_DIR / f"{name}.pt", trainer.checkpoint_every, TITLES[name])
     started = time.perf_counter()
+    given = run.trained.get(name)
     with Progress(run.console, name, epochs) as progress:
         def on_epoch(row: dict) -> None:
             run.metrics.append([row])
@@ -274,7 +321,14 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
         def train() -> list[dict]:
             return fit(model, split, run.data.val, settings, name, distillation, on_epoch, checkpoint, run.data.prepare, run.augment)
 
-        if cache_kind is None:
+        if given is not None:  # trained with other jobs' models (kdrun.groups)
+            for row in given.history:
+                on_epoch(row)
+            if given.error is not None:
+                raise given.error
+            model.load_state_dict(given.state_dict)
+            origin, rows = given.source, given.history
+        elif cache_kind is None:
             origin, rows = "trained", train()
         else:
             rows, origin = load_or_train(cache_kind, cache_key, model, train, run.cache_dir)
@@ -284,7 +338,7 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
                 log.info("%-9s reused from the cache (%s)", name, run.cache_dir)
     run.source[name] = origin
     run.history[name] = rows
-    run.seconds[name] = time.perf_counter() - started
+    run.seconds[name] = given.seconds if given is not None else time.perf_counter() - started
 
 
 def _train_teacher(run: _Run, teacher: nn.Module) -> None:
@@ -294,7 +348,7 @@ def _train_teacher(run: _Run, teacher: nn.Module) -> None:
         log.info("teacher   loaded from %s (sha256 %s); not trained", teacher_file, file_digest(Path(teacher_file).expanduser())[:16])
         return
     epochs = phase_epochs(run.cfg, "teacher")
-    key = _model_key(run, "teacher", teacher, epochs, include_transfer=False)
+    key = model_key(run, "teacher", teacher, epochs, include_transfer=False)
     _train(run, "teacher", teacher, run.data.train, epochs, run.cfg.trainer.seed, cache_kind="teacher", cache_key=key)
 
 
@@ -311,7 +365,7 @@ def _train_students(run: _Run, teacher: nn.Module, distilled: nn.Module, baselin
         log.info("baseline  not trained: dataset.transfer_labels=false leaves it no labels to learn from")
         return
     torch.manual_seed(seed + 2)
-    key = _model_key(run, "student", baseline, epochs, include_transfer=True)
+    key = model_key(run, "student", baseline, epochs, include_transfer=True)
     _train(run, "baseline", baseline, transfer, epochs, seed + 1, cache_kind="baseline", cache_key=key)
 
 

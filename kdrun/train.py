@@ -120,7 +120,7 @@ def evaluate(model: nn.Module, split: Split, prepare: Callable[[torch.Tensor], t
 # --------------------------------------------------------------------------- the loss's side
 
 
-def _row_columns(targets: Any) -> tuple[list[torch.Tensor], Callable[[Sequence[torch.Tensor]], Any]]:
+def row_columns(targets: Any) -> tuple[list[torch.Tensor], Callable[[Sequence[torch.Tensor]], Any]]:
     """The row-aligned tensors of a loss's teacher targets (a tensor, or a tuple of tensors and
     Nones), and the function that puts a batch's rows of them back into the same structure."""
     if isinstance(targets, torch.Tensor):
@@ -155,7 +155,7 @@ def _features(model: nn.Module, names: Sequence[str], role: str) -> Iterator[dic
             hook.remove()
 
 
-def _loss_and_parts(result: Any, parts: Optional[list[str]]) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
+def loss_and_parts(result: Any, parts: Optional[list[str]]) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
     """A loss's result (a scalar tensor, or a dict with "loss" and other named scalars) as
     (loss, the other values, their names). ``parts``: the names the first batch returned."""
     if isinstance(result, torch.Tensor):
@@ -224,7 +224,7 @@ def fit(
         targets_of = getattr(loss_fn, "teacher_targets", lambda logits: logits)
         teacher_per_batch = bool(teacher_names) or augment is not None
         if not teacher_per_batch:  # the teacher's inputs are the same every epoch: its targets once
-            target_columns, rebuild = _row_columns(targets_of(predict(teacher, train.x, prepare)))
+            target_columns, rebuild = row_columns(targets_of(predict(teacher, train.x, prepare)))
             columns += target_columns
         if isinstance(loss_fn, nn.Module):
             loss_fn.to(device)
@@ -289,7 +289,7 @@ def fit(
                 if channels_last:  # before prepare: uint8 rows are a quarter of the bytes to move
                     x = x.contiguous(memory_format=torch.channels_last)
                 x = prepare(x)
-                with _autocast(device, settings.precision):
+                with autocast(device, settings.precision):
                     logits = forward(x)
                     if loss_fn is None:
                         loss = F.cross_entropy(logits, labels)
@@ -301,7 +301,7 @@ def fit(
                         else:
                             teacher_in = rebuild(batch[2:])
                         result = loss_fn(logits, teacher_in, labels if use_labels else None, **feature_kwargs)
-                        loss, values, parts = _loss_and_parts(result, parts)
+                        loss, values, parts = loss_and_parts(result, parts)
                         recorded.append(loss.detach())
                         recorded += [value.detach() for value in values]
                 outputs.append(logits.detach())
@@ -342,7 +342,7 @@ def fit(
             if settings.report == "best_val" and (best is None or row["val_acc"] > best["val_acc"]) and not math.isnan(row["val_acc"]):
                 best = {"epoch": epoch, "val_acc": row["val_acc"], "weights": _copy(model.state_dict())}
             if checkpoint is not None and checkpoint.due(epoch, settings.epochs):
-                checkpoint.save(_state(epoch, settings.epochs, model, optimizer, loss_fn, generator, draws, scaler, device, history, best))
+                checkpoint.save(training_state(epoch, settings.epochs, model, optimizer, loss_fn, generator, draws, scaler, device, history, best))
     if best is not None:
         model.load_state_dict(best["weights"])
     return history
@@ -363,7 +363,7 @@ def _grad_scaler(device: torch.device) -> Any:
     return torch.cuda.amp.GradScaler()
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass and the loss: bf16 (CPU and CUDA) or float16."""
     if precision == "32":
         return contextlib.nullcontext()
@@ -377,7 +377,7 @@ def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in state.items()}
 
 
-def _state(epoch: int, epochs: int, model: nn.Module, optimizer: Any, loss_fn: Any, generator: torch.Generator,
+def training_state(epoch: int, epochs: int, model: nn.Module, optimizer: Any, loss_fn: Any, generator: torch.Generator,
            draws: Optional[torch.Generator], scaler: Any, device: torch.device, history: list[dict],
            best: Optional[dict]) -> dict[str, Any]:  # fmt: skip
     """Everything the next epoch depends on, for ``Checkpoint.save``."""

@@ -261,7 +261,8 @@ def test_reported_epoch():
 
 def test_a_rerun_sweep_continues_its_unfinished_job_from_its_checkpoints(tmp_path):
     sweep = tmp_path / "sweep"
-    command = ("train", "-m", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}", "loss.alpha=0.5,0.9", *LONG)
+    # one job after the other (a stacked sweep's resumption: test_stacking.py)
+    command = ("train", "-m", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}", "hydra.launcher.stack=false", "loss.alpha=0.5,0.9", *LONG)
     with killed_if_left(start_kdrun(*command, cwd=tmp_path)) as proc:
         _wait_for_rows(proc, sweep / "job1" / "metrics.csv", "distilled", 30)
         proc.kill()  # the whole sweep, mid-job

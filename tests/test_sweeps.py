@@ -133,7 +133,8 @@ def test_optuna_search_maximises_val_accuracy(tmp_path: Path) -> None:
 
 def test_kdruns_launcher_composes_each_job_once_and_all_before_the_first(tmp_path: Path, monkeypatch) -> None:
     """Hydra's basic sweeper composes every job's config to check it, then its launcher composes
-    it again; kdrun's launcher composes each once, all before the first job runs."""
+    it again; kdrun's launcher composes the first job's, derives the others' that differ only in
+    plain values, all before the first job runs, and they are what Hydra composes."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     from kdrun import app
@@ -149,10 +150,15 @@ def test_kdruns_launcher_composes_each_job_once_and_all_before_the_first(tmp_pat
     monkeypatch.chdir(tmp_path)
     common = ["-m", *TINY, f"cache.dir={tmp_path}/cache"]
     assert app.main([*common, f"hydra.sweep.dir={tmp_path}/sweep", "loss.alpha=0.1,0.5,0.9"]) == 0
-    assert len(composed) == 3 and len(job_dirs(tmp_path / "sweep")) == 3
+    assert len(composed) == 1 and len(job_dirs(tmp_path / "sweep")) == 3
     for job, alpha in zip(job_dirs(tmp_path / "sweep"), (0.1, 0.5, 0.9)):
         assert yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["loss"]["alpha"] == alpha
-        assert yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["num"] == int(job.name.split("_")[0])
+        hydra_node = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert hydra_node["job"]["num"] == int(job.name.split("_")[0]) and f"loss.alpha={alpha}" in hydra_node["overrides"]["task"]
+        assert job.name.endswith(hydra_node["job"]["override_dirname"]) and f"loss.alpha={alpha}" in job.name
+    derived = yaml.safe_load((job_dirs(tmp_path / "sweep")[2] / ".hydra" / "config.yaml").read_text())
+    assert app.main([*common, f"hydra.sweep.dir={tmp_path}/one", "loss.alpha=0.9"]) == 0  # a sweep of one: Hydra composes it
+    assert yaml.safe_load((job_dirs(tmp_path / "one")[0] / ".hydra" / "config.yaml").read_text()) == derived
     # A job whose config cannot be composed stops the sweep before any job runs.
     assert app.main([*common, f"hydra.sweep.dir={tmp_path}/bad", "model/student=mlp,nope"]) == 2
     assert not (tmp_path / "bad").exists() or not job_dirs(tmp_path / "bad")

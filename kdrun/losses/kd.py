@@ -14,7 +14,7 @@ uses the opposite convention), and learn without labels when ``alpha = 1``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,33 @@ class KDLoss(_AlphaLoss):
         targets = teacher if isinstance(teacher, SoftTargets) else self.teacher_targets(teacher)
         softened = standardize_logits(student_logits) if self.standardize else student_logits
         return _combined(soft_target_loss(softened, targets, self.temperature), "soft_loss", student_logits, labels, self.alpha)
+
+    @staticmethod
+    def stacked(losses: Sequence["KDLoss"]) -> Optional[Callable[..., dict[str, torch.Tensor]]]:
+        """The losses of K students at once, for a stacked sweep (kdrun.stacking): called with
+        logits ``[K, B, classes]``, their targets stacked (``SoftTargets`` of ``[K, B, classes]``)
+        and labels ``[K, B]`` (or None), it returns ``forward``'s dict with ``[K]`` tensors, each
+        student's value computed as ``forward`` computes it alone, up to rounding."""
+        if len({loss.standardize for loss in losses}) > 1:
+            return None
+        standardize = losses[0].standardize
+        settings = torch.tensor([[loss.temperature, loss.alpha] for loss in losses], dtype=torch.float64)
+
+        def forward(student_logits: torch.Tensor, targets: SoftTargets, labels: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+            weights, log_p = targets.weights, targets.log_probs
+            dtype = torch.promote_types(weights.dtype, student_logits.dtype)
+            temperature, alpha = settings.to(student_logits.device, dtype).unbind(1)
+            softened = (standardize_logits(student_logits) if standardize else student_logits).to(dtype)
+            log_q = F.log_softmax(softened / temperature.view(-1, 1, 1), dim=-1)
+            if targets.support is not None:
+                log_q = torch.where(targets.support, log_q, 0.0)
+            soft = (weights.to(dtype) * (log_p.to(dtype) - log_q)).mean(dim=(1, 2))
+            if labels is None:  # learning without labels: alpha is 1
+                return {"loss": soft, "soft_loss": soft}
+            hard = F.cross_entropy(student_logits.to(dtype).transpose(1, 2), labels.long(), reduction="none").mean(dim=1)
+            return {"loss": alpha * soft + (1 - alpha) * hard, "soft_loss": soft, "hard_loss": hard}
+
+        return forward
 
 
 class ReverseKLLoss(_AlphaLoss):

@@ -1,0 +1,237 @@
+"""The jobs of a sweep that train together (kdrun's launcher: ``kdrun train -m``).
+
+Jobs whose settings differ only in the loss's own settings (alpha, temperature, beta, ...) and in
+``trainer.seed`` share the data and the architectures; jobs of one seed share the teacher, the
+students' initial weights, the batches and the baseline too. ``train_group`` trains such a group
+before its jobs run: the data loaded once, each seed's teacher once (teachers of several seeds
+stacked, kdrun.stacking), and every job's distilled student with each seed's baseline in stacks
+of one pass over the data per step. Each job then takes its models (``TrainedModel``) and writes
+its run directory as if it had trained alone.
+
+What does not stack (``plan`` and ``train_group`` say why, and those jobs run one by one):
+students other than Linear/activation/dropout networks (CNNs, batch norm), losses with trainable
+parameters or that read features (fitnet, at), augmentation (the teacher runs per batch),
+``trainer.compile`` and float16 (one student's overflow would skip every student's step).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from kdrun import cache
+from kdrun.checkpoints import Checkpoint
+from kdrun.config import digest, phase_epochs, to_plain
+from kdrun.data import DataSplits, load_data
+from kdrun.errors import NonFiniteLossError
+from kdrun.experiment import TITLES, Prepared, TrainedModel, fit_settings, model_key, prepare
+from kdrun.models import count_parameters
+from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MetricsLog
+from kdrun.stacking import Member, fit_stacked, stack_reason
+from kdrun.train import fit, predict
+
+log = logging.getLogger("kdrun")
+
+
+class Unstackable(Exception):
+    """Why a group's jobs cannot train together; they run one by one."""
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Equal for jobs that may train together: their settings but the loss's own and the seed."""
+    plain = to_plain(cfg)
+    plain["loss"] = {"_target_": plain["loss"].get("_target_")}
+    plain["trainer"] = {key: value for key, value in plain["trainer"].items() if key != "seed"}
+    for key in ("logger", "plots"):  # what a job writes, not how it trains
+        plain.pop(key, None)
+    return digest(plain)
+
+
+def config_reason(cfg: DictConfig) -> Optional[str]:
+    """Why a job's settings keep it from training with others, or None."""
+    if cfg.dataset.get("augment", False):
+        return "dataset.augment=true (the teacher runs on every augmented batch)"
+    if cfg.trainer.compile:
+        return "trainer.compile=true"
+    if str(cfg.trainer.precision) == "16":
+        return "trainer.precision=16 (one student's overflow would skip every student's step)"
+    return None
+
+
+def plan(cfgs: Sequence[DictConfig]) -> tuple[list[list[int]], dict[int, str]]:
+    """The groups (indices into ``cfgs``, two jobs or more) that train together, and why each
+    other job runs alone."""
+    by_key: dict[str, list[int]] = {}
+    alone: dict[int, str] = {}
+    for index, cfg in enumerate(cfgs):
+        reason = config_reason(cfg)
+        if reason is None:
+            by_key.setdefault(group_key(cfg), []).append(index)
+        else:
+            alone[index] = reason
+    groups = []
+    for indices in by_key.values():
+        if len(indices) > 1:
+            groups.append(indices)
+        else:
+            alone[indices[0]] = "no other job of the sweep differs from it only in the loss's settings or the seed"
+    return groups, alone
+
+
+def _loss_reason(loss: Any) -> Optional[str]:
+    if getattr(loss, "student_features", ()) or getattr(loss, "teacher_features", ()):
+        return f"loss {type(loss).__name__} reads the models' features"
+    if isinstance(loss, torch.nn.Module) and any(p.requires_grad for p in loss.parameters()):
+        return f"loss {type(loss).__name__} has trainable parameters"
+    return None
+
+
+def _member_bytes(model: torch.nn.Module, batch_size: int, data: DataSplits) -> int:
+    """About what one stacked student needs: weights, gradients, two optimiser moments and a
+    copy; a step's activations; its teacher targets and an epoch's logits."""
+    params = count_parameters(model)
+    widths = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    rows = len(data.transfer_index) + len(data.val)
+    return 4 * (5 * params + 4 * batch_size * widths + 4 * rows * data.num_classes)
+
+
+def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> tuple[DataSplits, list[dict[str, TrainedModel]]]:
+    """Train the models of a group of jobs (``plan``) together; return the data and, per job,
+    its models by name. Raises ``Unstackable`` if they cannot train together."""
+    first = cfgs[0]
+    data = load_data(first.dataset)
+    setups = [prepare(cfg, data) for cfg in cfgs]
+    for setup in setups:
+        reason = stack_reason(setup.student) or _loss_reason(setup.loss)
+        if reason is not None:
+            raise Unstackable(reason if "loss" in reason else f"model.student: {reason}")
+    by_seed: dict[int, Prepared] = {}
+    for cfg, setup in zip(cfgs, setups):
+        by_seed.setdefault(int(cfg.trainer.seed), setup)
+    shared = setups[0].data  # on the device
+    # Each job's metrics.csv grows epoch by epoch meanwhile, as when it trains alone; the job
+    # writes it again, in its usual order, when it runs.
+    logs = [MetricsLog(run_dir / METRICS_FILE) for run_dir in run_dirs]
+    of_seed = {seed: [log for cfg, log in zip(cfgs, logs) if int(cfg.trainer.seed) == seed] for seed in by_seed}
+    teachers = _teachers(first, by_seed, shared, of_seed)
+    students = _students(cfgs, run_dirs, setups, by_seed, teachers, shared, memory_mb, logs, of_seed)
+    return shared, [{**({"teacher": teachers[int(cfg.trainer.seed)]} if teachers else {}), **models} for cfg, models in zip(cfgs, students)]
+
+
+def _writer(logs: Sequence[MetricsLog]) -> Callable[[dict], None]:
+    return lambda row: [log.append([row]) for log in logs]
+
+
+def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, of_seed: dict[int, list[MetricsLog]]) -> dict[int, TrainedModel]:
+    """Each seed's trained teacher, from the cache or trained (stacked where there are several);
+    none when the teacher comes from model.teacher.checkpoint (each job loads that file)."""
+    if cfg.model.teacher.get("checkpoint"):
+        return {}
+    epochs = phase_epochs(cfg, "teacher")
+    found, todo = {}, []
+    for seed, setup in by_seed.items():
+        key = model_key(setup, "teacher", setup.teacher, epochs, include_transfer=False)
+        rows = cache.lookup("teacher", key, setup.teacher, setup.cache_dir)
+        if rows is not None:
+            found[seed] = TrainedModel(_copy(setup.teacher), rows, "cached", 0.0)
+            for row in rows:
+                _writer(of_seed[seed])(row)
+        else:
+            todo.append((seed, setup, key))
+    if len(todo) > 1 and stack_reason(todo[0][1].teacher) is None:
+        log.info("kdrun: training the teachers of seeds %s together", ", ".join(str(seed) for seed, _, _ in todo))
+        members = [Member("teacher", setup.teacher, seed, setup.teacher_rng, on_epoch=_writer(of_seed[seed])) for seed, setup, _ in todo]
+        fit_stacked(members, data.train, data.val, fit_settings(cfg, epochs, 0), data.prepare)
+        trained = [(m.history, m.error, m.seconds) for m in members]
+    else:
+        trained = []
+        for seed, setup, _ in todo:
+            started = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(setup.teacher_rng)
+                try:
+                    settings = fit_settings(cfg, epochs, seed)
+                    rows, error = fit(setup.teacher, data.train, data.val, settings, "teacher", on_epoch=_writer(of_seed[seed]), prepare=data.prepare), None
+                except NonFiniteLossError as stopped:
+                    rows, error = [], stopped
+            trained.append((rows, error, time.perf_counter() - started))
+    for (seed, setup, key), (rows, error, seconds) in zip(todo, trained):
+        if error is None:
+            cache.store("teacher", key, setup.teacher, rows, setup.cache_dir)
+        found[seed] = TrainedModel(_copy(setup.teacher), rows, "trained", seconds, error)
+    return found
+
+
+def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], setups: Sequence[Prepared], by_seed: dict[int, Prepared],
+              teachers: dict[int, TrainedModel], data: DataSplits, memory_mb: float, logs: Sequence[MetricsLog],
+              of_seed: dict[int, list[MetricsLog]]) -> list[dict[str, TrainedModel]]:  # fmt: skip
+    """Every job's distilled student and each seed's baseline (unless cached), trained in stacks
+    that fit ``memory_mb``; per job, its distilled student and its seed's baseline."""
+    first = cfgs[0]
+    epochs = phase_epochs(first, "student")
+    with_labels = bool(first.dataset.transfer_labels)
+    transfer = data.transfer
+    logits = {}
+    for seed, setup in by_seed.items():
+        if seed in teachers and teachers[seed].error is not None:
+            continue  # its jobs fail with the teacher's error
+        logits[seed] = predict(setup.teacher, transfer.x, data.prepare)
+    members: list[Member] = []
+    owner: list[Any] = []  # per member: the job index (distilled) or ("baseline", seed)
+    for index, (cfg, run_dir, setup) in enumerate(zip(cfgs, run_dirs, setups)):
+        seed = int(cfg.trainer.seed)
+        if seed not in logits:
+            continue
+        targets = getattr(setup.loss, "teacher_targets", lambda z: z)(logits[seed])
+        checkpoint = Checkpoint(run_dir / CHECKPOINTS_DIR / "distilled.pt", cfg.trainer.checkpoint_every, TITLES["distilled"])
+        members.append(Member("distilled", setup.student, seed + 1, _seeded_state(seed + 2), setup.loss, targets, with_labels, checkpoint, _writer([logs[index]])))
+        owner.append(index)
+    baselines: dict[int, TrainedModel] = {}
+    keys = {}
+    for seed, setup in by_seed.items():
+        if not with_labels or seed not in logits:
+            continue
+        keys[seed] = model_key(setup, "student", setup.baseline, epochs, include_transfer=True)
+        rows = cache.lookup("baseline", keys[seed], setup.baseline, setup.cache_dir)
+        if rows is not None:
+            baselines[seed] = TrainedModel(_copy(setup.baseline), rows, "cached", 0.0)
+        else:
+            members.append(Member("baseline", setup.baseline, seed + 1, _seeded_state(seed + 2), on_epoch=_writer(of_seed[seed])))
+            owner.append(("baseline", seed))
+    per_chunk = max(1, int(memory_mb * 2**20 // _member_bytes(setups[0].student, first.trainer.batch_size, data)))
+    chunks = [list(range(start, min(start + per_chunk, len(members)))) for start in range(0, len(members), per_chunk)]
+    log.info(
+        "kdrun: training %d students together (%d distilled, %d baseline)%s", len(members), sum(isinstance(o, int) for o in owner),
+        sum(not isinstance(o, int) for o in owner), f" in {len(chunks)} stacks of at most {per_chunk} (hydra.launcher.stack_mb={memory_mb:g})" if len(chunks) > 1 else "",
+    )  # fmt: skip
+    for chunk in chunks:
+        fit_stacked([members[i] for i in chunk], transfer, data.val, fit_settings(first, epochs, 0), data.prepare)
+    results: list[dict[str, TrainedModel]] = [{} for _ in cfgs]
+    for member, who in zip(members, owner):
+        trained = TrainedModel(_copy(member.model), member.history, "trained", member.seconds, member.error)
+        if isinstance(who, int):
+            results[who]["distilled"] = trained
+        else:
+            seed = who[1]
+            baselines[seed] = trained
+            if member.error is None:
+                cache.store("baseline", keys[seed], member.model, member.history, by_seed[seed].cache_dir)
+    for index, cfg in enumerate(cfgs):
+        seed = int(cfg.trainer.seed)
+        if seed in baselines:
+            results[index]["baseline"] = baselines[seed]
+    return results
+
+
+def _seeded_state(seed: int) -> torch.Tensor:
+    """torch's CPU random state after ``torch.manual_seed(seed)``, leaving the current one alone."""
+    return torch.Generator().manual_seed(seed).get_state()
+
+
+def _copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

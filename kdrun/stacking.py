@@ -1,0 +1,399 @@
+"""Models of one architecture trained as one: the students (and teachers) of a sweep.
+
+A sweep over a loss's settings trains many students that share their architecture, initial
+weights and batches. ``fit_stacked`` trains K such models in one loop: their weights are stacked
+along a first dimension (``[K, out, in]``), so a step is one batched matrix product per layer for
+all of them (one plain product for the first layer when they read the same batch), one loss per
+model, one backward pass and one optimiser step over the stacked tensors. Adam and SGD act on each
+element alone, so each model's trajectory is the one it has trained alone, up to rounding.
+
+What each model keeps as its own, so that its results are those of its run alone:
+- its loss (``None``: cross-entropy, the baseline's and the teacher's);
+- its batch order (a generator seeded with its ``batch_seed``): models that share a seed read the
+  same batch, the others a batch each;
+- its dropout masks: each stream of batches has torch's random state of its own, set before the
+  step's masks are drawn, so the masks are the ones the model's run alone draws;
+- its teacher targets, rows, metrics rows, best epoch, and a NaN: a model whose loss stops being
+  finite is stopped (``Member.error``) while the others go on.
+
+Stackable: models built of Linear layers, element-wise activations, dropout and flattening
+(``kdrun.models.MLP``, or an ``nn.Sequential`` of those). ``stack_reason`` says why another
+model is not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdrun.checkpoints import Checkpoint
+from kdrun.data import Split
+from kdrun.errors import NonFiniteLossError
+from kdrun.models.mlp import MLP
+from kdrun.optim import FusedAdam, make_optimizer, set_learning_rate
+from kdrun.train import EVAL_BATCH, FitSettings, autocast, loss_and_parts, row_columns, training_state
+
+_ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: F.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid, nn.SiLU: F.silu, nn.Identity: lambda x: x,
+}  # fmt: skip
+
+
+def _layers(model: nn.Module) -> tuple[Optional[list[tuple]], str]:
+    """The model as a list of steps (("linear",), ("act", fn), ("dropout", p), ("flatten",)),
+    or None and why it is not one."""
+    if isinstance(model, MLP):
+        modules: list[nn.Module] = [nn.Flatten(), *model.network]
+    elif type(model) is nn.Sequential:
+        modules = list(model)
+    else:
+        return None, f"{type(model).__name__} is not a kdrun MLP or an nn.Sequential"
+    steps: list[tuple] = []
+    for module in modules:
+        kind = type(module)
+        if kind is nn.Linear:
+            steps.append(("linear",))
+        elif kind in _ACTIVATIONS:
+            steps.append(("act", _ACTIVATIONS[kind]))
+        elif kind is nn.GELU and module.approximate == "none":
+            steps.append(("act", F.gelu))
+        elif kind is nn.Dropout:
+            steps.append(("dropout", module.p))
+        elif kind is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
+            steps.append(("flatten",))
+        else:
+            return None, f"it has a {kind.__name__} layer; models of Linear layers, activations and dropout stack"
+    if len(list(model.buffers())):
+        return None, "it has buffers (running statistics)"
+    return steps, ""
+
+
+def stack_reason(model: nn.Module) -> Optional[str]:
+    """None if ``model`` can be trained stacked with others of its architecture; else why not."""
+    steps, why = _layers(model)
+    return None if steps is not None else why
+
+
+class StackedModels:
+    """K models of one architecture as stacked tensors, one per parameter: ``[K, *shape]``."""
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        steps, why = _layers(models[0])
+        if steps is None:
+            raise ValueError(f"cannot stack {type(models[0]).__name__}: {why}")
+        self.steps, self.k = steps, len(models)
+        self.names = [name for name, _ in models[0].named_parameters()]
+        self.params = [torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_() for name in self.names]
+
+    def forward(self, x: torch.Tensor, stream_of: Optional[torch.Tensor] = None,
+                masks: Optional[Callable[[int, int, float], torch.Tensor]] = None) -> torch.Tensor:  # fmt: skip
+        """Logits ``[K, B, classes]``. ``x``: one batch ``[B, ...]`` every model reads, or one per
+        stream ``[S, B, ...]``, ``stream_of[k]`` the stream of model k. ``masks(rows, width, p)``:
+        each stream's dropout mask ``[S, rows, width]`` (training); None in evaluation."""
+        h, per_model, weights = x, False, iter(self.params)
+        for kind, *rest in self.steps:
+            if kind == "flatten":
+                h = h.flatten(1) if stream_of is None and not per_model else h.flatten(2)
+            elif kind == "linear":
+                weight, bias = next(weights), next(weights)
+                if per_model:
+                    h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+                elif stream_of is None:  # one product for all models: [B, in] @ [in, K * out]
+                    h = F.linear(h, weight.reshape(-1, weight.shape[-1]), bias.reshape(-1)).view(len(h), self.k, -1).transpose(0, 1)
+                else:
+                    h = torch.baddbmm(bias.unsqueeze(1), h[stream_of], weight.transpose(1, 2))
+                per_model = True
+            elif kind == "act":
+                h = rest[0](h)
+            elif masks is not None:  # dropout, training
+                mask = masks(h.shape[-2], h.shape[-1], rest[0])
+                if per_model:
+                    h = h * (mask if stream_of is None else mask[stream_of])
+                else:
+                    h = h * (mask[0] if stream_of is None else mask)
+        return h
+
+    def predict(self, x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Every model's logits ``[K, N, classes]`` for rows ``x``, in chunks."""
+        with torch.no_grad():
+            return torch.cat([self.forward(prepare(x[i : i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)], dim=1)
+
+    def state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        return {name: p[k].detach().clone() for name, p in zip(self.names, self.params)}
+
+
+@dataclass
+class Member:
+    """One model of a stack and what it keeps as its own."""
+
+    name: str  # its metrics rows' model name: teacher, distilled, baseline
+    model: nn.Module  # its initial weights; it ends with its trained (or best_val) weights
+    batch_seed: int  # its batch order, as FitSettings.batch_seed
+    rng_state: torch.Tensor  # torch's CPU random state its dropout masks start from
+    loss: Optional[Callable[..., Any]] = None  # None: cross-entropy with the labels
+    targets: Any = None  # the loss's teacher targets for every row of the training split
+    use_labels: bool = True
+    checkpoint: Optional[Checkpoint] = None
+    on_epoch: Callable[[dict], None] = lambda row: None
+    history: list[dict] = field(default_factory=list)
+    error: Optional[Exception] = None  # what stopped it (a non-finite loss)
+    seconds: float = 0.0  # its share of the stack's training time
+
+
+class _Streams:
+    """The distinct batch streams of a stack: each a batch order and torch's random state for its
+    dropout masks, as the run of any of its models alone has them."""
+
+    def __init__(self, members: Sequence[Member], device: torch.device) -> None:
+        keys: dict[tuple, int] = {}
+        self.of_member = [keys.setdefault((m.batch_seed, m.rng_state.numpy().tobytes()), len(keys)) for m in members]
+        firsts = [members[self.of_member.index(s)] for s in range(len(keys))]
+        self.generators = [torch.Generator().manual_seed(m.batch_seed) for m in firsts]
+        self.rng = [{"cpu": m.rng_state.clone()} for m in firsts]
+        if device.type == "cuda":  # a stream's CUDA state starts as the device's, as alone
+            for state in self.rng:
+                state["cuda"] = torch.cuda.get_rng_state(device)
+        self.index = torch.tensor(self.of_member, device=device) if len(keys) > 1 else None
+        self.device = device
+
+    def masks(self, rows: int, width: int, p: float) -> torch.Tensor:
+        """Each stream's next dropout mask ``[S, rows, width]``: dropout of a tensor of ones, drawn
+        from the stream's random state as its model alone draws it."""
+        drawn = []
+        for state in self.rng:
+            self.enter(state)
+            drawn.append(F.dropout(torch.ones(rows, width, device=self.device), p, training=True))
+            self._keep(state)
+        return torch.stack(drawn)
+
+    def enter(self, state: dict[str, torch.Tensor]) -> None:
+        """Make ``state`` (a stream's, or one saved before) torch's random state."""
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def _keep(self, state: dict[str, torch.Tensor]) -> None:
+        """Record where torch's random state got to as the stream's."""
+        state["cpu"] = torch.get_rng_state()
+        if "cuda" in state:
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+
+
+class _Losses:
+    """The members' losses for a whole step: the cross-entropy members in one call, the members
+    whose loss class offers ``stacked`` (kdrun.losses.KDLoss) in one call per class and setting
+    of labels, the others one by one. Each group's values per batch: ``[members, 1 + parts]``."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        self.groups: list[dict[str, Any]] = []
+        batched: dict[tuple, list[int]] = {}
+        for i, m in enumerate(members):
+            if m.loss is None:
+                batched.setdefault(("ce",), []).append(i)
+            elif callable(getattr(type(m.loss), "stacked", None)):
+                batched.setdefault((type(m.loss), m.use_labels, _structure(m.targets)), []).append(i)
+            else:
+                self.groups.append(self._group([i], members, None))
+        for key, indices in batched.items():
+            losses = [members[i].loss for i in indices]
+            forward = _cross_entropy if key == ("ce",) else type(losses[0]).stacked(losses)
+            if forward is None:
+                self.groups += [self._group([i], members, None) for i in indices]
+            else:
+                self.groups.append(self._group(indices, members, forward))
+
+    @staticmethod
+    def _group(indices: list[int], members: Sequence[Member], forward: Optional[Callable]) -> dict[str, Any]:
+        first = members[indices[0]]
+        columns, rebuild = row_columns(first.targets) if first.loss is not None else ([], None)
+        if len(indices) > 1 and columns:
+            columns = [torch.stack(stacked) for stacked in zip(*(row_columns(members[i].targets)[0] for i in indices))]
+        return {"indices": indices, "forward": forward, "loss": first.loss, "use_labels": first.use_labels,
+                "columns": columns, "rebuild": rebuild, "parts": None}  # fmt: skip
+
+    def start_epoch(self, orders: Sequence[torch.Tensor], stream_of: Sequence[int], batch_size: int) -> None:
+        """Each group's targets in its members' orders of this epoch, split into batches."""
+        for group in self.groups:
+            indices = group["indices"]
+            if group["forward"] is None:
+                order = orders[stream_of[indices[0]]]
+                group["batches"] = [c.index_select(0, order).split(batch_size) for c in group["columns"]]
+            else:
+                member_orders = torch.stack([orders[stream_of[i]] for i in indices])  # [g, n]
+                group["batches"] = [_gather_rows(c, member_orders).split(batch_size, dim=1) for c in group["columns"]]
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, b: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The step's total loss and, per group, its members' values ``[g, 1 + parts]``."""
+        total, values = None, []
+        for group in self.groups:
+            indices, targets = group["indices"], [column[b] for column in group["batches"]]
+            y = labels[indices] if group["use_labels"] else None
+            if group["forward"] is None:
+                (i,) = indices
+                result = group["loss"](logits[i], group["rebuild"](targets), y[0] if y is not None else None)
+                loss, parts, group["parts"] = loss_and_parts(result, group["parts"])
+                row = torch.stack([loss, *parts]).unsqueeze(0)
+            else:
+                result = group["forward"](logits[indices], group["rebuild"](targets) if group["rebuild"] else None, y)
+                if group["parts"] is None:
+                    loss_and_parts({k: v[0] for k, v in result.items()}, None)  # the same checks as alone
+                    group["parts"] = [name for name in result if name != "loss"]
+                loss = result["loss"]
+                row = torch.stack([loss, *(result[name] for name in group["parts"])], dim=1)
+            total = loss.sum() if total is None else total + loss.sum()
+            values.append(row.detach())
+        return total, values
+
+
+def _structure(targets: Any) -> tuple:
+    """Which fields of a loss's targets are present: members stack only with equal structures."""
+    if targets is None or isinstance(targets, torch.Tensor):
+        return (targets is None,)
+    return tuple(value is None for value in targets)
+
+
+def _gather_rows(column: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
+    """``column[g]`` (``[g, n, ...]``) in ``orders[g]``'s order of rows, for each member g."""
+    index = orders.view(*orders.shape, *([1] * (column.dim() - 2))).expand(-1, -1, *column.shape[2:])
+    return column.gather(1, index)
+
+
+def _cross_entropy(logits: torch.Tensor, targets: Any, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"loss": F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=1)}
+
+
+def fit_stacked(members: Sequence[Member], train: Split, val: Split, settings: FitSettings,
+                prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:  # fmt: skip
+    """Train the members (one architecture, the same ``settings`` but their batch seeds) together
+    on ``train``, each as ``kdrun.train.fit`` trains it alone: its metrics rows in
+    ``member.history`` (and ``member.on_epoch``), its weights back in ``member.model``, a
+    non-finite loss in ``member.error``. Checkpoints are written in ``fit``'s format, so that an
+    interrupted member continues alone."""
+    device, k = train.x.device, len(members)
+    n, batch_size = len(train), settings.batch_size
+    stack, streams, losses = StackedModels([m.model for m in members]), _Streams(members, device), _Losses(members)
+    labels = train.y.long()
+    optimizer = make_optimizer(stack.params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum, settings.nesterov)
+    batch_sizes = torch.tensor([min(batch_size, n - start) for start in range(0, n, batch_size)], device=device)
+    best: list[Optional[dict]] = [None] * k
+    masks = streams.masks if any(step[0] == "dropout" for step in stack.steps) else None
+    saved_rng = torch.get_rng_state()
+    saved_cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    started_all = time.perf_counter()
+    try:
+        for epoch in range(1, settings.epochs + 1):
+            started = time.perf_counter()
+            set_learning_rate(optimizer, settings.learning_rate(epoch))
+            for m in members:
+                if hasattr(m.loss, "set_epoch"):
+                    m.loss.set_epoch(epoch, settings.epochs)
+            orders = [torch.randperm(n, generator=g).to(device) for g in streams.generators]
+            x_batches = [train.x.index_select(0, order).split(batch_size) for order in orders]
+            y_in_order = torch.stack([labels.index_select(0, order) for order in orders])  # [S, n]
+            y_members = y_in_order[streams.index] if streams.index is not None else y_in_order.expand(k, -1)
+            y_batches = y_members.split(batch_size, dim=1)
+            losses.start_epoch(orders, streams.of_member, batch_size)
+            recorded: list[list[torch.Tensor]] = []  # per batch: each group's values
+            outputs = []
+            for b in range(len(batch_sizes)):
+                x = prepare(x_batches[0][b] if streams.index is None else torch.stack([batches[b] for batches in x_batches]))
+                with autocast(device, settings.precision):
+                    logits = stack.forward(x, streams.index, masks)
+                    total, values = losses(logits, y_batches[b], b)
+                recorded.append(values)
+                outputs.append(logits.detach())
+                optimizer.zero_grad()
+                total.backward()
+                optimizer.step()
+            seconds = (time.perf_counter() - started) / k
+            _end_epoch(members, stack, losses, epoch, settings, recorded, torch.cat(outputs, dim=1), y_members, batch_sizes,
+                       val, prepare, best, seconds, optimizer, streams)  # fmt: skip
+            if all(m.error is not None for m in members):
+                break
+    finally:
+        torch.set_rng_state(saved_rng)
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state(saved_cuda, device)
+    for i, m in enumerate(members):
+        m.model.load_state_dict(best[i]["weights"] if best[i] is not None else stack.state_dict(i))
+        m.seconds = (time.perf_counter() - started_all) / k
+
+
+def _end_epoch(members: Sequence[Member], stack: StackedModels, losses: _Losses, epoch: int, settings: FitSettings,
+               recorded: list[list[torch.Tensor]], logits: torch.Tensor, labels: torch.Tensor, batch_sizes: torch.Tensor,
+               val: Split, prepare: Callable[[torch.Tensor], torch.Tensor], best: list[Optional[dict]], seconds: float,
+               optimizer: Any, streams: "_Streams") -> None:  # fmt: skip
+    """Each member's metrics row for ``epoch``, as ``fit`` makes it, read back in one host sync;
+    a member whose loss is not finite stops with its error."""
+    k, n = len(members), logits.shape[1]
+    stats, widths = [], []
+    for g, group in enumerate(losses.groups):
+        per_batch = torch.stack([values[g] for values in recorded])  # [batches, members, 1 + parts]
+        per_batch = per_batch.to(torch.promote_types(per_batch.dtype, torch.float32))
+        stats.append(torch.einsum("b,bmp->mp", batch_sizes.to(per_batch.dtype), per_batch).flatten().double())
+        widths.append(per_batch.shape[2])
+    stats.append((logits.argmax(-1) == labels).sum(-1).double())
+    if len(val):
+        val_logits = stack.predict(val.x, prepare)
+        val_loss = F.cross_entropy(val_logits.transpose(1, 2).float(), val.y.expand(k, -1), reduction="none").mean(-1)
+        stats += [val_loss.double(), (val_logits.argmax(-1) == val.y).sum(-1).double()]
+    values = torch.cat(stats).tolist()
+    sums: dict[int, list[float]] = {}
+    at = 0
+    for group, width in zip(losses.groups, widths):
+        for i in group["indices"]:
+            sums[i], at = values[at : at + width], at + width
+    correct, val_values = values[at : at + k], values[at + k :]
+    names = {i: group["parts"] or [] for group in losses.groups for i in group["indices"]}
+    for i, m in enumerate(members):
+        if m.error is not None:
+            continue
+        train_loss = sums[i][0] / n
+        if not math.isfinite(train_loss):
+            m.error = NonFiniteLossError(m.name, epoch, settings.epochs, train_loss)
+            continue
+        row = {"model": m.name, "epoch": epoch, "train_loss": train_loss}
+        row.update((name, value / n) for name, value in zip(names[i], sums[i][1:]))
+        row.update(
+            train_acc=round(correct[i]) / n,
+            val_loss=val_values[i] if len(val) else math.nan,
+            val_acc=round(val_values[k + i]) / len(val) if len(val) else math.nan,
+            seconds=seconds,
+        )
+        m.history.append(row)
+        m.on_epoch(row)
+        if settings.report == "best_val" and (best[i] is None or row["val_acc"] > best[i]["val_acc"]) and not math.isnan(row["val_acc"]):
+            best[i] = {"epoch": epoch, "val_acc": row["val_acc"], "weights": stack.state_dict(i)}
+        if m.checkpoint is not None and m.checkpoint.due(epoch, settings.epochs):
+            m.checkpoint.save(_member_state(m, i, stack, streams, epoch, settings, optimizer, best[i]))
+
+
+def _member_state(m: Member, i: int, stack: StackedModels, streams: _Streams, epoch: int, settings: FitSettings,
+                  optimizer: Any, best: Optional[dict]) -> dict[str, Any]:  # fmt: skip
+    """Member ``i``'s training state in ``fit``'s checkpoint format: its weights, its slice of the
+    optimiser's state, its stream's batch order and random state."""
+    m.model.load_state_dict(stack.state_dict(i))
+    own = make_optimizer(m.model.parameters(), settings.optimizer, settings.lr, settings.weight_decay, settings.momentum, settings.nesterov)
+    if isinstance(optimizer, FusedAdam):
+        for mine, theirs in ((own.exp_avgs, optimizer.exp_avgs), (own.exp_avg_sqs, optimizer.exp_avg_sqs)):
+            for a, b in zip(mine, theirs):
+                a.copy_(b[i])
+        own.step_count.copy_(optimizer.step_count)
+    else:  # torch.optim: tensors of the stacked parameter's shape are sliced, step counts copied
+        for p, stacked in zip(m.model.parameters(), stack.params):
+            own.state[p] = {key: value[i].clone() if torch.is_tensor(value) and value.shape == stacked.shape else value
+                            for key, value in optimizer.state.get(stacked, {}).items()}  # fmt: skip
+    set_learning_rate(own, settings.learning_rate(epoch))
+    stream = streams.of_member[i]
+    held = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state(streams.device)} if streams.device.type == "cuda" else {})}
+    streams.enter(streams.rng[stream])  # the random state training_state records: the stream's
+    try:
+        return training_state(epoch, settings.epochs, m.model, own, None, streams.generators[stream], None, None,
+                              streams.device, list(m.history), best)  # fmt: skip
+    finally:
+        streams.enter(held)

@@ -1,0 +1,189 @@
+"""Stacked training: the students of a sweep trained as one (kdrun.stacking, kdrun.groups).
+
+What a user relies on: a job trained with others gives the results it gives alone (up to
+rounding), a NaN in one student stops that student alone, and an interrupted stacked sweep is
+marked interrupted job by job and continues when run again, with no epoch repeated or dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdrun.data import Split
+from kdrun.errors import NonFiniteLossError
+from kdrun.losses import DKDLoss, KDLoss
+from kdrun.models import MLP
+from kdrun.run_files import read_status
+from kdrun.stacking import Member, fit_stacked, stack_reason
+from kdrun.train import Distillation, FitSettings, fit, predict
+
+TINY = ["trainer.epochs=3", "dataset.n_samples=120", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "plots=false"]
+
+
+def _data(n: int = 96, features: int = 12, classes: int = 4) -> tuple[Split, Split]:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n + 24, features, generator=g), torch.randint(0, classes, (n + 24,), generator=g)
+    return Split(x[:n], y[:n]), Split(x[n:], y[n:])
+
+
+def _seeded_state(seed: int) -> torch.Tensor:
+    return torch.Generator().manual_seed(seed).get_state()
+
+
+@pytest.mark.parametrize("optimizer, loss_class", [("adam", KDLoss), ("sgd", DKDLoss)])
+def test_stacked_students_train_as_they_do_alone(optimizer: str, loss_class: type) -> None:
+    """Two seeds (own initial weights, batches, dropout masks, teacher) x two loss settings, and
+    each seed's baseline, stacked: every epoch's losses within 1e-5 of the same student trained
+    alone by ``fit``, and the same weights. KD is computed for the whole stack at once, DKD
+    student by student."""
+    train, val = _data()
+    settings = FitSettings(epochs=3, batch_size=16, optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 1e-2, weight_decay=1e-4, batch_seed=0)
+    teachers, initial = {}, {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        teachers[seed] = MLP((12,), 4, [20]).eval()
+        initial[seed] = MLP((12,), 4, [10, 6], dropout=0.2)
+    jobs = [(seed, setting) for seed in (0, 1) for setting in (1.0, 4.0)]
+
+    def make_loss(setting: float):
+        return KDLoss(alpha=0.6, temperature=setting) if loss_class is KDLoss else DKDLoss(beta=setting, temperature=2.0, warmup_epochs=2)
+
+    alone = []
+    for seed, setting in jobs:
+        model = copy.deepcopy(initial[seed])
+        torch.manual_seed(seed + 2)
+        alone.append((model, fit(model, train, val, _with_seed(settings, seed + 1), "distilled", Distillation(make_loss(setting), teachers[seed]))))
+    for seed in (0, 1):
+        model = copy.deepcopy(initial[seed])
+        torch.manual_seed(seed + 2)
+        alone.append((model, fit(model, train, val, _with_seed(settings, seed + 1), "baseline")))
+
+    members = []
+    for seed, setting in jobs:
+        loss = make_loss(setting)
+        targets = loss.teacher_targets(predict(teachers[seed], train.x)) if hasattr(loss, "teacher_targets") else predict(teachers[seed], train.x)
+        members.append(Member("distilled", copy.deepcopy(initial[seed]), seed + 1, _seeded_state(seed + 2), loss, targets))
+    members += [Member("baseline", copy.deepcopy(initial[seed]), seed + 1, _seeded_state(seed + 2)) for seed in (0, 1)]
+    rng_before = torch.get_rng_state()
+    fit_stacked(members, train, val, settings, lambda x: x)
+
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's random state is left alone
+    for (model, rows), member in zip(alone, members):
+        assert member.error is None and [r["epoch"] for r in member.history] == [1, 2, 3]
+        assert member.history[0].keys() == rows[0].keys()
+        for mine, theirs in zip(member.history, rows):
+            for key in mine:
+                if key not in ("model", "epoch", "seconds"):
+                    assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), (member.name, key)
+        for stacked, single in zip(member.model.parameters(), model.parameters()):
+            torch.testing.assert_close(stacked, single, rtol=1e-4, atol=1e-6)
+
+
+def _with_seed(settings: FitSettings, seed: int) -> FitSettings:
+    return FitSettings(**{**settings.__dict__, "batch_seed": seed})
+
+
+class _NaNFrom:
+    """Cross-entropy that turns NaN after ``after_calls`` batches."""
+
+    def __init__(self, after_calls: int) -> None:
+        self.calls, self.after_calls = 0, after_calls
+
+    def __call__(self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = F.cross_entropy(logits, labels)
+        return loss * math.nan if self.calls > self.after_calls else loss
+
+
+def test_a_nan_stops_that_student_alone() -> None:
+    train, val = _data()
+    settings = FitSettings(epochs=3, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=0.0, batch_seed=1)
+    torch.manual_seed(0)
+    initial = MLP((12,), 4, [10])
+    logits = torch.zeros(len(train), 4)
+    members = [Member("distilled", copy.deepcopy(initial), 1, _seeded_state(2), _NaNFrom(6 if i == 1 else 10**9), logits) for i in range(3)]
+    fit_stacked(members, train, val, settings, lambda x: x)
+
+    broken = members[1]
+    assert isinstance(broken.error, NonFiniteLossError) and "epoch 2 of 3" in str(broken.error)  # 6 batches an epoch
+    assert [r["epoch"] for r in broken.history] == [1]  # the epoch whose loss was NaN is not recorded, as alone
+    for member in (members[0], members[2]):
+        assert member.error is None and [r["epoch"] for r in member.history] == [1, 2, 3]
+        assert all(torch.isfinite(p).all() for p in member.model.parameters())
+    assert members[0].history[-1]["train_loss"] == pytest.approx(members[2].history[-1]["train_loss"], rel=1e-6)
+
+
+def test_what_does_not_stack_says_why() -> None:
+    assert stack_reason(MLP((12,), 4, [8], dropout=0.1)) is None
+    assert stack_reason(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))) is None
+    reason = stack_reason(torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)))
+    assert reason is not None and "BatchNorm1d" in reason
+
+
+# --------------------------------------------------------------------------- whole sweeps
+
+
+def _sweep(tmp_path: Path, name: str, *extra: str) -> int:
+    from kdrun import app
+
+    return app.main(["-m", *TINY, f"hydra.sweep.dir={tmp_path / name}", f"cache.dir={tmp_path / name / 'cache'}",
+                     "trainer.checkpoint_every=1", "loss.alpha=0.3,0.9", "loss.temperature=1,4", *extra])  # fmt: skip
+
+
+def _metrics(job: Path) -> list[dict]:
+    with open(job / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _jobs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: int(p.name.split("_")[0]))
+
+
+def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The same 2 x 2 sweep by Hydra's basic launcher (one job after the other), by kdrun's
+    (trained together), and by kdrun's stopped by Ctrl-C in the stacked training's second epoch,
+    then run again."""
+    monkeypatch.chdir(tmp_path)
+    assert _sweep(tmp_path, "basic", "hydra/launcher=basic") == 0
+    assert _sweep(tmp_path, "stacked") == 0
+    assert "training 5 students together (4 distilled, 1 baseline)" in capsys.readouterr().out
+
+    from kdrun import stacking
+
+    real_end_epoch = stacking._end_epoch
+
+    def stopped_after_epoch_2(*args, **kwargs):
+        real_end_epoch(*args, **kwargs)
+        if args[3] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stacking, "_end_epoch", stopped_after_epoch_2)
+    assert _sweep(tmp_path, "stopped") == 130
+    for job in _jobs(tmp_path / "stopped"):
+        status = read_status(job)
+        assert status["status"] == "interrupted" and "run the same command again" in status["message"], status
+        assert (job / "checkpoints" / "distilled.pt").is_file() and not (job / "summary.csv").exists()
+        assert [r["epoch"] for r in _metrics(job) if r["model"] == "distilled"] == ["1", "2"]  # metrics.csv grew meanwhile
+    monkeypatch.setattr(stacking, "_end_epoch", real_end_epoch)
+    capsys.readouterr()
+    assert _sweep(tmp_path, "stopped") == 0
+    assert capsys.readouterr().out.count("resuming the distilled student at epoch 3 of 3") == 4  # from the stacked checkpoints
+
+    for stacked in ("stacked", "stopped"):
+        for job, reference in zip(_jobs(tmp_path / stacked), _jobs(tmp_path / "basic")):
+            assert job.name == reference.name and read_status(job)["status"] == "completed"
+            rows, expected = _metrics(job), _metrics(reference)
+            assert [(r["model"], r["epoch"]) for r in rows] == [(r["model"], r["epoch"]) for r in expected]  # no epoch repeated or dropped
+            for row, other in zip(rows, expected):
+                for key in ("train_loss", "val_loss"):
+                    assert float(row[key]) == pytest.approx(float(other[key]), rel=1e-5), (stacked, job.name, row["model"], key)
+            with open(job / "summary.csv", newline="") as a, open(reference / "summary.csv", newline="") as b:
+                for mine, theirs in zip(csv.DictReader(a), csv.DictReader(b)):
+                    assert abs(float(mine["test_acc"]) - float(theirs["test_acc"])) <= 0.01
