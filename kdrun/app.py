@@ -187,7 +187,7 @@ def _resumable(run_dir: Path, digest: str) -> bool:
 
 
 # Models trained before their jobs ran, with the other jobs of their sweep (``train_together``):
-# job folder -> (the data, the models by name).
+# job folder -> (its data, loss and models: experiment.Prepared; its trained models by name).
 _trained_before: dict[str, tuple[Any, dict[str, Any]]] = {}
 
 
@@ -216,7 +216,7 @@ def train_together(configs: Sequence[DictConfig], run_dirs: Sequence[Path], memo
             write_status(run_dirs[i], "running", **records[i], pid=os.getpid(), host=socket.gethostname())
         try:
             with _sigterm_interrupts():
-                data, trained = groups.train_group([tasks[i] for i in jobs], [run_dirs[i] for i in jobs], memory_mb)
+                setups, trained = groups.train_group([tasks[i] for i in jobs], [run_dirs[i] for i in jobs], memory_mb)
         except (KeyboardInterrupt, SystemExit) as interruption:
             with _signals_held():
                 how = f"stopped by {signal_of(interruption).name}" if isinstance(interruption, KeyboardInterrupt) else "stopped"
@@ -233,8 +233,8 @@ def train_together(configs: Sequence[DictConfig], run_dirs: Sequence[Path], memo
             why = str(error) if isinstance(error, groups.Unstackable) else (failure_of(error) or (0, f"{type(error).__name__}: {error}"))[1]
             log.info("kdrun: jobs %s train one by one: %s", ", ".join(str(configs[i].hydra.job.num) for i in jobs), why)
             continue
-        for i, models in zip(jobs, trained):
-            _trained_before[os.path.abspath(run_dirs[i])] = (data, models)
+        for i, setup, models in zip(jobs, setups, trained):
+            _trained_before[os.path.abspath(run_dirs[i])] = (setup, models)
 
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: str) -> "RunResult":
@@ -244,7 +244,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
     trackers); ``again``: how to continue the run if it stops ("run the same command again")."""
     digest = config_hash(cfg)
     record = {"config_hash": digest, "overrides": list(overrides)}
-    data, trained = _trained_before.pop(os.path.abspath(run_dir), (None, None))
+    setup, trained = _trained_before.pop(os.path.abspath(run_dir), (None, None))
     if trained is not None:  # its models trained with other jobs of the sweep, just now
         remove_results(run_dir, metrics=True)
     elif _resumable(run_dir, digest):
@@ -260,7 +260,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
         from kdrun.experiment import run_experiment
 
         tags = {"overrides": " ".join(overrides), "seed": str(cfg.trainer.seed)}
-        result = run_experiment(cfg, run_dir, tags=tags, trained=trained, data=data)
+        result = run_experiment(cfg, run_dir, tags=tags, trained=trained, setup=setup)
     except (KeyboardInterrupt, SystemExit) as interruption:  # SystemExit: a scheduler's handler (submitit) ends the job
         with _signals_held():
             remove_results(run_dir)

@@ -119,20 +119,37 @@ class Prepared:
     cache_dir: Optional[Path]
 
 
-def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:
-    """Load the data (unless given, on the device), build the loss and the models, check what
-    can be checked before training, and set torch's thread count."""
-    device = resolve_device(cfg.trainer.device)
-    seed = cfg.trainer.seed
-    data = data if data is not None else load_data(cfg.dataset)
-    with torch.random.fork_rng(devices=[]):  # a loss's own random draws never shift the models'
-        torch.manual_seed(seed + 3)
+def build_loss(cfg: DictConfig) -> Any:
+    """The configured loss, built on a random state of its own (seed + 3), so that its draws
+    never shift the models'."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.trainer.seed + 3)
         loss = instantiate(cfg.loss, "loss")
     if not cfg.dataset.transfer_labels and not getattr(loss, "learns_without_labels", False):
         raise ConfigError(
             f"dataset.transfer_labels=false leaves the students no labels, and loss ({cfg.loss._target_}) needs them: "
             "use a loss that learns from the teacher alone (loss=kd, reverse_kl, js or fitnet with loss.alpha=1, or loss=mse_logits)"
         )
+    return loss
+
+
+def set_up_loss(cfg: DictConfig, loss: Any, student: nn.Module, teacher: nn.Module, data: DataSplits) -> None:
+    """A loss's ``setup`` on one batch (seed + 4), before any training: its layers are built and
+    its shapes checked, so that a mistake shows at once."""
+    if hasattr(loss, "setup"):
+        device = data.train.x.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.trainer.seed + 4)
+            loss.setup(student, teacher, data.prepare(data.train.x[: cfg.trainer.batch_size]))
+
+
+def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:
+    """Load the data (unless given, on the device), build the loss and the models, check what
+    can be checked before training, and set torch's thread count."""
+    device = resolve_device(cfg.trainer.device)
+    seed = cfg.trainer.seed
+    data = data if data is not None else load_data(cfg.dataset)
+    loss = build_loss(cfg)
     teacher, initial_student = _build_models(cfg, data, seed)
     teacher_rng = torch.get_rng_state()
     teacher_file = cfg.model.teacher.get("checkpoint")
@@ -151,10 +168,7 @@ def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:
     data = data.to(device)
     teacher, student = teacher.to(device), initial_student.to(device)
     baseline = copy.deepcopy(student)
-    if hasattr(loss, "setup"):  # a loss's layers and shapes are checked before any training
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed + 4)
-            loss.setup(student, teacher, data.prepare(data.train.x[: cfg.trainer.batch_size]))
+    set_up_loss(cfg, loss, student, teacher, data)
     trainer = cfg.trainer
     cache_key = {
         "trainer": {k: to_plain(trainer[k]) for k in CACHED_TRAINER_KEYS},
@@ -166,14 +180,18 @@ def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = None, tags: Optional[dict[str, str]] = None,
-                   trained: Optional[dict[str, TrainedModel]] = None, data: Optional[DataSplits] = None) -> RunResult:  # fmt: skip
+                   trained: Optional[dict[str, TrainedModel]] = None, setup: Optional[Prepared] = None) -> RunResult:  # fmt: skip
     """Train and evaluate the three models of ``cfg`` (the composed config); write the run
     directory's metrics.csv, summary.csv, models and figures, and tell the trackers (tagged
     with ``tags``: the overrides, the seed). ``trained``: models trained before, by name, which
-    the run takes instead of training them; ``data``: the loaded data, if it is at hand."""
+    the run takes instead of training them; ``setup``: the run's data, loss and models, if they
+    were prepared before (``prepare``)."""
     console = console or make_console()
     trackers = Trackers({name: _build_tracker(node, f"logger.{name}") for name, node in cfg.logger.items()})
-    setup = prepare(cfg, data)
+    if setup is None:
+        setup = prepare(cfg)
+    else:
+        torch.set_num_threads(setup.threads)
     data, loss, teacher, distilled, baseline = setup.data, setup.loss, setup.teacher, setup.student, setup.baseline
     log.info(
         "kdrun: dataset %s (train %d, transfer %d, val %d, test %d, %d classes), device %s, %d thread(s) -> %s",

@@ -16,8 +16,10 @@ parameters or that read features (fitnet, at), augmentation (the teacher runs pe
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -27,13 +29,13 @@ from omegaconf import DictConfig
 from kdrun import cache
 from kdrun.checkpoints import Checkpoint
 from kdrun.config import digest, phase_epochs, to_plain
-from kdrun.data import DataSplits, load_data
+from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import NonFiniteLossError
-from kdrun.experiment import TITLES, Prepared, TrainedModel, fit_settings, model_key, prepare
+from kdrun.experiment import TITLES, Prepared, TrainedModel, build_loss, choose_threads, fit_settings, model_key, prepare, set_up_loss
 from kdrun.models import count_parameters
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MetricsLog
 from kdrun.stacking import Member, fit_stacked, stack_reason
-from kdrun.train import fit, predict
+from kdrun.train import FitSettings, fit, predict
 
 log = logging.getLogger("kdrun")
 
@@ -100,27 +102,39 @@ def _member_bytes(model: torch.nn.Module, batch_size: int, data: DataSplits) -> 
     return 4 * (5 * params + 4 * batch_size * widths + 4 * rows * data.num_classes)
 
 
-def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> tuple[DataSplits, list[dict[str, TrainedModel]]]:
-    """Train the models of a group of jobs (``plan``) together; return the data and, per job,
-    its models by name. Raises ``Unstackable`` if they cannot train together."""
-    first = cfgs[0]
-    data = load_data(first.dataset)
-    setups = [prepare(cfg, data) for cfg in cfgs]
-    for setup in setups:
-        reason = stack_reason(setup.student) or _loss_reason(setup.loss)
-        if reason is not None:
-            raise Unstackable(reason if "loss" in reason else f"model.student: {reason}")
+def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> tuple[list[Prepared], list[dict[str, TrainedModel]]]:
+    """Train the models of a group of jobs (``plan``) together; return, per job, what its run
+    needs (its data, loss and models: ``Prepared``) and its trained models by name. Raises
+    ``Unstackable`` if they cannot train together."""
+    data = load_data(cfgs[0].dataset)
     by_seed: dict[int, Prepared] = {}
-    for cfg, setup in zip(cfgs, setups):
-        by_seed.setdefault(int(cfg.trainer.seed), setup)
-    shared = setups[0].data  # on the device
+    jobs = []  # per job: its loss and its distilled student, built before any training
+    for cfg in cfgs:
+        seed = int(cfg.trainer.seed)
+        if seed not in by_seed:
+            by_seed[seed] = prepare(cfg, data)
+            data = by_seed[seed].data  # on the device now
+            jobs.append((by_seed[seed].loss, by_seed[seed].student))
+        else:
+            setup = by_seed[seed]
+            loss, student = build_loss(cfg), copy.deepcopy(setup.baseline)  # the initial weights
+            set_up_loss(cfg, loss, student, setup.teacher, data)
+            jobs.append((loss, student))
+    why = stack_reason(jobs[0][1])
+    reason = f"model.student: {why}" if why else next((r for r in (_loss_reason(loss) for loss, _ in jobs) if r), None)
+    if reason is not None:
+        raise Unstackable(reason)
     # Each job's metrics.csv grows epoch by epoch meanwhile, as when it trains alone; the job
     # writes it again, in its usual order, when it runs.
     logs = [MetricsLog(run_dir / METRICS_FILE) for run_dir in run_dirs]
     of_seed = {seed: [log for cfg, log in zip(cfgs, logs) if int(cfg.trainer.seed) == seed] for seed in by_seed}
-    teachers = _teachers(first, by_seed, shared, of_seed)
-    students = _students(cfgs, run_dirs, setups, by_seed, teachers, shared, memory_mb, logs, of_seed)
-    return shared, [{**({"teacher": teachers[int(cfg.trainer.seed)]} if teachers else {}), **models} for cfg, models in zip(cfgs, students)]
+    teachers = _teachers(cfgs[0], by_seed, data, of_seed)
+    students = _students(cfgs, run_dirs, jobs, by_seed, teachers, data, memory_mb, logs, of_seed)
+    setups = []
+    for cfg, (loss, student) in zip(cfgs, jobs):
+        setup = by_seed[int(cfg.trainer.seed)]
+        setups.append(replace(setup, cfg=cfg, loss=loss, student=student, teacher=copy.deepcopy(setup.teacher), baseline=copy.deepcopy(setup.baseline)))
+    return setups, [{**({"teacher": teachers[int(cfg.trainer.seed)]} if teachers else {}), **models} for cfg, models in zip(cfgs, students)]
 
 
 def _writer(logs: Sequence[MetricsLog]) -> Callable[[dict], None]:
@@ -136,17 +150,18 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
     found, todo = {}, []
     for seed, setup in by_seed.items():
         key = model_key(setup, "teacher", setup.teacher, epochs, include_transfer=False)
-        rows = cache.lookup("teacher", key, setup.teacher, setup.cache_dir)
+        rows = _lookup("teacher", key, setup.teacher, setup.cache_dir)
         if rows is not None:
             found[seed] = TrainedModel(_copy(setup.teacher), rows, "cached", 0.0)
             for row in rows:
                 _writer(of_seed[seed])(row)
         else:
             todo.append((seed, setup, key))
-    if len(todo) > 1 and stack_reason(todo[0][1].teacher) is None:
+    stacked = len(todo) > 1 and stack_reason(todo[0][1].teacher) is None
+    if stacked:
         log.info("kdrun: training the teachers of seeds %s together", ", ".join(str(seed) for seed, _, _ in todo))
         members = [Member("teacher", setup.teacher, seed, setup.teacher_rng, on_epoch=_writer(of_seed[seed])) for seed, setup, _ in todo]
-        fit_stacked(members, data.train, data.val, fit_settings(cfg, epochs, 0), data.prepare)
+        _fit_stacked(members, data.train, data, fit_settings(cfg, epochs, 0), cfg)
         trained = [(m.history, m.error, m.seconds) for m in members]
     else:
         trained = []
@@ -162,12 +177,12 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
             trained.append((rows, error, time.perf_counter() - started))
     for (seed, setup, key), (rows, error, seconds) in zip(todo, trained):
         if error is None:
-            cache.store("teacher", key, setup.teacher, rows, setup.cache_dir)
+            cache.store("teacher", {**key, "stacked": True} if stacked else key, setup.teacher, rows, setup.cache_dir)
         found[seed] = TrainedModel(_copy(setup.teacher), rows, "trained", seconds, error)
     return found
 
 
-def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], setups: Sequence[Prepared], by_seed: dict[int, Prepared],
+def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequence[tuple[Any, torch.nn.Module]], by_seed: dict[int, Prepared],
               teachers: dict[int, TrainedModel], data: DataSplits, memory_mb: float, logs: Sequence[MetricsLog],
               of_seed: dict[int, list[MetricsLog]]) -> list[dict[str, TrainedModel]]:  # fmt: skip
     """Every job's distilled student and each seed's baseline (unless cached), trained in stacks
@@ -183,13 +198,13 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], setups: Sequ
         logits[seed] = predict(setup.teacher, transfer.x, data.prepare)
     members: list[Member] = []
     owner: list[Any] = []  # per member: the job index (distilled) or ("baseline", seed)
-    for index, (cfg, run_dir, setup) in enumerate(zip(cfgs, run_dirs, setups)):
+    for index, (cfg, run_dir, (loss, student)) in enumerate(zip(cfgs, run_dirs, jobs)):
         seed = int(cfg.trainer.seed)
         if seed not in logits:
             continue
-        targets = getattr(setup.loss, "teacher_targets", lambda z: z)(logits[seed])
+        targets = getattr(loss, "teacher_targets", lambda z: z)(logits[seed])
         checkpoint = Checkpoint(run_dir / CHECKPOINTS_DIR / "distilled.pt", cfg.trainer.checkpoint_every, TITLES["distilled"])
-        members.append(Member("distilled", setup.student, seed + 1, _seeded_state(seed + 2), setup.loss, targets, with_labels, checkpoint, _writer([logs[index]])))
+        members.append(Member("distilled", student, seed + 1, _seeded_state(seed + 2), loss, targets, with_labels, checkpoint, _writer([logs[index]])))
         owner.append(index)
     baselines: dict[int, TrainedModel] = {}
     keys = {}
@@ -197,20 +212,20 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], setups: Sequ
         if not with_labels or seed not in logits:
             continue
         keys[seed] = model_key(setup, "student", setup.baseline, epochs, include_transfer=True)
-        rows = cache.lookup("baseline", keys[seed], setup.baseline, setup.cache_dir)
+        rows = _lookup("baseline", keys[seed], setup.baseline, setup.cache_dir)
         if rows is not None:
             baselines[seed] = TrainedModel(_copy(setup.baseline), rows, "cached", 0.0)
         else:
             members.append(Member("baseline", setup.baseline, seed + 1, _seeded_state(seed + 2), on_epoch=_writer(of_seed[seed])))
             owner.append(("baseline", seed))
-    per_chunk = max(1, int(memory_mb * 2**20 // _member_bytes(setups[0].student, first.trainer.batch_size, data)))
+    per_chunk = max(1, int(memory_mb * 2**20 // _member_bytes(jobs[0][1], first.trainer.batch_size, data)))
     chunks = [list(range(start, min(start + per_chunk, len(members)))) for start in range(0, len(members), per_chunk)]
     log.info(
         "kdrun: training %d students together (%d distilled, %d baseline)%s", len(members), sum(isinstance(o, int) for o in owner),
         sum(not isinstance(o, int) for o in owner), f" in {len(chunks)} stacks of at most {per_chunk} (hydra.launcher.stack_mb={memory_mb:g})" if len(chunks) > 1 else "",
     )  # fmt: skip
     for chunk in chunks:
-        fit_stacked([members[i] for i in chunk], transfer, data.val, fit_settings(first, epochs, 0), data.prepare)
+        _fit_stacked([members[i] for i in chunk], transfer, data, fit_settings(first, epochs, 0), first)
     results: list[dict[str, TrainedModel]] = [{} for _ in cfgs]
     for member, who in zip(members, owner):
         trained = TrainedModel(_copy(member.model), member.history, "trained", member.seconds, member.error)
@@ -220,12 +235,29 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], setups: Sequ
             seed = who[1]
             baselines[seed] = trained
             if member.error is None:
-                cache.store("baseline", keys[seed], member.model, member.history, by_seed[seed].cache_dir)
+                cache.store("baseline", {**keys[seed], "stacked": True}, member.model, member.history, by_seed[seed].cache_dir)
     for index, cfg in enumerate(cfgs):
         seed = int(cfg.trainer.seed)
         if seed in baselines:
             results[index]["baseline"] = baselines[seed]
     return results
+
+
+def _lookup(kind: str, key: dict[str, Any], model: torch.nn.Module, directory: Optional[Path]) -> Optional[list[dict]]:
+    """A cached model trained alone, else one trained in a stack. Those are stored under their own
+    key (``stacked``): equal up to rounding, they never stand in for a run alone's bit-exact model."""
+    rows = cache.lookup(kind, key, model, directory)
+    return rows if rows is not None else cache.lookup(kind, {**key, "stacked": True}, model, directory)
+
+
+def _fit_stacked(members: Sequence[Member], train: Split, data: DataSplits, settings: FitSettings, cfg: DictConfig) -> None:
+    """``fit_stacked``, on as many threads as kdrun gives a model of the whole stack's size."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(choose_threads(cfg.trainer.threads, sum(count_parameters(m.model) for m in members)))
+    try:
+        fit_stacked(members, train, data.val, settings, data.prepare)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _seeded_state(seed: int) -> torch.Tensor:
