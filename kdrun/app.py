@@ -230,8 +230,11 @@ def train_together(configs: Sequence[DictConfig], run_dirs: Sequence[Path], memo
         except Exception as error:
             if _show_tracebacks and not isinstance(error, groups.Unstackable):
                 raise
-            why = str(error) if isinstance(error, groups.Unstackable) else (failure_of(error) or (0, f"{type(error).__name__}: {error}"))[1]
-            log.info("kdrun: jobs %s train one by one: %s", ", ".join(str(configs[i].hydra.job.num) for i in jobs), why)
+            numbers = ", ".join(str(configs[i].hydra.job.num) for i in jobs)
+            if isinstance(error, groups.Unstackable) or failure_of(error) is not None:  # each job will say its own mistake
+                log.info("kdrun: jobs %s train one by one: %s", numbers, str(error) if isinstance(error, groups.Unstackable) else failure_of(error)[1])
+            else:
+                log.warning("kdrun: jobs %s train one by one: training them together failed (internal error: %s: %s)", numbers, type(error).__name__, error)
             continue
         for i, setup, models in zip(jobs, setups, trained):
             _trained_before[os.path.abspath(run_dirs[i])] = (setup, models)

@@ -85,7 +85,8 @@ def plan(cfgs: Sequence[DictConfig]) -> tuple[list[list[int]], dict[int, str]]:
     return groups, alone
 
 
-def _loss_reason(loss: Any) -> Optional[str]:
+def loss_reason(loss: Any) -> Optional[str]:
+    """Why a loss keeps its students from training stacked, or None."""
     if getattr(loss, "student_features", ()) or getattr(loss, "teacher_features", ()):
         return f"loss {type(loss).__name__} reads the models' features"
     if isinstance(loss, torch.nn.Module) and any(p.requires_grad for p in loss.parameters()):
@@ -121,7 +122,7 @@ def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb:
             set_up_loss(cfg, loss, student, setup.teacher, data)
             jobs.append((loss, student))
     why = stack_reason(jobs[0][1])
-    reason = f"model.student: {why}" if why else next((r for r in (_loss_reason(loss) for loss, _ in jobs) if r), None)
+    reason = f"model.student: {why}" if why else next((r for r in (loss_reason(loss) for loss, _ in jobs) if r), None)
     if reason is not None:
         raise Unstackable(reason)
     # Each job's metrics.csv grows epoch by epoch meanwhile, as when it trains alone; the job

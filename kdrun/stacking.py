@@ -52,12 +52,12 @@ def _layers(model: nn.Module) -> tuple[Optional[list[tuple]], str]:
     elif type(model) is nn.Sequential:
         modules = list(model)
     else:
-        return None, f"{type(model).__name__} is not a kdrun MLP or an nn.Sequential"
+        return None, f"{type(model).__name__} is not a kdrun MLP or an nn.Sequential of Linear layers, activations and dropout"
     steps: list[tuple] = []
     for module in modules:
         kind = type(module)
         if kind is nn.Linear:
-            steps.append(("linear",))
+            steps.append(("linear", module.bias is not None))
         elif kind in _ACTIVATIONS:
             steps.append(("act", _ACTIVATIONS[kind]))
         elif kind is nn.GELU and module.approximate == "none":
@@ -80,7 +80,9 @@ def stack_reason(model: nn.Module) -> Optional[str]:
 
 
 class StackedModels:
-    """K models of one architecture as stacked tensors, one per parameter: ``[K, *shape]``."""
+    """K models of one architecture as stacked tensors, one per parameter: ``[K, *shape]``, a
+    Linear layer's weight transposed (``[K, in, out]``: its batched products and their gradients
+    run about 1.1-1.6x faster so on a 2-core x86 CPU than with ``[K, out, in]``)."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         steps, why = _layers(models[0])
@@ -88,26 +90,27 @@ class StackedModels:
             raise ValueError(f"cannot stack {type(models[0]).__name__}: {why}")
         self.steps, self.k = steps, len(models)
         self.names = [name for name, _ in models[0].named_parameters()]
-        self.params = [torch.stack([dict(m.named_parameters())[name].detach() for m in models]).requires_grad_() for name in self.names]
+        self.transposed = [p.dim() == 2 for _, p in models[0].named_parameters()]  # the Linear weights
+        self.params = [
+            torch.stack([(lambda p: p.t() if flip else p)(dict(m.named_parameters())[name].detach()) for m in models]).contiguous().requires_grad_()
+            for name, flip in zip(self.names, self.transposed)
+        ]  # fmt: skip
 
     def forward(self, x: torch.Tensor, stream_of: Optional[torch.Tensor] = None,
                 masks: Optional[Callable[[int, int, float], torch.Tensor]] = None) -> torch.Tensor:  # fmt: skip
         """Logits ``[K, B, classes]``. ``x``: one batch ``[B, ...]`` every model reads, or one per
         stream ``[S, B, ...]``, ``stream_of[k]`` the stream of model k. ``masks(rows, width, p)``:
         each stream's dropout mask ``[S, rows, width]`` (training); None in evaluation."""
-        h, per_model, weights = x, False, iter(self.params)
+        h, per_model, params = x, False, iter(self.params)
         for kind, *rest in self.steps:
             if kind == "flatten":
                 h = h.flatten(1) if stream_of is None and not per_model else h.flatten(2)
             elif kind == "linear":
-                weight, bias = next(weights), next(weights)
-                if per_model:
-                    h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
-                elif stream_of is None:  # one product for all models: [B, in] @ [in, K * out]
-                    h = F.linear(h, weight.reshape(-1, weight.shape[-1]), bias.reshape(-1)).view(len(h), self.k, -1).transpose(0, 1)
-                else:
-                    h = torch.baddbmm(bias.unsqueeze(1), h[stream_of], weight.transpose(1, 2))
-                per_model = True
+                if not per_model:  # each model's rows: the one batch, or its stream's
+                    h = h.expand(self.k, *h.shape) if stream_of is None else h[stream_of]
+                    per_model = True
+                weight = next(params)
+                h = torch.baddbmm(next(params).unsqueeze(1), h, weight) if rest[0] else torch.bmm(h, weight)
             elif kind == "act":
                 h = rest[0](h)
             elif masks is not None:  # dropout, training
@@ -123,8 +126,12 @@ class StackedModels:
         with torch.no_grad():
             return torch.cat([self.forward(prepare(x[i : i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)], dim=1)
 
+    def unstacked(self, tensor: torch.Tensor, j: int, k: int) -> torch.Tensor:
+        """Model k's part of ``tensor`` (parameter j's, or its optimiser state's), in the model's layout."""
+        return (tensor[k].t() if self.transposed[j] else tensor[k]).detach().clone()
+
     def state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        return {name: p[k].detach().clone() for name, p in zip(self.names, self.params)}
+        return {name: self.unstacked(p, j, k) for j, (name, p) in enumerate(zip(self.names, self.params))}
 
 
 @dataclass
@@ -211,7 +218,7 @@ class _Losses:
     def _group(indices: list[int], members: Sequence[Member], forward: Optional[Callable]) -> dict[str, Any]:
         first = members[indices[0]]
         columns, rebuild = row_columns(first.targets) if first.loss is not None else ([], None)
-        if len(indices) > 1 and columns:
+        if forward is not None and columns:  # [members, rows, ...]
             columns = [torch.stack(stacked) for stacked in zip(*(row_columns(members[i].targets)[0] for i in indices))]
         return {"indices": indices, "forward": forward, "loss": first.loss, "use_labels": first.use_labels,
                 "columns": columns, "rebuild": rebuild, "parts": None}  # fmt: skip
@@ -381,12 +388,12 @@ def _member_state(m: Member, i: int, stack: StackedModels, streams: _Streams, ep
     own = make_optimizer(m.model.parameters(), settings.optimizer, settings.lr, settings.weight_decay, settings.momentum, settings.nesterov)
     if isinstance(optimizer, FusedAdam):
         for mine, theirs in ((own.exp_avgs, optimizer.exp_avgs), (own.exp_avg_sqs, optimizer.exp_avg_sqs)):
-            for a, b in zip(mine, theirs):
-                a.copy_(b[i])
+            for j, (a, b) in enumerate(zip(mine, theirs)):
+                a.copy_(stack.unstacked(b, j, i))
         own.step_count.copy_(optimizer.step_count)
     else:  # torch.optim: tensors of the stacked parameter's shape are sliced, step counts copied
-        for p, stacked in zip(m.model.parameters(), stack.params):
-            own.state[p] = {key: value[i].clone() if torch.is_tensor(value) and value.shape == stacked.shape else value
+        for j, (p, stacked) in enumerate(zip(m.model.parameters(), stack.params)):
+            own.state[p] = {key: stack.unstacked(value, j, i) if torch.is_tensor(value) and value.shape == stacked.shape else value
                             for key, value in optimizer.state.get(stacked, {}).items()}  # fmt: skip
     set_learning_rate(own, settings.learning_rate(epoch))
     stream = streams.of_member[i]

@@ -120,11 +120,41 @@ def test_a_nan_stops_that_student_alone() -> None:
     assert members[0].history[-1]["train_loss"] == pytest.approx(members[2].history[-1]["train_loss"], rel=1e-6)
 
 
-def test_what_does_not_stack_says_why() -> None:
+def test_what_does_not_stack_says_why(tmp_path: Path) -> None:
     assert stack_reason(MLP((12,), 4, [8], dropout=0.1)) is None
     assert stack_reason(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))) is None
     reason = stack_reason(torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)))
     assert reason is not None and "BatchNorm1d" in reason
+
+    from kdrun import groups
+    from kdrun.config import compose
+
+    def configs(*common: str, base: tuple = tuple(TINY), key: str = "loss.alpha") -> list:
+        return [compose([*base, f"cache.dir={tmp_path}", *common, f"{key}={value}"]) for value in (0.3, 0.9)]
+
+    images = ("trainer.epochs=1", "plots=false", "dataset=digits", "model/teacher=cnn")
+    cnn = configs("model/student=cnn", base=images)
+    assert groups.plan(cnn)[0] == [[0, 1]]  # same settings but alpha: a group, until its models are built
+    with pytest.raises(groups.Unstackable, match="model.student: CNN is not a kdrun MLP or an nn.Sequential"):
+        groups.train_group(cnn, [tmp_path / "a", tmp_path / "b"], 2048)
+    from kdrun.experiment import prepare
+
+    assert "reads the models' features" in groups.loss_reason(prepare(configs("loss=at", "model/student=cnn", base=images, key="loss.beta")[0]).loss)
+    assert groups.loss_reason(prepare(configs()[0]).loss) is None
+    groups_, alone = groups.plan([*configs(), *configs("dataset.augment=true", base=images), compose([*TINY, "trainer.lr=0.1"])])
+    assert groups_ == [[0, 1]] and "dataset.augment" in alone[2] and "loss's settings or the seed" in alone[4]
+
+
+def test_a_linear_without_bias_stacks() -> None:
+    train, val = _data()
+    settings = FitSettings(epochs=2, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=0.0, batch_seed=1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8, bias=False), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    alone = copy.deepcopy(model)
+    rows = fit(alone, train, val, settings, "baseline")
+    member = Member("baseline", copy.deepcopy(model), 1, _seeded_state(2))
+    fit_stacked([member], train, val, settings, lambda x: x)
+    assert member.history[-1]["train_loss"] == pytest.approx(rows[-1]["train_loss"], rel=1e-5)
 
 
 # --------------------------------------------------------------------------- whole sweeps
@@ -152,8 +182,8 @@ def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tm
     then run again."""
     monkeypatch.chdir(tmp_path)
     assert _sweep(tmp_path, "basic", "hydra/launcher=basic") == 0
-    assert _sweep(tmp_path, "stacked") == 0
-    assert "training 5 students together (4 distilled, 1 baseline)" in capsys.readouterr().out
+    assert _sweep(tmp_path, "stacked", "hydra.launcher.stack_mb=0.3") == 0  # a stack of 2 students at most
+    assert "training 5 students together (4 distilled, 1 baseline) in 3 stacks of at most 2" in capsys.readouterr().out
 
     from kdrun import stacking
 
