@@ -8,6 +8,10 @@ SIGTERM stop the job within a batch or so, mark it interrupted and keep the metr
 so far. A job that does not complete leaves no summary.csv and no model files
 (run_files.RESULT_FILES), so nothing in its folder looks like a finished run.
 
+In a sweep run by kdrun's launcher, ``train_together`` first trains the models of the jobs that
+can train together (kdrun.groups), each job's status saying running meanwhile (or interrupted);
+each job then takes its models when it runs.
+
 Running a job again into its folder continues it from its checkpoints (kdrun.checkpoints) when it
 did not complete (interrupted, failed, or killed: a ``running`` status whose process is gone) and
 its config is the same; an unfinished run of another config there is refused. Re-running a sweep

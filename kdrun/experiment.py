@@ -6,6 +6,10 @@ see the same batches and dropout masks: the loss is the only difference. The tea
 baseline do not depend on the loss, so they come from the disk cache when an earlier run trained
 them with the same settings. All three are evaluated on held-out data.
 
+In a sweep, a run's models may have been trained before it started, together with the other
+jobs' (kdrun.groups): the run then takes them (``TrainedModel``, with its data and loss already
+``prepare``d) and evaluates them and writes its files as it would have after training them.
+
 A model that trains for long writes resumable checkpoints (kdrun.checkpoints) into the run
 directory; a rerun into the same directory continues each model from its checkpoint and rebuilds
 metrics.csv from the rows the checkpoints hold. The configured trackers (kdrun.trackers) see every

@@ -2,10 +2,11 @@
 
 A sweep over a loss's settings trains many students that share their architecture, initial
 weights and batches. ``fit_stacked`` trains K such models in one loop: their weights are stacked
-along a first dimension (``[K, out, in]``), so a step is one batched matrix product per layer for
-all of them (one plain product for the first layer when they read the same batch), one loss per
-model, one backward pass and one optimiser step over the stacked tensors. Adam and SGD act on each
-element alone, so each model's trajectory is the one it has trained alone, up to rounding.
+along a first dimension (a Linear layer's as ``[K, in, out]``), so a step is one batched matrix
+product per layer for all of them, a loss per model (KD's for the whole stack at once:
+``KDLoss.stacked``), one backward pass and one optimiser step over the stacked tensors. Adam and
+SGD act on each element alone, so each model's trajectory is the one it has trained alone, up to
+rounding.
 
 What each model keeps as its own, so that its results are those of its run alone:
 - its loss (``None``: cross-entropy, the baseline's and the teacher's);
@@ -45,8 +46,8 @@ _ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def _layers(model: nn.Module) -> tuple[Optional[list[tuple]], str]:
-    """The model as a list of steps (("linear",), ("act", fn), ("dropout", p), ("flatten",)),
-    or None and why it is not one."""
+    """The model as a list of steps (("linear", has_bias), ("act", fn), ("dropout", p),
+    ("flatten",)), or None and why it is not one."""
     if isinstance(model, MLP):
         modules: list[nn.Module] = [nn.Flatten(), *model.network]
     elif type(model) is nn.Sequential:
