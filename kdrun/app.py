@@ -190,6 +190,15 @@ def _resumable(run_dir: Path, digest: str) -> bool:
     return True
 
 
+def _how_stopped(interruption: BaseException) -> tuple[str, dict[str, Any]]:
+    """What stopped a job (SIGINT, SIGTERM, or a scheduler's exit), in words and as status fields."""
+    if isinstance(interruption, KeyboardInterrupt):
+        stopped_by = signal_of(interruption)
+        return f"stopped by {stopped_by.name}", {"signal": stopped_by.name, "exit_code": 128 + int(stopped_by)}
+    code = interruption.code if isinstance(interruption, SystemExit) and isinstance(interruption.code, int) else EXIT_FAILED
+    return "stopped (its process was told to exit)", {"exit_code": code}
+
+
 # Models trained before their jobs ran, with the other jobs of their sweep (``train_together``):
 # job folder -> (its data, loss and models: experiment.Prepared; its trained models by name).
 _trained_before: dict[str, tuple[Any, dict[str, Any]]] = {}
@@ -222,21 +231,20 @@ def train_together(configs: Sequence[DictConfig], run_dirs: Sequence[Path], memo
             with _sigterm_interrupts():
                 setups, trained = groups.train_group([tasks[i] for i in jobs], [run_dirs[i] for i in jobs], memory_mb)
         except (KeyboardInterrupt, SystemExit) as interruption:
+            how, fields = _how_stopped(interruption)
+            message = f"{how} while it trained with other jobs of the sweep; to continue, run the same command again with hydra.sweep.dir={configs[jobs[0]].hydra.sweep.dir}"
             with _signals_held():
-                how = f"stopped by {signal_of(interruption).name}" if isinstance(interruption, KeyboardInterrupt) else "stopped"
-                sweep_dir = configs[jobs[0]].hydra.sweep.dir
                 for i in jobs:
                     remove_results(run_dirs[i])
-                    message = f"{how} while it trained with other jobs of the sweep; to continue, run the same command again with hydra.sweep.dir={sweep_dir}"
-                    fields = {"signal": signal_of(interruption).name, "exit_code": 128 + int(signal_of(interruption))} if isinstance(interruption, KeyboardInterrupt) else {"exit_code": EXIT_FAILED}
                     write_status(run_dirs[i], "interrupted", **records[i], **fields, message=message)
             raise
         except Exception as error:
             if _show_tracebacks and not isinstance(error, groups.Unstackable):
                 raise
             numbers = ", ".join(str(configs[i].hydra.job.num) for i in jobs)
-            if isinstance(error, groups.Unstackable) or failure_of(error) is not None:  # each job will say its own mistake
-                log.info("kdrun: jobs %s train one by one: %s", numbers, str(error) if isinstance(error, groups.Unstackable) else failure_of(error)[1])
+            failure = None if isinstance(error, groups.Unstackable) else failure_of(error)
+            if isinstance(error, groups.Unstackable) or failure is not None:  # a user's mistake: each job will say it
+                log.info("kdrun: jobs %s train one by one: %s", numbers, str(error) if failure is None else failure[1])
             else:
                 log.warning("kdrun: jobs %s train one by one: training them together failed (internal error: %s: %s)", numbers, type(error).__name__, error)
             continue
@@ -271,12 +279,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
     except (KeyboardInterrupt, SystemExit) as interruption:  # SystemExit: a scheduler's handler (submitit) ends the job
         with _signals_held():
             remove_results(run_dir)
-            if isinstance(interruption, KeyboardInterrupt):
-                stopped_by = signal_of(interruption)
-                how, fields = f"stopped by {stopped_by.name}", {"signal": stopped_by.name, "exit_code": 128 + int(stopped_by)}
-            else:
-                code = interruption.code if isinstance(interruption.code, int) else EXIT_FAILED
-                how, fields = "stopped (its process was told to exit)", {"exit_code": code}
+            how, fields = _how_stopped(interruption)
             message = f"{how}; metrics.csv holds the epochs finished before"
             if has_checkpoints(run_dir):
                 message += f"; to continue from the last checkpoint, {again}"

@@ -5,7 +5,9 @@ order, in this process), but compose each job's config once: Hydra's basic sweep
 job's config to check it (``Sweeper.validate_batch_is_legal``), throws it away, and the launcher
 composes it again. Here the launcher composes all of a batch's configs before its first job runs,
 so a bad override (a value out of range, or a job folder that cannot be created) stops the sweep
-before any training, and the sweeper skips its own check.
+before any training, and the sweeper skips its own check. The launcher then trains the students
+of the jobs that differ only in the loss's settings and the seed together (kdrun.groups), before
+the jobs run one after the other.
 With another launcher (joblib, submitit) the sweeper checks as Hydra's does.
 
 Hydra finds plugins in the ``hydra_plugins`` namespace package; the configs are stored below.
@@ -52,7 +54,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="kdrun", node=KdrunLau
 
 
 class KdrunLauncher(Launcher):
-    """Runs a batch of jobs one after the other in this process, each job's config composed once."""
+    """Runs a batch of jobs in this process: every job's config first (composed once, or derived
+    from the first job's), then the students of the jobs that can train together, trained together
+    (``kdrun.app.train_together``; ``stack=false``: not), then the jobs one after the other."""
 
     def __init__(self, stack: bool = True, stack_mb: float = 2048.0) -> None:
         self.stack, self.stack_mb = stack, stack_mb
@@ -89,7 +93,6 @@ class KdrunLauncher(Launcher):
             )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
-
 
     def _compose(self, job_overrides: Sequence[Sequence[str]]) -> List[DictConfig]:
         """Each job's config. Hydra composes one in about 0.3 s (the defaults list, then a merge of
