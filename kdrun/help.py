@@ -79,7 +79,9 @@ def train_help(argv: Sequence[str], config_dir: Path) -> str:
         "",
         "Trains a teacher, a distilled student and a baseline student (the same initial weights and",
         "batches: the loss is the only difference), evaluates all three on held-out data and writes",
-        "outputs/<date>/<time>/. -m sweeps every combination of comma-separated values.",
+        "outputs/<date>/<time>/. -m sweeps every combination of comma-separated values; the students",
+        "of jobs that differ only in the loss's settings or the seed train together",
+        "(hydra.launcher.stack=false: one job after the other).",
         note,
         "Config groups (GROUP=OPTION; * the current choice):",
     ]
