@@ -167,6 +167,14 @@ def _sweep(tmp_path: Path, name: str, *extra: str) -> int:
                      "trainer.checkpoint_every=1", "loss.alpha=0.3,0.9", "loss.temperature=1,4", *extra])  # fmt: skip
 
 
+def test_a_stack_size_of_no_memory_is_one_message(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _sweep(tmp_path, "bad", "hydra.launcher.stack_mb=-5") == 2
+    err = capsys.readouterr().err
+    assert "hydra.launcher.stack_mb=-5.0 is not allowed" in err and "Traceback" not in err
+    assert not list((tmp_path / "bad").glob("*/status.json"))
+
+
 def _metrics(job: Path) -> list[dict]:
     with open(job / "metrics.csv", newline="") as handle:
         return list(csv.DictReader(handle))

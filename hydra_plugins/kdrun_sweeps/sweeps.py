@@ -65,6 +65,10 @@ class KdrunLauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        if not self.stack_mb > 0:  # NaN too
+            from kdrun.errors import ConfigError
+
+            raise ConfigError(f"hydra.launcher.stack_mb={self.stack_mb} is not allowed: the memory one stack of students may take, in MB, > 0")
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
