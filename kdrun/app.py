@@ -210,15 +210,15 @@ def completed_earlier(cfg: DictConfig, run_dir: Path) -> bool:
     return bool(previous) and previous.get("status") == "completed" and previous.get("config_hash") == config_hash(cfg) and (run_dir / "summary.csv").is_file()
 
 
-def train_together(configs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> None:
+def train_together(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> None:
     """Before a sweep's jobs run: train the models of the jobs that can train together
     (kdrun.groups), for each job to take when it runs. Their status.json says running meanwhile,
     and interrupted if the training is stopped. Jobs that completed before, or that continue from
-    their checkpoints, are left to run as they would alone."""
+    their checkpoints, are left to run as they would alone. ``tasks``: the configs without
+    Hydra's node (``without_hydra``)."""
     from kdrun import groups
 
-    tasks = {i: without_hydra(config) for i, config in enumerate(configs)}
-    todo = [i for i, task in tasks.items() if not completed_earlier(task, run_dirs[i]) and not has_checkpoints(run_dirs[i])]
+    todo = [i for i, task in enumerate(tasks) if not completed_earlier(task, run_dirs[i]) and not has_checkpoints(run_dirs[i])]
     planned, alone = groups.plan([tasks[i] for i in todo])
     for position, reason in sorted(alone.items()):
         log.info("kdrun: job %d trains alone: %s", configs[todo[position]].hydra.job.num, reason)

@@ -1,19 +1,24 @@
 """Figures, and what a run records of its config.
 
 What users rely on: every run and every job of a sweep ends with its figures written, whichever
-launcher ran it; jobs that share a teacher and a T share one temperature figure; an interrupted
+launcher ran it; jobs that share a teacher and a T share one temperature figure; a figure kept
+and redrawn for the next job is the PNG a new figure gives; an interrupted
 job leaves no figures; a config that asks for a multirun gets one; the config a run records is
 the one Hydra composed.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import signal
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import has_traceback, interrupt, killed_if_left, run_kdrun, start_kdrun, wait_for_metrics
 
+from kdrun import plots
 from kdrun.run_files import read_status
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,6 +31,41 @@ def _job_dirs(sweep: Path) -> list[Path]:
 
 def _is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def _history(seed: int, epochs: int, models=("teacher", "distilled", "baseline")) -> list[dict]:
+    draw = random.Random(seed)
+    return [
+        {"model": model, "epoch": epoch, "val_acc": draw.uniform(0.5, 1.0), "val_loss": draw.uniform(0.01, 2.0)}
+        for model in models for epoch in range(1, epochs + 1)
+    ]  # fmt: skip
+
+
+def _probabilities(seed: int, temperatures=(1.0, 2.0, 4.0), examples: int = 3, classes: int = 10) -> dict:
+    draw = random.Random(seed)
+    logits = [[draw.gauss(0, 3) for _ in range(classes)] for _ in range(examples)]
+    softmax = lambda row, t: [math.exp(v / t) / sum(math.exp(w / t) for w in row) for v in row]  # noqa: E731
+    return {t: [softmax(row, t) for row in logits] for t in temperatures}
+
+
+@pytest.mark.parametrize("figure", ["curves", "temperature"])
+def test_a_figure_redrawn_for_another_job_is_the_png_a_new_figure_gives(tmp_path, monkeypatch, figure):
+    # A sweep keeps each figure and redraws it with the next job's data: job B's PNG after job A's
+    # must be byte for byte the one a new figure draws for B (limits, ticks, labels all reset).
+    if figure == "curves":
+        jobs = {"A": _history(0, 20), "B": _history(1, 12)}
+        draw = lambda name, path: plots.plot_curves(path, jobs[name], f"job {name}")  # noqa: E731
+    else:
+        jobs = {"A": _probabilities(0), "B": _probabilities(1)}
+        draw = lambda name, path: plots.plot_temperature(path, jobs[name], [3, 1, 4], 2.0)  # noqa: E731
+    monkeypatch.setattr(plots, "_curve_figures", {})
+    monkeypatch.setattr(plots, "_temperature_figures", {})
+    draw("B", tmp_path / "new.png")
+    draw("A", tmp_path / "a.png")
+    draw("B", tmp_path / "redrawn.png")
+    assert _is_png(tmp_path / "new.png")
+    assert (tmp_path / "redrawn.png").read_bytes() == (tmp_path / "new.png").read_bytes()
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "new.png").read_bytes()
 
 
 def test_single_run_writes_both_figures(tmp_path):

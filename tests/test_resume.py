@@ -26,7 +26,7 @@ from kdrun.data import Split
 from kdrun.losses import FitNetLoss
 from kdrun.models import CNN
 from kdrun.run_files import read_status
-from kdrun.train import Distillation, FitSettings, fit, predict, reported_epoch
+from kdrun.train import Distillation, FitSettings, fit, reported_epoch
 
 TIMING = {"seconds", "train_seconds"}
 # Each phase long enough to be caught in; checkpoints every 7 epochs, so a resumed model redoes

@@ -73,8 +73,7 @@ class KdrunLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         configs = self._compose(job_overrides)
-        for idx, config in enumerate(configs, start=initial_job_idx):
-            _check(config)
+        tasks = [_checked(config) for config in configs]
         job_dirs = []
         for idx, config in enumerate(configs, start=initial_job_idx):
             with open_dict(config):
@@ -84,7 +83,7 @@ class KdrunLauncher(Launcher):
         if self.stack and len(configs) > 1:
             from kdrun.app import train_together
 
-            train_together(configs, job_dirs, self.stack_mb)
+            train_together(configs, tasks, job_dirs, self.stack_mb)
         log.info(f"Launching {len(job_overrides)} jobs locally")
         returns = []
         for idx, (overrides, config) in enumerate(zip(job_overrides, configs), start=initial_job_idx):
@@ -147,12 +146,14 @@ def _derived(first: DictConfig, parsed_first: List[Any], parsed: List[Any], grou
     return config
 
 
-def _check(config: DictConfig) -> None:
-    """kdrun's checks of a job's settings, before any job runs: a value out of range anywhere in
-    the grid stops the sweep with one message, and no job folder is left behind."""
+def _checked(config: DictConfig) -> DictConfig:
+    """The job's task config, checked by kdrun before any job runs: a value out of range anywhere
+    in the grid stops the sweep with one message, and no job folder is left behind."""
     from kdrun.config import validate, without_hydra
 
-    validate(without_hydra(config))
+    task = without_hydra(config)
+    validate(task)
+    return task
 
 
 def _make_job_dir(config: DictConfig) -> Path:
