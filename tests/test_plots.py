@@ -58,11 +58,13 @@ def test_a_figure_redrawn_for_another_job_is_the_png_a_new_figure_gives(tmp_path
     else:
         jobs = {"A": _probabilities(0), "B": _probabilities(1)}
         draw = lambda name, path: plots.plot_temperature(path, jobs[name], [3, 1, 4], 2.0)  # noqa: E731
-    monkeypatch.setattr(plots, "_curve_figures", {})
-    monkeypatch.setattr(plots, "_temperature_figures", {})
+    for name in ("_curve_figures", "_temperature_figures", "_temperature_pngs"):  # nothing drawn before
+        monkeypatch.setattr(plots, name, {})
     draw("B", tmp_path / "new.png")
+    for name in ("_curve_figures", "_temperature_figures", "_temperature_pngs"):
+        monkeypatch.setattr(plots, name, {})
     draw("A", tmp_path / "a.png")
-    draw("B", tmp_path / "redrawn.png")
+    draw("B", tmp_path / "redrawn.png")  # A's figure, drawn again
     assert _is_png(tmp_path / "new.png")
     assert (tmp_path / "redrawn.png").read_bytes() == (tmp_path / "new.png").read_bytes()
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "new.png").read_bytes()
