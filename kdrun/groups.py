@@ -35,7 +35,7 @@ from kdrun.experiment import TITLES, Prepared, TrainedModel, build_loss, choose_
 from kdrun.models import count_parameters
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MetricsLog
 from kdrun.stacking import Member, fit_stacked, stack_reason
-from kdrun.train import FitSettings, fit, predict
+from kdrun.train import FitSettings, copy_state, fit, predict
 
 log = logging.getLogger("kdrun")
 
@@ -153,7 +153,7 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
         key = model_key(setup, "teacher", setup.teacher, epochs, include_transfer=False)
         rows = _lookup("teacher", key, setup.teacher, setup.cache_dir)
         if rows is not None:
-            found[seed] = TrainedModel(_copy(setup.teacher), rows, "cached", 0.0)
+            found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "cached", 0.0)
             for row in rows:
                 _writer(of_seed[seed])(row)
         else:
@@ -179,7 +179,7 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
     for (seed, setup, key), (rows, error, seconds) in zip(todo, trained):
         if error is None:
             cache.store("teacher", {**key, "stacked": True} if stacked else key, setup.teacher, rows, setup.cache_dir)
-        found[seed] = TrainedModel(_copy(setup.teacher), rows, "trained", seconds, error)
+        found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "trained", seconds, error)
     return found
 
 
@@ -215,7 +215,7 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
         keys[seed] = model_key(setup, "student", setup.baseline, epochs, include_transfer=True)
         rows = _lookup("baseline", keys[seed], setup.baseline, setup.cache_dir)
         if rows is not None:
-            baselines[seed] = TrainedModel(_copy(setup.baseline), rows, "cached", 0.0)
+            baselines[seed] = TrainedModel(copy_state(setup.baseline.state_dict()), rows, "cached", 0.0)
         else:
             members.append(Member("baseline", setup.baseline, seed + 1, _seeded_state(seed + 2), on_epoch=_writer(of_seed[seed])))
             owner.append(("baseline", seed))
@@ -229,7 +229,7 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
         _fit_stacked([members[i] for i in chunk], transfer, data, fit_settings(first, epochs, 0), first)
     results: list[dict[str, TrainedModel]] = [{} for _ in cfgs]
     for member, who in zip(members, owner):
-        trained = TrainedModel(_copy(member.model), member.history, "trained", member.seconds, member.error)
+        trained = TrainedModel(copy_state(member.model.state_dict()), member.history, "trained", member.seconds, member.error)
         if isinstance(who, int):
             results[who]["distilled"] = trained
         else:
@@ -265,6 +265,3 @@ def _seeded_state(seed: int) -> torch.Tensor:
     """torch's CPU random state after ``torch.manual_seed(seed)``, leaving the current one alone."""
     return torch.Generator().manual_seed(seed).get_state()
 
-
-def _copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -340,7 +340,7 @@ def fit(
             history.append(row)
             on_epoch(row)
             if settings.report == "best_val" and (best is None or row["val_acc"] > best["val_acc"]) and not math.isnan(row["val_acc"]):
-                best = {"epoch": epoch, "val_acc": row["val_acc"], "weights": _copy(model.state_dict())}
+                best = {"epoch": epoch, "val_acc": row["val_acc"], "weights": copy_state(model.state_dict())}
             if checkpoint is not None and checkpoint.due(epoch, settings.epochs):
                 checkpoint.save(training_state(epoch, settings.epochs, model, optimizer, loss_fn, generator, draws, scaler, device, history, best))
     if best is not None:
@@ -373,7 +373,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 # --------------------------------------------------------------------------- resumable state
 
 
-def _copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def copy_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a state dict's tensors, detached from the model's."""
     return {name: tensor.detach().clone() for name, tensor in state.items()}
 
 
