@@ -204,8 +204,8 @@ def plot_temperature(
     student learns from. The run's own T is drawn thick.
 
     The jobs of a sweep that share a teacher and a T get a copy of the PNG; like plot_curves's,
-    the figure is made once per layout (temperatures, examples' classes, the run's T) and redrawn
-    with each teacher's probabilities."""
+    the figure is made once per layout (temperatures, examples' classes) and redrawn with each
+    teacher's probabilities and run's T."""
     shown = repr((sorted(probabilities.items()), list(labels), run_temperature))
     drawn = _temperature_pngs.get(shown)
     if drawn is not None:
@@ -213,18 +213,18 @@ def plot_temperature(
         return
     temperatures = tuple(sorted(probabilities))
     classes = max((len(p[0]) for p in probabilities.values()), default=0)
-    layout = (temperatures, tuple(labels), repr(run_temperature), classes)  # repr: a NaN T is a key too
-    figure = _temperature_figures.get(layout) or _latest(_temperature_figures, layout, _TemperatureFigure(temperatures, labels, run_temperature, classes))
-    figure.draw(path, probabilities)
+    layout = (temperatures, tuple(labels), classes)
+    figure = _temperature_figures.get(layout) or _latest(_temperature_figures, layout, _TemperatureFigure(temperatures, labels, classes))
+    figure.draw(path, probabilities, run_temperature)
     _latest(_temperature_pngs, shown, path.read_bytes())
 
 
 class _TemperatureFigure:
     """One panel per example; for each class a group of dots, one per temperature side by side
     (classes are separate categories: no line joins them), each T its own colour, the run's own T
-    larger and outlined. Made once, redrawn with each teacher's probabilities."""
+    larger and outlined. Made once, redrawn with each teacher's probabilities and run's T."""
 
-    def __init__(self, temperatures: Sequence[float], labels: Sequence[int], run_temperature: float, classes: int) -> None:
+    def __init__(self, temperatures: Sequence[float], labels: Sequence[int], classes: int) -> None:
         self.fig = new_figure(figsize=(max(4.2, 0.45 * classes + 1.5) * len(labels), 3.8))
         axes = self.fig.subplots(1, len(labels), squeeze=False, sharey=True)[0]
         spread = 0.7 / max(1, len(temperatures))
@@ -232,12 +232,10 @@ class _TemperatureFigure:
         for column, ax in enumerate(axes):
             ax.axvspan(labels[column] - 0.45, labels[column] + 0.45, color="tab:orange", alpha=0.18, linewidth=0)
             for rank, temperature in enumerate(temperatures):
-                own = temperature == run_temperature
                 offset = (rank - (len(temperatures) - 1) / 2) * spread
                 self.points[column, temperature] = ax.plot(
                     [c + offset for c in range(classes)], [0.0] * classes, linestyle="none", marker="o",
-                    markersize=6.5 if own else 4.5, markeredgecolor="black" if own else "none", markeredgewidth=1.2,
-                    color=f"C{rank % 10}", label=f"T={temperature:g}" + (" (this run)" if own else ""),
+                    markeredgewidth=1.2, color=f"C{rank % 10}",
                 )[0]  # fmt: skip
             ax.set_title(f"held-out example {column} (true class {labels[column]})", y=1.0)
             ax.set(xlabel="class", ylim=(0, 1.02))
@@ -250,14 +248,19 @@ class _TemperatureFigure:
         axes[0].set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1], ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"])  # shared
         axes[0].set_ylabel("teacher probability")
         self.fig.suptitle("The trained teacher's soft targets at several temperatures (orange band: the true class)", y=0.985)
-        handles, names = axes[0].get_legend_handles_labels()
-        if handles:  # one row under the title, clear of every panel's data
-            self.fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.925), ncol=len(handles), frameon=False, fontsize=9)
         self.fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.78, wspace=0.06)
+        self.temperatures = temperatures
 
-    def draw(self, path: Path, probabilities: dict[float, Sequence[Sequence[float]]]) -> None:
+    def draw(self, path: Path, probabilities: dict[float, Sequence[Sequence[float]]], run_temperature: float) -> None:
         for (column, temperature), points in self.points.items():
-            points.set_ydata(probabilities[temperature][column])
+            own = temperature == run_temperature
+            points.set(ydata=probabilities[temperature][column], markersize=6.5 if own else 4.5, markeredgecolor="black" if own else "none")
+        # The legend names the run's T, so it is made anew for each run: one row under the title.
+        self.fig.legends.clear()
+        if self.temperatures:
+            handles = [self.points[0, t] for t in self.temperatures]
+            names = [f"T={t:g}" + (" (this run)" if t == run_temperature else "") for t in self.temperatures]
+            self.fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.925), ncol=len(handles), frameon=False, fontsize=9)
         savefig_atomic(self.fig, path, dpi=100)
 
 

@@ -56,8 +56,8 @@ def test_a_figure_redrawn_for_another_job_is_the_png_a_new_figure_gives(tmp_path
         jobs = {"A": _history(0, 20), "B": _history(1, 12)}
         draw = lambda name, path: plots.plot_curves(path, jobs[name], f"job {name}")  # noqa: E731
     else:
-        jobs = {"A": _probabilities(0), "B": _probabilities(1)}
-        draw = lambda name, path: plots.plot_temperature(path, jobs[name], [3, 1, 4], 2.0)  # noqa: E731
+        jobs = {"A": (_probabilities(0), 1.0), "B": (_probabilities(1), 2.0)}  # each run's own T drawn large
+        draw = lambda name, path: plots.plot_temperature(path, jobs[name][0], [3, 1, 4], jobs[name][1])  # noqa: E731
     for name in ("_curve_figures", "_temperature_figures", "_temperature_pngs"):  # nothing drawn before
         monkeypatch.setattr(plots, name, {})
     draw("B", tmp_path / "new.png")
