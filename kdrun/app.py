@@ -21,19 +21,17 @@ redoes the others.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import sys
 import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -42,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from kdrun.config import compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, validate, without_hydra
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
+from kdrun.interrupts import signal_of, signals_held, sigterm_interrupts
 from kdrun.run_files import has_checkpoints, read_status, remove_checkpoints, remove_results, write_status
 
 if TYPE_CHECKING:
@@ -58,41 +57,6 @@ _show_tracebacks = False
 # above it: removed again if the run is refused.
 _created_run_dir: Optional[Path] = None
 _created_parents: list[Path] = []
-
-
-# --------------------------------------------------------------------------- signals
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a job alike."""
-
-    signum = signal.SIGTERM
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` meanwhile (where signals can be set: the main thread),
-    unless the process has its own handler: a scheduler's (submitit's) then stays in charge."""
-    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, _raise_terminated):
-        yield
-        return
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread, as in some launchers
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def signal_of(interruption: KeyboardInterrupt) -> signal.Signals:
-    return signal.Signals(getattr(interruption, "signum", signal.SIGINT))
 
 
 # --------------------------------------------------------------------------- one job
@@ -132,20 +96,6 @@ def _check_cache_dir(cfg: DictConfig) -> None:
     if problem is not None:
         shown = repr(cfg.cache.dir) if cfg.cache.dir else f"null (the default, {directory})"
         raise ConfigError(f"cache.dir={shown} is not allowed: {problem}. Set cache.dir to a folder kdrun can write, or cache.enabled=false")
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait meanwhile (a second Ctrl-C cannot cut a status write short)."""
-    try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    except (AttributeError, ValueError):  # no pthread_sigmask (Windows)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _still_running(status: dict) -> bool:
@@ -228,12 +178,12 @@ def train_together(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], r
         for i in jobs:
             write_status(run_dirs[i], "running", **records[i], pid=os.getpid(), host=socket.gethostname())
         try:
-            with _sigterm_interrupts():
+            with sigterm_interrupts():
                 setups, trained = groups.train_group([tasks[i] for i in jobs], [run_dirs[i] for i in jobs], memory_mb)
         except (KeyboardInterrupt, SystemExit) as interruption:
             how, fields = _how_stopped(interruption)
             message = f"{how} while it trained with other jobs of the sweep; to continue, run the same command again with hydra.sweep.dir={configs[jobs[0]].hydra.sweep.dir}"
-            with _signals_held():
+            with signals_held():
                 for i in jobs:
                     remove_results(run_dirs[i])
                     write_status(run_dirs[i], "interrupted", **records[i], **fields, message=message)
@@ -277,7 +227,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
         tags = {"overrides": " ".join(overrides), "seed": str(cfg.trainer.seed)}
         result = run_experiment(cfg, run_dir, tags=tags, trained=trained, setup=setup)
     except (KeyboardInterrupt, SystemExit) as interruption:  # SystemExit: a scheduler's handler (submitit) ends the job
-        with _signals_held():
+        with signals_held():
             remove_results(run_dir)
             how, fields = _how_stopped(interruption)
             message = f"{how}; metrics.csv holds the epochs finished before"
@@ -289,7 +239,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
     except BaseException as error:
         failure = failure_of(error)
         code, message = failure if failure is not None else (EXIT_FAILED, f"internal error: {type(error).__name__}: {error}")
-        with _signals_held():
+        with signals_held():
             remove_results(run_dir)
             write_status(run_dir, "failed", **record, exit_code=code, message=message.splitlines()[0] if message else "")
         raise
@@ -314,7 +264,7 @@ def train_task(cfg: DictConfig) -> float:
     if sweep and completed_earlier(cfg, run_dir):
         log.info("job %s completed in an earlier run of this sweep; skipped (%s)", hydra_cfg.job.num, run_dir)
         return float((read_status(run_dir) or {}).get("objective", math.nan))
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         try:
             return _run_job(cfg, run_dir, overrides, again).objective
         except Exception as error:
@@ -466,7 +416,7 @@ def main(argv: Sequence[str]) -> int:
     sys.argv = [saved_argv[0], *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print: kdrun says it in one line
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             app()
     except KeyboardInterrupt as interruption:
         name = signal_of(interruption)

@@ -7,7 +7,8 @@ run's flattened config (as parameters), every model's per-epoch metrics under th
 (``teacher/val_acc``, ``distilled/soft_loss``), the summary numbers (``summary/distilled/test_acc``)
 and the figures. Each is built from ``_target_`` (conf/logger/), so a tracker of one's own is a
 class with these methods. A tracker that fails while the run goes on is reported once and dropped:
-training never stops for a tracker.
+training never stops for a tracker. Ctrl-C and SIGTERM wait for a tracker's call to return
+(their threads and databases are not left half-way), then stop the run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdrun.errors import ConfigError
+from kdrun.interrupts import signals_held
 
 log = logging.getLogger("kdrun")
 
@@ -181,12 +183,14 @@ class Trackers:
 
     def start(self, run: TrackedRun) -> None:
         for tracker in self.trackers.values():
-            tracker.start(run)  # a failure here is the user's setting: the run stops before training
+            with signals_held():
+                tracker.start(run)  # a failure here is the user's setting: the run stops before training
 
     def _each(self, method: str, *args: Any) -> None:
         for name, tracker in list(self.trackers.items()):
             try:
-                getattr(tracker, method)(*args)
+                with signals_held():
+                    getattr(tracker, method)(*args)
             except Exception as error:
                 log.warning("logger.%s stopped logging (%s: %s); the CSV files have everything", name, type(error).__name__, error)
                 del self.trackers[name]

@@ -7,13 +7,16 @@ import csv
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import kdrun_command, kdrun_env, killed_if_left, run_kdrun, start_kdrun
 
+from kdrun.interrupts import Terminated, sigterm_interrupts
 from kdrun.run_files import read_status
+from kdrun.trackers import Tracker, Trackers
 
 pytest.importorskip("tensorboard")
 mlflow = pytest.importorskip("mlflow")
@@ -128,3 +131,31 @@ def test_a_tracker_whose_package_is_missing_is_one_message(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "logger=mlflow" in lines[0] and "pip install 'kdrun[trackers]'" in lines[0], result.stderr
     assert not (tmp_path / "outputs").exists()  # a refused command leaves no folder
+
+
+class _SignalledMidCall(Tracker):
+    """A tracker whose call is interrupted half-way: SIGTERM reaches the process, then it goes on."""
+
+    def __init__(self) -> None:
+        self.finished: list[int] = []
+
+    def log_epoch(self, row: dict) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the signal has arrived; raised here, it would leave the call half done
+        self.finished.append(row["epoch"])
+
+
+def test_sigterm_during_a_trackers_call_stops_the_run_once_the_call_returns():
+    # TensorBoard's writer, cut short inside its queue, left its thread asleep for up to two
+    # minutes when the run closed it. Another thread is alive, as torch's and TensorBoard's are:
+    # a signal blocked in this thread would go there and its handler still run here.
+    tracker, stop = _SignalledMidCall(), threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with sigterm_interrupts(), pytest.raises(Terminated):
+            Trackers({"t": tracker}).log_epoch({"model": "teacher", "epoch": 3, "val_acc": 0.5})
+    finally:
+        stop.set()
+        other.join()
+    assert tracker.finished == [3]

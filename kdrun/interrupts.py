@@ -1,0 +1,68 @@
+"""Ctrl-C and SIGTERM: both stop a job the same way, as KeyboardInterrupt (SIGTERM as its subclass
+``Terminated``), raised wherever the main thread is, except while signals are held: then the
+code that holds them (a status write, a tracker's call) finishes first and the signal takes
+effect right after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from typing import Any, Iterator
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a job alike."""
+
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` meanwhile (where signals can be set: the main thread),
+    unless the process has its own handler: a scheduler's (submitit's) then stays in charge."""
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, _raise_terminated):
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread, as in some launchers
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def signal_of(interruption: KeyboardInterrupt) -> signal.Signals:
+    return signal.Signals(getattr(interruption, "signum", signal.SIGINT))
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait meanwhile and take effect when it ends, so that an exception raised
+    by a signal cannot cut short a status write or a tracker's call. (TensorBoard's writer, cut
+    short in its queue, could leave its thread asleep for up to two minutes when the run closed
+    it.) The Python handlers are swapped rather than the signals masked: a masked signal goes to
+    another thread (torch's, a tracker's), and Python still runs its handler in this one."""
+    caught: list[int] = []
+    try:
+        previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum)) for number in _HELD}
+    except ValueError:  # not the main thread, where Python runs no handler anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be restored
+                signal.signal(number, handler)
+        if caught:
+            signal.raise_signal(caught[0])  # the handler restored above takes it now
