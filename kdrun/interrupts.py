@@ -46,23 +46,37 @@ def signal_of(interruption: KeyboardInterrupt) -> signal.Signals:
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
+def signals_held(second_stops: bool = False) -> Iterator[None]:
     """SIGINT and SIGTERM wait meanwhile and take effect when it ends, so that an exception raised
     by a signal cannot cut short a status write or a tracker's call. (TensorBoard's writer, cut
     short in its queue, could leave its thread asleep for up to two minutes when the run closed
-    it.) The Python handlers are swapped rather than the signals masked: a masked signal goes to
+    it.) With ``second_stops``, a second signal takes effect at once: a call that waits on a
+    network (a tracker's server) can still be stopped.
+
+    The Python handlers are swapped rather than the signals masked: a masked signal goes to
     another thread (torch's, a tracker's), and Python still runs its handler in this one."""
     caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+        if second_stops and len(caught) == 2:
+            _restore(previous)
+            signal.raise_signal(signum)  # the restored handler takes it now
+
     try:
-        previous = {number: signal.signal(number, lambda signum, frame: caught.append(signum)) for number in _HELD}
+        previous = {number: signal.signal(number, hold) for number in _HELD}
     except ValueError:  # not the main thread, where Python runs no handler anyway
         yield
         return
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            if handler is not None:  # None: a handler not set from Python, which cannot be restored
-                signal.signal(number, handler)
-        if caught:
-            signal.raise_signal(caught[0])  # the handler restored above takes it now
+        _restore(previous)
+        if len(caught) == 1 or (caught and not second_stops):
+            signal.raise_signal(caught[0])
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for number, handler in handlers.items():
+        if handler is not None:  # None: a handler not set from Python, which cannot be restored
+            signal.signal(number, handler)

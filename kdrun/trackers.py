@@ -8,7 +8,8 @@ run's flattened config (as parameters), every model's per-epoch metrics under th
 and the figures. Each is built from ``_target_`` (conf/logger/), so a tracker of one's own is a
 class with these methods. A tracker that fails while the run goes on is reported once and dropped:
 training never stops for a tracker. Ctrl-C and SIGTERM wait for a tracker's call to return
-(their threads and databases are not left half-way), then stop the run.
+(its threads and database are not left half-way), then stop the run; a second one stops it at
+once (a tracker's server may be slow to answer).
 """
 
 from __future__ import annotations
@@ -183,13 +184,13 @@ class Trackers:
 
     def start(self, run: TrackedRun) -> None:
         for tracker in self.trackers.values():
-            with signals_held():
+            with signals_held(second_stops=True):
                 tracker.start(run)  # a failure here is the user's setting: the run stops before training
 
     def _each(self, method: str, *args: Any) -> None:
         for name, tracker in list(self.trackers.items()):
             try:
-                with signals_held():
+                with signals_held(second_stops=True):
                     getattr(tracker, method)(*args)
             except Exception as error:
                 log.warning("logger.%s stopped logging (%s: %s); the CSV files have everything", name, type(error).__name__, error)
