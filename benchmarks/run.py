@@ -44,6 +44,7 @@ shared: the load average is printed at the start and the end; trust same-run rat
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import shutil
@@ -309,6 +310,16 @@ def section_b(tmp: Path, kd_repeats: int, quick: bool) -> None:
     print(f"kdrun train -m (stacked)     {fmt_runs(big_stacked)}")
     print(f"hydra.launcher.stack=false   {fmt_runs(big_alone)}")
     print(f"  one job after the other / stacked: {med([p.wall for p in big_alone]) / med([p.wall for p in big_stacked]):.2f}x")
+
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        return
+    print("\n-- (b) the 5 x 5 sweep through submitit on this machine: Hydra's submitit_local (a process per job, "
+          "2 at a time, 1 thread each) vs kd_submitit_local (a process per group of jobs that train together), 1 run each --")
+    hydra_way = kdrun_sweep(tmp, "bsub_hydra", *sweep, "hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2", "trainer.threads=1")[0]
+    grouped = kdrun_sweep(tmp, "bsub_grouped", *sweep, "hydra/launcher=kd_submitit_local", "trainer.threads=1")[0]
+    print(f"hydra/launcher=submitit_local     {fmt_runs([hydra_way])}")
+    print(f"hydra/launcher=kd_submitit_local  {fmt_runs([grouped])}")
+    print(f"  a task per job / a task per group: {hydra_way.wall / grouped.wall:.2f}x")
 
 
 # --------------------------------------------------------------------------- m: memory

@@ -88,15 +88,23 @@ def test_joblib_launcher_parallel(tmp_path: Path) -> None:
     assert "left out: 1 failed" in result.stderr
 
 
-def test_submitit_local_launcher(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stack", [True, False])
+def test_submitit_local_runs_each_group_of_jobs_as_one_task(tmp_path: Path, stack: bool) -> None:
+    """Two learning rates x two temperatures: two groups of jobs that train together, so two
+    submitit tasks (processes), each training its jobs' students together; with stack=false, a
+    task per job, as Hydra's submitit launcher runs them."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    result = kdrun_train(tmp_path, "hydra/launcher=kd_submitit_local", "trainer.threads=1", "loss.temperature=1,4")
+    rates = "trainer.lr=0.001,0.002"
+    result = kdrun_train(tmp_path, "hydra/launcher=kd_submitit_local", f"hydra.launcher.stack={stack}", "trainer.threads=1", rates, "loss.temperature=1,4")
 
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = tmp_path / "sweep"
-    assert_full_outputs(sweep, 2)
-    assert (sweep / ".submitit").is_dir()
-    assert len(read_csv(sweep / "comparison.csv")) == 2
+    assert_full_outputs(sweep, 4)
+    assert len(read_csv(sweep / "comparison.csv")) == 4
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == (2 if stack else 4), logs
+    together = [log for log in logs if "training 3 students together (2 distilled, 1 baseline)" in log.read_text()]
+    assert len(together) == (2 if stack else 0)
 
 
 def test_submitit_slurm_preset_composes(tmp_path: Path) -> None:
@@ -107,7 +115,7 @@ def test_submitit_slurm_preset_composes(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     launcher = yaml.safe_load(result.stdout)
-    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["_target_"].endswith("KdrunSubmititSlurm") and launcher["stack"] is True
     assert launcher["partition"] == "cpu" and launcher["setup"] == ["export OMP_NUM_THREADS=4"]
 
 

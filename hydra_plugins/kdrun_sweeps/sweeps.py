@@ -7,8 +7,9 @@ composes it again. Here the launcher composes all of a batch's configs before it
 so a bad override (a value out of range, or a job folder that cannot be created) stops the sweep
 before any training, and the sweeper skips its own check. The launcher then trains the students
 of the jobs that differ only in the loss's settings and the seed together (kdrun.groups), before
-the jobs run one after the other.
-With another launcher (joblib, submitit) the sweeper checks as Hydra's does.
+the jobs run one after the other. kdrun's submitit launchers (grouped_submitit.py) do the same
+in one submitit task per group of jobs. With another launcher (joblib, Hydra's submitit) the
+sweeper checks as Hydra's does.
 
 Hydra finds plugins in the ``hydra_plugins`` namespace package; the configs are stored below.
 (Hydra loads this module without registering it in sys.modules: no ``from __future__ import
@@ -58,6 +59,8 @@ class KdrunLauncher(Launcher):
     from the first job's), then the students of the jobs that can train together, trained together
     (``kdrun.app.train_together``; ``stack=false``: not), then the jobs one after the other."""
 
+    composes_configs = True  # before any job runs: the sweeper need not compose them to check them
+
     def __init__(self, stack: bool = True, stack_mb: float = 2048.0) -> None:
         self.stack, self.stack_mb = stack, stack_mb
 
@@ -65,55 +68,84 @@ class KdrunLauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        if not self.stack_mb > 0:  # NaN too
-            from kdrun.errors import ConfigError
-
-            raise ConfigError(f"hydra.launcher.stack_mb={self.stack_mb} is not allowed: the memory one stack of students may take, in MB, > 0")
+        check_stack_mb(self.stack_mb)
         setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = self._compose(job_overrides)
-        tasks = [_checked(config) for config in configs]
-        job_dirs = []
-        for idx, config in enumerate(configs, start=initial_job_idx):
-            with open_dict(config):
-                config.hydra.job.id = idx
-                config.hydra.job.num = idx
-            job_dirs.append(_make_job_dir(config))
-        if self.stack and len(configs) > 1:
-            from kdrun.app import train_together
+        numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+        return run_jobs_here(self.hydra_context, self.task_function, self.config, job_overrides, numbers, self.stack_mb if self.stack else None)
 
-            train_together(configs, tasks, job_dirs, self.stack_mb)
-        log.info(f"Launching {len(job_overrides)} jobs locally")
-        returns = []
-        for idx, (overrides, config) in enumerate(zip(job_overrides, configs), start=initial_job_idx):
-            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            returns.append(
-                run_job(
-                    hydra_context=self.hydra_context, task_function=self.task_function, config=config,
-                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
-                )  # fmt: skip
-            )
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return returns
 
-    def _compose(self, job_overrides: Sequence[Sequence[str]]) -> List[DictConfig]:
-        """Each job's config. Hydra composes one in about 0.3 s (the defaults list, then a merge of
-        every config file): most of a small sweep's time. A job whose overrides differ from the
-        first job's only in the values of plain keys (``loss.alpha=0.5``: no config group, no
-        hydra key, no + or ~) gets a copy of the first job's config with those values set as
-        Hydra sets them (``OmegaConf.update``), in about 0.01 s. Anything else, and any value
-        the copy refuses, is composed by Hydra, which then reports the mistake its own way."""
-        loader = self.hydra_context.config_loader
-        first = loader.load_sweep_config(self.config, list(job_overrides[0]))
-        parser = OverridesParser.create()
-        groups = set(loader.list_groups(""))
-        parsed_first = parser.parse_overrides(list(job_overrides[0]))
-        configs = [first]
-        for overrides in job_overrides[1:]:
-            derived = _derived(first, parsed_first, parser.parse_overrides(list(overrides)), groups)
-            configs.append(derived if derived is not None else loader.load_sweep_config(self.config, list(overrides)))
-        return configs
+def run_jobs_here(
+    hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig, job_overrides: Sequence[Sequence[str]],
+    numbers: Sequence[int], stack_mb: Optional[float], job_id: Optional[str] = None,
+) -> List[JobReturn]:  # fmt: skip
+    """Run these jobs (numbered ``numbers``) in this process: every job's config first, then the
+    models of the jobs that can train together, trained together (unless ``stack_mb`` is None),
+    then the jobs one after the other through Hydra's ``run_job``."""
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    configs = _compose(hydra_context, config, job_overrides)
+    tasks = [_checked(job) for job in configs]
+    job_dirs = []
+    for number, job in zip(numbers, configs):
+        with open_dict(job):
+            job.hydra.job.id = job_id if job_id is not None else number
+            job.hydra.job.num = number
+        job_dirs.append(_make_job_dir(job))
+    if stack_mb is not None and len(configs) > 1:
+        from kdrun.app import train_together
+
+        train_together(configs, tasks, job_dirs, stack_mb)
+    log.info(f"Launching {len(job_overrides)} jobs locally")
+    returns = []
+    for number, overrides, job in zip(numbers, job_overrides, configs):
+        log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+        returns.append(
+            run_job(
+                hydra_context=hydra_context, task_function=task_function, config=job,
+                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+            )  # fmt: skip
+        )
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return returns
+
+
+def job_groups(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]], stack: bool) -> List[List[int]]:
+    """The jobs (positions in ``job_overrides``) to run together, in job order: each group of jobs
+    that can train together (kdrun.groups.plan; none unless ``stack``), and each other job alone.
+    Every job's config is composed and checked first: a bad value anywhere stops the sweep."""
+    tasks = [_checked(job) for job in _compose(hydra_context, config, job_overrides)]
+    if not stack:
+        return [[i] for i in range(len(tasks))]
+    from kdrun.groups import plan
+
+    groups, alone = plan(tasks)
+    return sorted(groups + [[i] for i in alone], key=min)
+
+
+def check_stack_mb(stack_mb: float) -> None:
+    if not stack_mb > 0:  # NaN too
+        from kdrun.errors import ConfigError
+
+        raise ConfigError(f"hydra.launcher.stack_mb={stack_mb} is not allowed: the memory one stack of students may take, in MB, > 0")
+
+
+def _compose(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]]) -> List[DictConfig]:
+    """Each job's config. Hydra composes one in about 0.3 s (the defaults list, then a merge of
+    every config file): most of a small sweep's time. A job whose overrides differ from the
+    first job's only in the values of plain keys (``loss.alpha=0.5``: no config group, no
+    hydra key, no + or ~) gets a copy of the first job's config with those values set as
+    Hydra sets them (``OmegaConf.update``), in about 0.01 s. Anything else, and any value
+    the copy refuses, is composed by Hydra, which then reports the mistake its own way."""
+    loader = hydra_context.config_loader
+    first = loader.load_sweep_config(config, list(job_overrides[0]))
+    parser = OverridesParser.create()
+    groups = set(loader.list_groups(""))
+    parsed_first = parser.parse_overrides(list(job_overrides[0]))
+    configs = [first]
+    for overrides in job_overrides[1:]:
+        derived = _derived(first, parsed_first, parser.parse_overrides(list(overrides)), groups)
+        configs.append(derived if derived is not None else loader.load_sweep_config(config, list(overrides)))
+    return configs
 
 
 def _derived(first: DictConfig, parsed_first: List[Any], parsed: List[Any], groups: "set[str]") -> Optional[DictConfig]:
@@ -208,7 +240,7 @@ class KdrunSweeper(Sweeper):
         returns = []
         for start in range(0, len(jobs), size):
             batch = jobs[start : start + size]
-            if not isinstance(self.launcher, KdrunLauncher):  # it composes the configs up front itself
+            if not getattr(self.launcher, "composes_configs", False):  # kdrun's launchers check the configs up front
                 self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=start)
             for result in results:
