@@ -311,15 +311,18 @@ def section_b(tmp: Path, kd_repeats: int, quick: bool) -> None:
     print(f"hydra.launcher.stack=false   {fmt_runs(big_alone)}")
     print(f"  one job after the other / stacked: {med([p.wall for p in big_alone]) / med([p.wall for p in big_stacked]):.2f}x")
 
-    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-        return
-    print("\n-- (b) the 5 x 5 sweep through submitit on this machine: Hydra's submitit_local (a process per job, "
-          "2 at a time, 1 thread each) vs kd_submitit_local (a process per group of jobs that train together), 1 run each --")
-    hydra_way = kdrun_sweep(tmp, "bsub_hydra", *sweep, "hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2", "trainer.threads=1")[0]
-    grouped = kdrun_sweep(tmp, "bsub_grouped", *sweep, "hydra/launcher=kd_submitit_local", "trainer.threads=1")[0]
-    print(f"hydra/launcher=submitit_local     {fmt_runs([hydra_way])}")
-    print(f"hydra/launcher=kd_submitit_local  {fmt_runs([grouped])}")
-    print(f"  a task per job / a task per group: {hydra_way.wall / grouped.wall:.2f}x")
+    parallel = [("joblib", ["hydra/launcher=joblib"], ["hydra/launcher=kd_joblib"]),
+                ("submitit", ["hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2"], ["hydra/launcher=kd_submitit_local"])]  # fmt: skip
+    for plugin, hydra_way, kdrun_way in parallel:
+        if importlib.util.find_spec(f"hydra_plugins.hydra_{plugin}_launcher") is None:
+            continue
+        print(f"\n-- (b) the 5 x 5 sweep through {plugin} on this machine, 1 thread a job: Hydra's launcher (a task per job) vs "
+              f"kdrun's (a task per group of jobs that train together), 1 run each --")
+        per_job = kdrun_sweep(tmp, f"bp_{plugin}_hydra", *sweep, *hydra_way, "trainer.threads=1")[0]
+        per_group = kdrun_sweep(tmp, f"bp_{plugin}_kdrun", *sweep, *kdrun_way, "trainer.threads=1")[0]
+        print(f"{' '.join(hydra_way):<55} {fmt_runs([per_job])}")
+        print(f"{' '.join(kdrun_way):<55} {fmt_runs([per_group])}")
+        print(f"  a task per job / a task per group: {per_job.wall / per_group.wall:.2f}x")
 
 
 # --------------------------------------------------------------------------- m: memory

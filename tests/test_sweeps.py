@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdrun.run_files import read_status
+
 pytestmark = pytest.mark.slow
 
 TINY = ["trainer.epochs=1", "dataset.n_samples=120", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "plots=false"]
@@ -69,23 +71,27 @@ def test_basic_launcher_grid_and_seeds(tmp_path: Path) -> None:
     assert "test accuracy: 8 runs" in result.stdout and "95% CI" in result.stdout
 
 
-def test_joblib_launcher_parallel(tmp_path: Path) -> None:
-    """Two workers, one torch thread each; a failing job makes the sweep exit non-zero although
-    it ran in another process (the callback reads its status.json)."""
+def test_joblib_runs_each_group_of_jobs_as_one_task_in_parallel_workers(tmp_path: Path) -> None:
+    """Two workers, one torch thread each: two learning rates x two temperatures are two groups
+    of jobs that train together, a task per worker. A job that fails in a worker (its loss turns
+    NaN) makes the sweep exit non-zero although it ran in another process (the callback reads
+    its status.json)."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    result = kdrun_train(tmp_path, "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", "loss.alpha=0.1,0.9,1.5")
+    result = kdrun_train(tmp_path, "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", "trainer.lr=0.01,1e30", "loss.temperature=1,4")
 
-    assert result.returncode == 2, result.stderr[-3000:]  # the worst job's: a value out of range
+    assert result.returncode == 1, result.stderr[-3000:]  # the worst job's: a run that went wrong
     sweep = tmp_path / "sweep"
     multirun = yaml.safe_load((sweep / "multirun.yaml").read_text())
-    assert multirun["hydra"]["launcher"]["n_jobs"] == 2 and "Joblib" in multirun["hydra"]["launcher"]["_target_"]
-    statuses = {r["loss.alpha"]: r["status"] for r in read_csv(sweep / "comparison.csv")}
-    assert statuses == {"0.1": "completed", "0.9": "completed", "1.5": "failed"}
-    for job in job_dirs(sweep)[:2]:
+    assert multirun["hydra"]["launcher"]["n_jobs"] == 2 and multirun["hydra"]["launcher"]["_target_"].endswith("KdrunJoblib")
+    output = result.stdout + result.stderr
+    assert output.count("task of 2 jobs") == 2 and "training 3 students together (2 distilled, 1 baseline)" in output
+    statuses = {(float(r["trainer.lr"]), r["loss.temperature"]): r["status"] for r in read_csv(sweep / "comparison.csv")}
+    assert statuses == {(0.01, "1"): "completed", (0.01, "4"): "completed", (1e30, "1"): "failed", (1e30, "4"): "failed"}
+    for job in job_dirs(sweep):
         assert "1 thread(s)" in (job / "train.log").read_text()
-        assert (job / "summary.csv").is_file()
-    assert "did not complete" in result.stdout + result.stderr
-    assert "left out: 1 failed" in result.stderr
+        assert (job / "summary.csv").is_file() == (read_status(job)["status"] == "completed")
+    assert "did not complete" in output
+    assert "left out: 2 failed" in result.stderr
 
 
 @pytest.mark.parametrize("stack", [True, False])
