@@ -7,9 +7,9 @@ composes it again. Here the launcher composes all of a batch's configs before it
 so a bad override (a value out of range, or a job folder that cannot be created) stops the sweep
 before any training, and the sweeper skips its own check. The launcher then trains the students
 of the jobs that differ only in the loss's settings and the seed together (kdrun.groups), before
-the jobs run one after the other. kdrun's submitit launchers (group_launchers.py) do the same
-in one submitit task per group of jobs. With another launcher (joblib, Hydra's submitit) the
-sweeper checks as Hydra's does.
+the jobs run one after the other. kdrun's joblib and submitit launchers (group_launchers.py) do
+the same, a task per group of jobs. With another launcher (Hydra's own) the sweeper checks as
+Hydra's does.
 
 Hydra finds plugins in the ``hydra_plugins`` namespace package; the configs are stored below.
 (Hydra loads this module without registering it in sys.modules: no ``from __future__ import
