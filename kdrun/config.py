@@ -726,6 +726,9 @@ def not_a_setting(key: str, schema: Any = None) -> str:
     return f"{key} is not a setting: {hint}kdrun train --help lists them" if hint else f"{key} is not a setting; kdrun train --help lists them"
 
 
+_SWEEP_EXTRA = "The parallel and cluster launchers and the Optuna sweeper need: pip install 'kdrun[sweep]'"
+
+
 def config_error_message(error: BaseException) -> Optional[str]:
     """One line for a mistake Hydra finds while composing the config (an unknown key or option,
     a value of the wrong type, an override it cannot read); None for any other error."""
@@ -736,13 +739,17 @@ def config_error_message(error: BaseException) -> Optional[str]:
     if isinstance(error, MissingConfigException):
         missing = re.search(r"Could not find '([^']+)'", text)
         if missing is None or "Available options" not in text:
-            return text.splitlines()[0]
+            line = text.splitlines()[0]
+            if re.search(r"Could not load 'hydra/(launcher|sweeper)/", line):  # a preset whose plugin is not installed
+                line += f" {_SWEEP_EXTRA}"
+            return line
         listed = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
         options = re.findall(r"^\t(\S+)$", listed, re.M)
         group, _, option = missing.group(1).rpartition("/")
         close = difflib.get_close_matches(option, options, n=1)
         hint = f"did you mean {group}={close[0]}? " if close else ""
-        return f"{group}={option} is not an option: {hint}choose from {', '.join(options)}"
+        plugin = "" if close or group not in ("hydra/launcher", "hydra/sweeper") else f" ({_SWEEP_EXTRA})"
+        return f"{group}={option} is not an option: {hint}choose from {', '.join(options)}{plugin}"
     cause = error.__cause__ if isinstance(error, HydraException) and error.__cause__ is not None else error
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
         return not_a_setting(str(cause.full_key), getattr(cause, "object_type", None))

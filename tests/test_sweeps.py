@@ -191,3 +191,16 @@ def test_a_job_folder_that_cannot_be_created_is_one_message_before_any_job_runs(
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "hydra.sweep.subdir" in result.stderr and "File name too long" in result.stderr, result.stderr
     assert not list((tmp_path / "sweep").glob("*/status.json"))
+
+
+def test_a_parallel_preset_whose_plugin_is_missing_is_one_message(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked" / "hydra_plugins" / "hydra_joblib_launcher"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "blocked"), os.environ.get("PYTHONPATH", "")])}
+    command = [*KDRUN, "train", "-m", "hydra/launcher=kd_joblib", "loss.alpha=0.1,0.9", f"hydra.sweep.dir={tmp_path}/sweep"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "hydra/launcher/kd_joblib" in message and "pip install 'kdrun[sweep]'" in message, result.stderr
+    assert "Traceback" not in result.stderr
