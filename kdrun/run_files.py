@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from kdrun.interrupts import signals_held
+
 MODELS = ("teacher", "distilled", "baseline")
 # metrics.csv: these, then the named parts of the distilled student's loss (kd: soft_loss, hard_loss)
 METRICS_COLUMNS = ["model", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -88,11 +90,14 @@ def csv_text(rows: Iterable[dict], columns: Sequence[str], header: bool = True) 
 
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``: readers see
-    the old file or the whole new one, never half of it; a failed write leaves no temporary."""
+    the old file or the whole new one, never half of it; a failed write leaves no temporary.
+    Ctrl-C and SIGTERM take effect once the file is in place: raised inside a writer (torch.save's
+    zip writer), they left it broken, and its error replaced the interruption."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with signals_held():
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
