@@ -96,13 +96,14 @@ def test_joblib_runs_each_group_of_jobs_as_one_task_in_parallel_workers(tmp_path
 
 def test_joblib_cuts_a_group_so_that_every_worker_has_a_task(tmp_path: Path) -> None:
     """One group of four jobs and two workers: two tasks of two jobs, each training its two
-    distilled students and the baseline together, rather than one worker left idle."""
+    distilled students together (and the baseline, unless the other task cached it first),
+    rather than one worker left idle."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     result = kdrun_train(tmp_path, "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", "loss.temperature=1,2,3,4")
 
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert output.count("task of 2 jobs") == 2 and output.count("training 3 students together (2 distilled, 1 baseline)") == 2
+    assert output.count("task of 2 jobs") == 2 and output.count(" students together (2 distilled") == 2, output[-3000:]
     assert_full_outputs(tmp_path / "sweep", 4)
 
 
