@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM: both stop a job the same way, as KeyboardInterrupt (SIGTERM as its subclass
 ``Terminated``), raised wherever the main thread is, except while signals are held: then the
-code that holds them (a status write, a tracker's call) finishes first and the signal takes
+code that holds them (a file write, a tracker's call) finishes first and the signal takes
 effect right after it.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from typing import Any, Iterator
 
 _HELD = (signal.SIGINT, signal.SIGTERM)
@@ -48,14 +49,19 @@ def signal_of(interruption: KeyboardInterrupt) -> signal.Signals:
 @contextlib.contextmanager
 def signals_held(second_stops: bool = False) -> Iterator[None]:
     """SIGINT and SIGTERM wait meanwhile and take effect when it ends, so that an exception raised
-    by a signal cannot cut short a status write or a tracker's call. (TensorBoard's writer, cut
+    by a signal cannot cut short a file write or a tracker's call. (TensorBoard's writer, cut
     short in its queue, could leave its thread asleep for up to two minutes when the run closed
-    it.) With ``second_stops``, a second signal takes effect at once: a call that waits on a
-    network (a tracker's server) can still be stopped.
+    it; torch.save's, a broken checkpoint whose error replaced the interruption.) With
+    ``second_stops``, a second signal takes effect at once: a call that waits on a network (a
+    tracker's server) can still be stopped.
 
     The Python handlers are swapped rather than the signals masked: a masked signal goes to
     another thread (torch's, a tracker's), and Python still runs its handler in this one."""
+    if threading.current_thread() is not threading.main_thread():  # Python runs no handler there
+        yield
+        return
     caught: list[int] = []
+    previous: dict[int, Any] = {}
 
     def hold(signum: int, frame: Any) -> None:
         caught.append(signum)
@@ -64,11 +70,8 @@ def signals_held(second_stops: bool = False) -> Iterator[None]:
             signal.raise_signal(signum)  # the restored handler takes it now
 
     try:
-        previous = {number: signal.signal(number, hold) for number in _HELD}
-    except ValueError:  # not the main thread, where Python runs no handler anyway
-        yield
-        return
-    try:
+        for number in _HELD:  # one at a time, inside the try: a signal between the two leaves none swapped
+            previous[number] = signal.signal(number, hold)
         yield
     finally:
         _restore(previous)
