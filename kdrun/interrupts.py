@@ -11,7 +11,9 @@ import signal
 import threading
 from typing import Any, Iterator
 
-_HELD = (signal.SIGINT, signal.SIGTERM)
+# Ctrl-C, SIGTERM, and the signals schedulers send before they end a job (SLURM's --signal,
+# submitit's requeue on SIGUSR2, whose handler calls sys.exit wherever the job is)
+_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Terminated(KeyboardInterrupt):
@@ -48,7 +50,7 @@ def signal_of(interruption: KeyboardInterrupt) -> signal.Signals:
 
 @contextlib.contextmanager
 def signals_held(second_stops: bool = False) -> Iterator[None]:
-    """SIGINT and SIGTERM wait meanwhile and take effect when it ends, so that an exception raised
+    """SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 wait meanwhile and take effect when it ends, so that an exception raised
     by a signal cannot cut short a file write or a tracker's call. (TensorBoard's writer, cut
     short in its queue, could leave its thread asleep for up to two minutes when the run closed
     it; torch.save's, a broken checkpoint whose error replaced the interruption.) With

@@ -91,8 +91,9 @@ def csv_text(rows: Iterable[dict], columns: Sequence[str], header: bool = True) 
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``: readers see
     the old file or the whole new one, never half of it; a failed write leaves no temporary.
-    Ctrl-C and SIGTERM take effect once the file is in place: raised inside a writer (torch.save's
-    zip writer), they left it broken, and its error replaced the interruption."""
+    Ctrl-C, SIGTERM and a scheduler's SIGUSR1/2 take effect once the file is in place: raised
+    inside a writer (torch.save's zip writer), they left it broken, and its error replaced the
+    interruption."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with signals_held():

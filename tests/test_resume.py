@@ -100,18 +100,28 @@ def test_a_stopped_run_continues_to_the_uninterrupted_results(tmp_path, referenc
     assert not (run / "checkpoints").exists()  # trainer.keep_checkpoints=false: only the final models stay
 
 
-def test_sigterm_during_a_checkpoint_write_stops_the_run_once_the_file_is_whole(tmp_path):
+def _exit_as_submitit_does(signum: int, frame: object) -> None:
+    sys.exit(-1)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_a_signal_during_a_checkpoint_write_stops_the_run_once_the_file_is_whole(tmp_path, signum):
     # Raised inside torch.save's zip writer, the signal's exception left the writer broken, and
     # its "unexpected pos" error replaced the interruption: a failed run with a traceback.
+    # SIGUSR2: submitit's handler, which requeues a SLURM job and calls sys.exit.
     path = tmp_path / "teacher.pt"
 
     def write(tmp: Path) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
         time.sleep(0.05)  # the signal has arrived; raised here, it would cut the write short
         torch.save({"weights": torch.ones(3)}, tmp)
 
-    with sigterm_interrupts(), pytest.raises(Terminated):
-        replace_atomically(path, write)
+    previous = signal.signal(signal.SIGUSR2, _exit_as_submitit_does)
+    try:
+        with sigterm_interrupts(), pytest.raises(Terminated if signum == signal.SIGTERM else SystemExit):
+            replace_atomically(path, write)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
     assert torch.equal(torch.load(path)["weights"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["teacher.pt"]  # no temporary left
 
