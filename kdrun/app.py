@@ -10,7 +10,8 @@ so far. A job that does not complete leaves no summary.csv and no model files
 
 In a sweep run by kdrun's launcher, ``train_together`` first trains the models of the jobs that
 can train together (kdrun.groups), each job's status saying running meanwhile (or interrupted);
-each job then takes its models when it runs.
+each job then takes its models when it runs, and those left when the sweep stops say interrupted
+(``stop_trained_jobs``).
 
 Running a job again into its folder continues it from its checkpoints (kdrun.checkpoints) when it
 did not complete (interrupted, failed, or killed: a ``running`` status whose process is gone) and
@@ -200,6 +201,23 @@ def train_together(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], r
             continue
         for i, setup, models in zip(jobs, setups, trained):
             _trained_before[os.path.abspath(run_dirs[i])] = (setup, models)
+
+
+def stop_trained_jobs(stop: BaseException, sweep_dir: Path) -> None:
+    """After a sweep stopped (``stop``) before all of its jobs ran: the jobs whose models trained
+    together but that never ran say interrupted (their status said running), and their models are
+    dropped. A rerun continues them from their checkpoints, or trains them again."""
+    if isinstance(stop, (KeyboardInterrupt, SystemExit)):
+        how, fields = _how_stopped(stop)
+    else:
+        how, fields = f"stopped by an error in another job ({type(stop).__name__})", {"exit_code": EXIT_FAILED}
+    message = f"{how} before this job wrote its results; to continue, run the same command again with hydra.sweep.dir={sweep_dir}"
+    with signals_held():
+        for run_dir in list(_trained_before):
+            del _trained_before[run_dir]
+            record = read_status(Path(run_dir)) or {}
+            kept = {key: record[key] for key in ("config_hash", "overrides") if key in record}
+            write_status(Path(run_dir), "interrupted", **kept, **fields, message=message)
 
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: str) -> "RunResult":

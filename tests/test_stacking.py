@@ -225,3 +225,37 @@ def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tm
             with open(job / "summary.csv", newline="") as a, open(reference / "summary.csv", newline="") as b:
                 for mine, theirs in zip(csv.DictReader(a), csv.DictReader(b)):
                     assert abs(float(mine["test_acc"]) - float(theirs["test_acc"])) <= 0.01
+
+
+def test_a_sweep_stopped_after_its_students_trained_together_marks_every_job_left_interrupted(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C while the second job writes its files: the jobs after it, whose students had trained
+    with the others (their status said running), say interrupted too; run again, the sweep
+    finishes with the results of a sweep that was not stopped."""
+    monkeypatch.chdir(tmp_path)
+    assert _sweep(tmp_path, "whole") == 0
+
+    from kdrun import experiment
+
+    real_write = experiment._write_run_files
+    written = []
+
+    def stopped_in_the_second_job(*args, **kwargs):
+        written.append(1)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        real_write(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "_write_run_files", stopped_in_the_second_job)
+    assert _sweep(tmp_path, "stopped") == 130
+    statuses = [read_status(job) for job in _jobs(tmp_path / "stopped")]
+    assert [s["status"] for s in statuses] == ["completed", "interrupted", "interrupted", "interrupted"]
+    for status in statuses[2:]:
+        assert status["signal"] == "SIGINT" and f"hydra.sweep.dir={tmp_path / 'stopped'}" in status["message"], status
+        assert status["config_hash"] and status["overrides"], status
+    monkeypatch.setattr(experiment, "_write_run_files", real_write)
+    assert _sweep(tmp_path, "stopped") == 0
+    for job, reference in zip(_jobs(tmp_path / "stopped"), _jobs(tmp_path / "whole")):
+        assert read_status(job)["status"] == "completed"
+        rows, expected = _metrics(job), _metrics(reference)
+        assert [(r["model"], r["epoch"]) for r in rows] == [(r["model"], r["epoch"]) for r in expected]  # no epoch repeated or dropped
+        assert [float(r["val_loss"]) for r in rows] == pytest.approx([float(r["val_loss"]) for r in expected], rel=1e-5)  # another stack: rounding

@@ -91,21 +91,27 @@ def run_jobs_here(
             job.hydra.job.id = job_id if job_id is not None else number
             job.hydra.job.num = number
         job_dirs.append(_make_job_dir(job))
-    if stack_mb is not None and len(configs) > 1:
-        from kdrun.app import train_together
+    together = stack_mb is not None and len(configs) > 1
+    if together:
+        from kdrun.app import stop_trained_jobs, train_together
 
         train_together(configs, tasks, job_dirs, stack_mb)
     log.info(f"Launching {len(job_overrides)} jobs locally")
     returns = []
-    for number, overrides, job in zip(numbers, job_overrides, configs):
-        log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
-        returns.append(
-            run_job(
-                hydra_context=hydra_context, task_function=task_function, config=job,
-                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
-            )  # fmt: skip
-        )
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    try:
+        for number, overrides, job in zip(numbers, job_overrides, configs):
+            log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+            returns.append(
+                run_job(
+                    hydra_context=hydra_context, task_function=task_function, config=job,
+                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+                )  # fmt: skip
+            )
+            configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    except BaseException as stop:  # Ctrl-C, SIGTERM, a scheduler's exit: the jobs still to run say so
+        if together:
+            stop_trained_jobs(stop, Path(str(config.hydra.sweep.dir)))
+        raise
     return returns
 
 
