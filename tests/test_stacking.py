@@ -259,3 +259,23 @@ def test_a_sweep_stopped_after_its_students_trained_together_marks_every_job_lef
         rows, expected = _metrics(job), _metrics(reference)
         assert [(r["model"], r["epoch"]) for r in rows] == [(r["model"], r["epoch"]) for r in expected]  # no epoch repeated or dropped
         assert [float(r["val_loss"]) for r in rows] == pytest.approx([float(r["val_loss"]) for r in expected], rel=1e-5)  # another stack: rounding
+
+
+def test_a_sweep_stopped_while_its_second_group_trains_marks_the_first_groups_jobs_interrupted(tmp_path: Path, monkeypatch) -> None:
+    """Two learning rates, two groups: Ctrl-C while the second trains leaves no job saying running."""
+    monkeypatch.chdir(tmp_path)
+    from kdrun import groups
+
+    real_train_group = groups.train_group
+    calls = []
+
+    def stopped_in_the_second_group(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_group(*args, **kwargs)
+
+    monkeypatch.setattr(groups, "train_group", stopped_in_the_second_group)
+    assert _sweep(tmp_path, "stopped", "trainer.lr=0.001,0.01") == 130
+    statuses = [read_status(job) for job in _jobs(tmp_path / "stopped")]
+    assert [s["status"] for s in statuses] == ["interrupted"] * 8, statuses

@@ -94,11 +94,11 @@ def run_jobs_here(
     together = stack_mb is not None and len(configs) > 1
     if together:
         from kdrun.app import stop_trained_jobs, train_together
-
-        train_together(configs, tasks, job_dirs, stack_mb)
-    log.info(f"Launching {len(job_overrides)} jobs locally")
     returns = []
     try:
+        if together:
+            train_together(configs, tasks, job_dirs, stack_mb)
+        log.info(f"Launching {len(job_overrides)} jobs locally")
         for number, overrides, job in zip(numbers, job_overrides, configs):
             log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
             returns.append(
