@@ -90,6 +90,17 @@ def store(kind: str, key_parts: dict[str, Any], model: torch.nn.Module, history:
         save_atomic({"state_dict": model.state_dict(), "history": history, "key_parts": key_parts}, _entry_path(kind, key_parts, directory))
 
 
+@contextlib.contextmanager
+def locked(kind: str, key_parts: dict[str, Any], directory: Optional[Path]) -> Iterator[None]:
+    """Hold this entry's file lock meanwhile: another process that needs the entry waits, then
+    finds it stored (nothing to hold when the cache is off: ``directory=None``)."""
+    if directory is None:
+        yield
+        return
+    with _locked(_entry_path(kind, key_parts, directory).with_suffix(".lock")):
+        yield
+
+
 def load_or_train(
     kind: str,
     key_parts: dict[str, Any],
@@ -102,7 +113,7 @@ def load_or_train(
     With ``directory=None`` the cache is off and ``train()`` always runs."""
     if directory is None:
         return train(), "trained"
-    with _locked(_entry_path(kind, key_parts, directory).with_suffix(".lock")):
+    with locked(kind, key_parts, directory):
         history = lookup(kind, key_parts, model, directory)
         if history is not None:
             return history, "cached"

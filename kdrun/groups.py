@@ -16,6 +16,7 @@ parameters or that read features (fitnet, at), augmentation (the teacher runs pe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -144,43 +145,49 @@ def _writer(logs: Sequence[MetricsLog]) -> Callable[[dict], None]:
 
 def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, of_seed: dict[int, list[MetricsLog]]) -> dict[int, TrainedModel]:
     """Each seed's trained teacher, from the cache or trained (stacked where there are several);
-    none when the teacher comes from model.teacher.checkpoint (each job loads that file)."""
+    none when the teacher comes from model.teacher.checkpoint (each job loads that file). Their
+    cache entries stay locked meanwhile: the tasks of a parallel sweep that need the same teacher
+    train it once."""
     if cfg.model.teacher.get("checkpoint"):
         return {}
     epochs = phase_epochs(cfg, "teacher")
-    found, todo = {}, []
-    for seed, setup in by_seed.items():
-        key = model_key(setup, "teacher", setup.teacher, epochs, include_transfer=False)
-        rows = _lookup("teacher", key, setup.teacher, setup.cache_dir)
-        if rows is not None:
-            found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "cached", 0.0)
-            for row in rows:
-                _writer(of_seed[seed])(row)
+    keys = {seed: model_key(setup, "teacher", setup.teacher, epochs, include_transfer=False) for seed, setup in by_seed.items()}
+    with contextlib.ExitStack() as held:
+        for seed in sorted(by_seed):  # one order in every task: none waits for another that waits for it
+            held.enter_context(cache.locked("teacher", keys[seed], by_seed[seed].cache_dir))
+        found, todo = {}, []
+        for seed, setup in by_seed.items():
+            key = keys[seed]
+            rows = _lookup("teacher", key, setup.teacher, setup.cache_dir)
+            if rows is not None:
+                found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "cached", 0.0)
+                for row in rows:
+                    _writer(of_seed[seed])(row)
+            else:
+                todo.append((seed, setup, key))
+        stacked = len(todo) > 1 and stack_reason(todo[0][1].teacher) is None
+        if stacked:
+            log.info("kdrun: training the teachers of seeds %s together", ", ".join(str(seed) for seed, _, _ in todo))
+            members = [Member("teacher", setup.teacher, seed, setup.teacher_rng, on_epoch=_writer(of_seed[seed])) for seed, setup, _ in todo]
+            _fit_stacked(members, data.train, data, fit_settings(cfg, epochs, 0), cfg)
+            trained = [(m.history, m.error, m.seconds) for m in members]
         else:
-            todo.append((seed, setup, key))
-    stacked = len(todo) > 1 and stack_reason(todo[0][1].teacher) is None
-    if stacked:
-        log.info("kdrun: training the teachers of seeds %s together", ", ".join(str(seed) for seed, _, _ in todo))
-        members = [Member("teacher", setup.teacher, seed, setup.teacher_rng, on_epoch=_writer(of_seed[seed])) for seed, setup, _ in todo]
-        _fit_stacked(members, data.train, data, fit_settings(cfg, epochs, 0), cfg)
-        trained = [(m.history, m.error, m.seconds) for m in members]
-    else:
-        trained = []
-        for seed, setup, _ in todo:
-            started = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(setup.teacher_rng)
-                try:
-                    settings = fit_settings(cfg, epochs, seed)
-                    rows, error = fit(setup.teacher, data.train, data.val, settings, "teacher", on_epoch=_writer(of_seed[seed]), prepare=data.prepare), None
-                except NonFiniteLossError as stopped:
-                    rows, error = [], stopped
-            trained.append((rows, error, time.perf_counter() - started))
-    for (seed, setup, key), (rows, error, seconds) in zip(todo, trained):
-        if error is None:
-            cache.store("teacher", {**key, "stacked": True} if stacked else key, setup.teacher, rows, setup.cache_dir)
-        found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "trained", seconds, error)
-    return found
+            trained = []
+            for seed, setup, _ in todo:
+                started = time.perf_counter()
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(setup.teacher_rng)
+                    try:
+                        settings = fit_settings(cfg, epochs, seed)
+                        rows, error = fit(setup.teacher, data.train, data.val, settings, "teacher", on_epoch=_writer(of_seed[seed]), prepare=data.prepare), None
+                    except NonFiniteLossError as stopped:
+                        rows, error = [], stopped
+                trained.append((rows, error, time.perf_counter() - started))
+        for (seed, setup, key), (rows, error, seconds) in zip(todo, trained):
+            if error is None:
+                cache.store("teacher", {**key, "stacked": True} if stacked else key, setup.teacher, rows, setup.cache_dir)
+            found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "trained", seconds, error)
+        return found
 
 
 def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequence[tuple[Any, torch.nn.Module]], by_seed: dict[int, Prepared],

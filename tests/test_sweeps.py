@@ -99,12 +99,15 @@ def test_joblib_cuts_a_group_so_that_every_worker_has_a_task(tmp_path: Path) -> 
     distilled students together (and the baseline, unless the other task cached it first),
     rather than one worker left idle."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    result = kdrun_train(tmp_path, "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", "loss.temperature=1,2,3,4")
+    result = kdrun_train(tmp_path, "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1", "loss.temperature=1,2,3,4",
+                         "trainer.teacher_epochs=400")  # a teacher long enough to train in both tasks at once, were it not locked
 
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert output.count("task of 2 jobs") == 2 and output.count(" students together (2 distilled") == 2, output[-3000:]
     assert_full_outputs(tmp_path / "sweep", 4)
+    teachers = [next(r for r in read_csv(job / "summary.csv") if r["model"] == "teacher") for job in job_dirs(tmp_path / "sweep")]
+    assert sorted(t["source"] for t in teachers) == ["cached", "cached", "trained", "trained"]  # one task trained it, the other waited
 
 
 @pytest.mark.parametrize("stack", [True, False])
