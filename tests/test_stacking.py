@@ -279,3 +279,9 @@ def test_a_sweep_stopped_while_its_second_group_trains_marks_the_first_groups_jo
     assert _sweep(tmp_path, "stopped", "trainer.lr=0.001,0.01") == 130
     statuses = [read_status(job) for job in _jobs(tmp_path / "stopped")]
     assert [s["status"] for s in statuses] == ["interrupted"] * 8, statuses
+
+    from kdrun.compare import collect
+
+    runs = collect([tmp_path / "stopped"], "test_acc").runs  # none reached Hydra's run_job, which writes .hydra/
+    assert len(runs) == 8 and {run.status for run in runs} == {"interrupted"}
+    assert sorted(run.settings["trainer.lr"] for run in runs) == ["0.001"] * 4 + ["0.01"] * 4

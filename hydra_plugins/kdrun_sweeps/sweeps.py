@@ -111,8 +111,25 @@ def run_jobs_here(
     except BaseException as stop:  # Ctrl-C, SIGTERM, a scheduler's exit: the jobs still to run say so
         if together:
             stop_trained_jobs(stop, Path(str(config.hydra.sweep.dir)))
+            _record_jobs_not_run(configs, tasks, job_dirs)
         raise
     return returns
+
+
+def _record_jobs_not_run(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], job_dirs: Sequence[Path]) -> None:
+    """For each job that says how it stopped (status.json) but never reached Hydra's ``run_job``
+    (it trained with others, or waited to run): the ``.hydra`` files run_job would have written,
+    by which ``kdrun compare`` finds the job and reads its settings."""
+    from kdrun.run_files import STATUS_FILE, write_text_atomic
+
+    for job, task, job_dir in zip(configs, tasks, job_dirs):
+        subdir = job.hydra.output_subdir
+        if subdir is None or not (job_dir / STATUS_FILE).is_file() or (job_dir / str(subdir) / "config.yaml").exists():
+            continue
+        (job_dir / str(subdir)).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(job_dir / str(subdir) / "config.yaml", OmegaConf.to_yaml(task))
+        write_text_atomic(job_dir / str(subdir) / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.masked_copy(job, "hydra")))
+        write_text_atomic(job_dir / str(subdir) / "overrides.yaml", OmegaConf.to_yaml(job.hydra.overrides.task))
 
 
 def job_groups(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]], stack: bool) -> List[List[int]]:
