@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime
@@ -218,6 +219,30 @@ def stop_trained_jobs(stop: BaseException, sweep_dir: Path) -> None:
             record = read_status(Path(run_dir)) or {}
             kept = {key: record[key] for key in ("config_hash", "overrides") if key in record}
             write_status(Path(run_dir), "interrupted", **kept, **fields, message=message)
+
+
+def stop_jobs_left_running(sweep_dir: Path, stop: BaseException, wait_s: float = 10.0) -> None:
+    """After a sweep whose jobs ran in other processes (a launcher's workers) stopped (``stop``),
+    and those processes with it: every job below ``sweep_dir`` whose status still says running in
+    a process of this machine says interrupted once that process is gone (waiting up to
+    ``wait_s`` for it). A worker ended without a chance to record its job leaves it so."""
+    how, fields = _how_stopped(stop) if isinstance(stop, (KeyboardInterrupt, SystemExit)) else ("stopped", {"exit_code": EXIT_FAILED})
+    message = f"{how} with its sweep; to continue, run the same command again with hydra.sweep.dir={sweep_dir}"
+    left = [path.parent for path in sweep_dir.glob("**/status.json") if ".submitit" not in path.parts]
+    deadline = time.monotonic() + wait_s
+    with signals_held():
+        while left:
+            for run_dir in list(left):
+                status = read_status(run_dir) or {}
+                mine = status.get("status") == "running" and status.get("host") == socket.gethostname() and status.get("pid") != os.getpid()
+                if mine and not _still_running(status):
+                    kept = {key: status[key] for key in ("config_hash", "overrides") if key in status}
+                    write_status(run_dir, "interrupted", **kept, **fields, message=message)
+                if not mine or not _still_running(status):
+                    left.remove(run_dir)
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
 
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: str) -> "RunResult":

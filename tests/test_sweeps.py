@@ -7,12 +7,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import interrupt, killed_if_left, start_kdrun, wait_for_metrics
 
 from kdrun.run_files import read_status
 
@@ -108,6 +111,27 @@ def test_joblib_cuts_a_group_so_that_every_worker_has_a_task(tmp_path: Path) -> 
     assert_full_outputs(tmp_path / "sweep", 4)
     teachers = [next(r for r in read_csv(job / "summary.csv") if r["model"] == "teacher") for job in job_dirs(tmp_path / "sweep")]
     assert sorted(t["source"] for t in teachers) == ["cached", "cached", "trained", "trained"]  # one task trained it, the other waited
+
+
+@pytest.mark.parametrize("launcher", ["kd_joblib", "kd_submitit_local"])
+def test_sigterm_to_kdrun_alone_marks_every_job_its_parallel_workers_ran_interrupted(tmp_path: Path, launcher: str) -> None:
+    """SIGTERM to kdrun's process alone (not its workers'): joblib ends its workers without a
+    word to them, and submitit's local tasks would have gone on after kdrun said it was
+    interrupted. Every job now says interrupted, and none goes on."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher" if launcher == "kd_joblib" else "hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", f"hydra/launcher={launcher}", "trainer.threads=1", "trainer.lr=0.001,0.002", "loss.temperature=1,4",
+            "trainer.student_epochs=5000", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    with killed_if_left(start_kdrun(*args, cwd=tmp_path)) as proc:
+        for number in (0, 2):  # both tasks' students are training
+            wait_for_metrics(proc, sweep, f"{number}_*/metrics.csv", rows=10)
+        stderr, _ = interrupt(proc, signal.SIGTERM, timeout=30)
+    assert proc.returncode == 143, stderr[-3000:]
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 4 and [read_status(job)["status"] for job in jobs] == ["interrupted"] * 4, [read_status(job) for job in jobs]
+    rows = [(job / "metrics.csv").read_text().count("\n") for job in jobs]
+    time.sleep(1)
+    assert [(job / "metrics.csv").read_text().count("\n") for job in jobs] == rows  # no worker trains on
 
 
 @pytest.mark.parametrize("stack", [True, False])

@@ -91,6 +91,14 @@ def _cut(parts: List[List[int]], at_least: int) -> List[List[int]]:
     return pieces
 
 
+def _record_stop(config: DictConfig, stop: KeyboardInterrupt) -> None:
+    from pathlib import Path
+
+    from kdrun.app import stop_jobs_left_running
+
+    stop_jobs_left_running(Path(str(config.hydra.sweep.dir)), stop)
+
+
 def _in_job_order(parts: List[List[int]], results: Sequence[List[JobReturn]]) -> List[JobReturn]:
     returns: Dict[int, JobReturn] = {}
     for part, result in zip(parts, results):
@@ -111,7 +119,11 @@ if JoblibLauncher is not None:
             parts, tasks = self._tasks(job_overrides, initial_job_idx, workers=effective_n_jobs(settings.get("n_jobs", -1)))
             log.info(f"Joblib.Parallel(n_jobs={settings.get('n_jobs')}) is launching {len(tasks)} tasks")
             state = Singleton.get_state()
-            results = Parallel(**settings)(delayed(run_task)(self.hydra_context, self.task_function, self.config, task, self._stack_mb, state) for task in tasks)
+            try:
+                results = Parallel(**settings)(delayed(run_task)(self.hydra_context, self.task_function, self.config, task, self._stack_mb, state) for task in tasks)
+            except KeyboardInterrupt as stop:  # joblib has ended its workers, which may not have recorded their jobs
+                _record_stop(self.config, stop)
+                raise
             return _in_job_order(parts, results)
 
     @dataclass
@@ -130,7 +142,14 @@ if LocalLauncher is not None:
             log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
             parts, tasks = self._tasks(job_overrides, initial_job_idx)
             submitted = self._executor().map_array(self, tasks, [Singleton.get_state()] * len(tasks))
-            return _in_job_order(parts, [task.results()[0] for task in submitted])
+            try:
+                return _in_job_order(parts, [task.results()[0] for task in submitted])
+            except KeyboardInterrupt as stop:
+                if self._EXECUTOR == "local":  # its tasks are this command's processes: they stop with it (a cluster's stay queued)
+                    for task in submitted:
+                        task.cancel(check=False)
+                    _record_stop(self.config, stop)
+                raise
 
         def __call__(self, jobs: Task, singleton_state: Dict[type, Singleton]) -> List[JobReturn]:
             """A submitit task (``launch`` maps ``self`` over the tasks; submitit requeues it with
