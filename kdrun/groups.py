@@ -228,10 +228,11 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
             owner.append(("baseline", seed))
     per_chunk = max(1, int(memory_mb * 2**20 // _member_bytes(jobs[0][1], first.trainer.batch_size, data)))
     chunks = [list(range(start, min(start + per_chunk, len(members)))) for start in range(0, len(members), per_chunk)]
-    log.info(
-        "kdrun: training %d students together (%d distilled, %d baseline)%s", len(members), sum(isinstance(o, int) for o in owner),
-        sum(not isinstance(o, int) for o in owner), f" in {len(chunks)} stacks of at most {per_chunk} (hydra.launcher.stack_mb={memory_mb:g})" if len(chunks) > 1 else "",
-    )  # fmt: skip
+    if members:  # none when every teacher failed: each job says so
+        log.info(
+            "kdrun: training %d students together (%d distilled, %d baseline)%s", len(members), sum(isinstance(o, int) for o in owner),
+            sum(not isinstance(o, int) for o in owner), f" in {len(chunks)} stacks of at most {per_chunk} (hydra.launcher.stack_mb={memory_mb:g})" if len(chunks) > 1 else "",
+        )  # fmt: skip
     for chunk in chunks:
         _fit_stacked([members[i] for i in chunk], transfer, data, fit_settings(first, epochs, 0), first)
     results: list[dict[str, TrainedModel]] = [{} for _ in cfgs]
