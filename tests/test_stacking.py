@@ -227,6 +227,19 @@ def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tm
                     assert abs(float(mine["test_acc"]) - float(theirs["test_acc"])) <= 0.01
 
 
+def _ctrl_c_at_second_call(function):
+    """``function``, but its second call raises KeyboardInterrupt, as Ctrl-C there would."""
+    calls = []
+
+    def stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return function(*args, **kwargs)
+
+    return stopped
+
+
 def test_a_sweep_stopped_after_its_students_trained_together_marks_every_job_left_interrupted(tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C while the second job writes its files: the jobs after it, whose students had trained
     with the others (their status said running), say interrupted too; run again, the sweep
@@ -237,15 +250,7 @@ def test_a_sweep_stopped_after_its_students_trained_together_marks_every_job_lef
     from kdrun import experiment
 
     real_write = experiment._write_run_files
-    written = []
-
-    def stopped_in_the_second_job(*args, **kwargs):
-        written.append(1)
-        if len(written) == 2:
-            raise KeyboardInterrupt
-        real_write(*args, **kwargs)
-
-    monkeypatch.setattr(experiment, "_write_run_files", stopped_in_the_second_job)
+    monkeypatch.setattr(experiment, "_write_run_files", _ctrl_c_at_second_call(real_write))  # in the second job
     assert _sweep(tmp_path, "stopped") == 130
     statuses = [read_status(job) for job in _jobs(tmp_path / "stopped")]
     assert [s["status"] for s in statuses] == ["completed", "interrupted", "interrupted", "interrupted"]
@@ -266,16 +271,7 @@ def test_a_sweep_stopped_while_its_second_group_trains_marks_the_first_groups_jo
     monkeypatch.chdir(tmp_path)
     from kdrun import groups
 
-    real_train_group = groups.train_group
-    calls = []
-
-    def stopped_in_the_second_group(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_group(*args, **kwargs)
-
-    monkeypatch.setattr(groups, "train_group", stopped_in_the_second_group)
+    monkeypatch.setattr(groups, "train_group", _ctrl_c_at_second_call(groups.train_group))
     assert _sweep(tmp_path, "stopped", "trainer.lr=0.001,0.01") == 130
     statuses = [read_status(job) for job in _jobs(tmp_path / "stopped")]
     assert [s["status"] for s in statuses] == ["interrupted"] * 8, statuses
