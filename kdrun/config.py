@@ -757,7 +757,10 @@ def config_error_message(error: BaseException) -> Optional[str]:
         reason = str(cause).splitlines()[0]
         return f"{cause.full_key}={cause.value!r} is not allowed: {reason}"
     if isinstance(error, OverrideParseException):
-        return f"cannot read the command line: {text.splitlines()[0]}"
+        first = text.splitlines()[0]
+        if "=~" in first:  # the shell expands ~ only at a word's start: not in key=~/path
+            return f"cannot read the command line: {first}. Write the path with $HOME (dataset.root=$HOME/data), or spell it out"
+        return f"cannot read the command line: {first}"
     if isinstance(error, HydraException):
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
     return None

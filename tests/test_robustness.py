@@ -100,6 +100,7 @@ def _broken_gzip(tmp: Path) -> None:
 BAD_INPUTS = [
     # wrong types: Hydra rejects them while composing the config
     _hydra("type-alpha", "loss.alpha=abc"),
+    _hydra("tilde-path", "dataset.root=~/data", "dataset.root=~/data", "$HOME"),  # the shell leaves ~ after = as it is
     _hydra("type-lr", "trainer.lr=fast"),
     _hydra("type-epochs", "trainer.epochs=ten"),
     _hydra("type-batch-float", "trainer.batch_size=1.5"),
