@@ -169,6 +169,8 @@ def loss_and_parts(result: Any, parts: Optional[list[str]]) -> tuple[torch.Tenso
     if parts is None:  # checked once, on the first batch
         if not all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in [loss, *values]):
             raise ConfigError("the loss must return scalar tensors (the batch mean), in its dict too")
+        if torch.is_grad_enabled() and not loss.requires_grad:  # else the student would never learn, silently in a stack
+            raise ConfigError("the loss returned a value with no gradient: compute it from the student's logits, without .detach(), .item() or torch.no_grad()")
         taken = [name for name in names if name in METRICS_COLUMNS]
         if taken:
             raise ConfigError(f"the loss names a part {taken[0]!r}, a column metrics.csv has already; choose another name")

@@ -286,15 +286,19 @@ def test_a_losss_setup_and_idle_parameters_leave_the_students_pairing_intact():
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_a_loss_returning_something_else_is_one_message():
+@pytest.mark.parametrize("loss, message", [
+    (lambda s, t, y: 1.0, "must return a scalar tensor or a dict holding 'loss'"),
+    (lambda s, t, y: torch.nn.functional.cross_entropy(s, y).detach(), "no gradient"),  # was torch's traceback at backward()
+])  # fmt: skip
+def test_a_loss_returning_something_else_is_one_message(loss, message):
     from kdrun.data import Split
     from kdrun.errors import ConfigError
     from kdrun.models import MLP
     from kdrun.train import Distillation, FitSettings, fit
 
     split = Split(torch.randn(8, 3), torch.randint(0, 2, (8,)))
-    with pytest.raises(ConfigError, match="must return a scalar tensor or a dict holding 'loss'"):
-        fit(MLP((3,), 2), split, split, FitSettings(1, 4, "adam", 1e-3, 0.0, 0), "distilled", Distillation(lambda s, t, y: 1.0, MLP((3,), 2)))
+    with pytest.raises(ConfigError, match=message):
+        fit(MLP((3,), 2), split, split, FitSettings(1, 4, "adam", 1e-3, 0.0, 0), "distilled", Distillation(loss, MLP((3,), 2)))
 
 
 # --------------------------------------------------------------------------- kdrun.run

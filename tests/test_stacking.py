@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from kdrun.data import Split
-from kdrun.errors import NonFiniteLossError
+from kdrun.errors import ConfigError, NonFiniteLossError
 from kdrun.losses import DKDLoss, KDLoss
 from kdrun.models import MLP
 from kdrun.run_files import read_status
@@ -118,6 +118,21 @@ def test_a_nan_stops_that_student_alone() -> None:
         assert member.error is None and [r["epoch"] for r in member.history] == [1, 2, 3]
         assert all(torch.isfinite(p).all() for p in member.model.parameters())
     assert members[0].history[-1]["train_loss"] == pytest.approx(members[2].history[-1]["train_loss"], rel=1e-6)
+
+
+def _no_gradient(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels).detach()
+
+
+def test_a_loss_without_gradient_in_a_stack_is_a_users_mistake_not_an_untrained_student() -> None:
+    """Summed with the others' losses, a member's detached loss still gave the stack a gradient,
+    and its student silently never learnt (a review found such a job 'completed')."""
+    train, val = _data()
+    settings = FitSettings(epochs=1, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=0.0, batch_seed=1)
+    logits = torch.zeros(len(train), 4)
+    members = [Member("distilled", MLP((12,), 4, [10]), 1, _seeded_state(2), loss, logits) for loss in (_NaNFrom(10**9), _no_gradient)]
+    with pytest.raises(ConfigError, match="no gradient"):
+        fit_stacked(members, train, val, settings, lambda x: x)
 
 
 def test_what_does_not_stack_says_why(tmp_path: Path) -> None:
