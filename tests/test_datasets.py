@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -403,3 +404,28 @@ def test_a_checkpoint_of_unstandardised_inputs_still_takes_the_loaders_uint8_ima
     with torch.no_grad():
         bare = load(tmp_path / "run" / "teacher.pt", raw_inputs=False)
         assert torch.equal(model(data.test.x).argmax(-1), bare(data.prepare(data.test.x)).argmax(-1))
+
+
+def loader_with(flaw: str) -> dict:
+    """A user's dataset loader (``_target_: test_datasets.loader_with``) with one flaw."""
+    g = torch.Generator().manual_seed(0)
+    x, y, xt, yt = torch.randn(60, 5, generator=g), torch.arange(60) % 3, torch.randn(12, 5, generator=g), torch.arange(12) % 3
+    if flaw == "nan-in-test":
+        xt[4, 2] = float("nan")
+    if flaw == "inf-in-train":
+        x[7, 0] = float("inf")
+    loaded = {"train": (x, y if flaw != "one-class" else torch.zeros(60, dtype=torch.long)), "test": (xt, yt if flaw != "one-class" else torch.zeros(12, dtype=torch.long))}
+    if flaw == "classes-as-text":
+        loaded["num_classes"] = "3"
+    return loaded
+
+
+@pytest.mark.parametrize("flaw, message", [
+    ("nan-in-test", "test inputs hold NaN or inf: row 4 (1 rows in all)"),  # was accepted: its rows argmax-ed into some class
+    ("inf-in-train", "train inputs hold NaN or inf: row 7"),
+    ("one-class", "num_classes=1: a classifier needs an integer number of classes >= 2"),  # was 100% everywhere
+    ("classes-as-text", "num_classes='3'"),  # was a TypeError
+])  # fmt: skip
+def test_a_users_loader_with_non_finite_inputs_or_too_few_classes_is_one_message(flaw, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_data({"_target_": "test_datasets.loader_with", "flaw": flaw})

@@ -160,6 +160,10 @@ def _examples(loaded: Any, part: str, where: str) -> tuple[torch.Tensor, torch.T
         raise DataError(f"{where}: {part} labels must be a 1-d tensor of integer class ids, got {y.dtype} of shape {tuple(y.shape)}")
     if x.dim() < 2 or len(x) != len(y):
         raise DataError(f"{where}: {part} inputs must be [n, ...] with one row per label: {tuple(x.shape)} for {len(y)} labels")
+    if x.dtype.is_floating_point:  # NaN in held-out rows would pass silently, argmax-ed into some class
+        bad = torch.cat([~torch.isfinite(chunk).flatten(1).all(dim=1) for chunk in x.split(4096)])
+        if bad.any():
+            raise DataError(f"{where}: {part} inputs hold NaN or inf: row {int(bad.nonzero()[0])} ({int(bad.sum())} rows in all)")
     return x, y.long()
 
 
@@ -208,6 +212,8 @@ def load_data(node: Any) -> DataSplits:
     num_classes = loaded.get("num_classes")
     if num_classes is None:  # the largest class id seen, plus one
         num_classes = 1 + max(int(labels.max()) for labels in (y, test[1] if test is not None else y) if len(labels))
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise DataError(f"{where}: num_classes={num_classes!r}: a classifier needs an integer number of classes >= 2 (labels 0..num_classes-1)")
     _check_labels(y, num_classes, where)
     if test is None:
         train_idx, val_idx, test_idx = stratified_split(y, (settings.val_fraction, settings.test_fraction), settings.split_seed)
