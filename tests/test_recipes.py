@@ -200,3 +200,16 @@ def test_a_cnn_teacher_distils_into_an_mlp_student(tmp_path):
     )  # fmt: skip
     assert read_status(run)["status"] == "completed"
     assert float(_summary(run)["teacher"]["test_acc"]) > 0.5
+
+
+def test_a_weights_file_with_nan_weights_or_a_folder_is_one_message(tmp_path):
+    from kdrun.errors import ConfigError
+    from kdrun.models.weights import load_weights
+
+    teacher = MLP((4,), 3, [5])
+    broken = tmp_path / "broken.pt"
+    torch.save({name: value * math.nan if name.endswith("bias") else value for name, value in teacher.state_dict().items()}, broken)
+    with pytest.raises(ConfigError, match=r"holds NaN or inf weights: .*bias"):  # was loaded: a teacher at chance, exit 0
+        load_weights(MLP((4,), 3, [5]), broken, "model.teacher.checkpoint")
+    with pytest.raises(ConfigError, match="a folder, not a file"):
+        load_weights(teacher, tmp_path, "model.teacher.checkpoint")

@@ -4,8 +4,8 @@ Reads a kdrun checkpoint (``teacher.pt``: ``{"state_dict", ...}``), a checkpoint
 weights under ``"model"`` or ``"state_dict"`` (as many training scripts do; the parameter names
 must still be the configured network's), a plain ``state_dict`` (``.pt`` / ``.pth``), or
 ``.safetensors`` when that package is installed. A file
-that cannot be read, or weights that do not fit the network, is one ConfigError naming the file
-and the keys or shapes that differ.
+that cannot be read, weights that do not fit the network, or NaN or inf weights, is one
+ConfigError naming the file and the keys or shapes at fault.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def read_state_dict(path: Union[str, Path], key: str) -> tuple[dict[str, torch.T
     the value is None when inputs were not standardised), else None."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"{key}={path}: no such file (give a .pt, .pth or .safetensors file of the teacher's weights)")
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise ConfigError(f"{key}={path}: {what} (give a .pt, .pth or .safetensors file of the teacher's weights)")
     try:
         if path.suffix == ".safetensors":
             try:
@@ -64,5 +65,9 @@ def load_weights(model: nn.Module, path: Union[str, Path], key: str) -> Optional
             problems.append(f"{what}: {shown}")
     if problems:
         raise ConfigError(f"{key}={path} does not fit the configured teacher ({type(model).__name__}): weights {'; '.join(problems)}")
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:  # a teacher that would score near chance, or pass NaN on as the students' targets
+        shown = ", ".join(broken[:5]) + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+        raise ConfigError(f"{key}={path} holds NaN or inf weights: {shown}")
     model.load_state_dict(state)
     return recorded
