@@ -280,7 +280,11 @@ def _build_model(cfg: DictConfig, role: str, data: DataSplits) -> nn.Module:
     model = instantiate(_model_spec(cfg, role), key, **_data_arguments(cfg, role, data))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{key}: {cfg.model[role]._target_} returned {type(model).__name__}; it must return a torch.nn.Module")
-    shape = tuple(predict(model, data.train.x[:2], data.prepare).shape)
+    output = predict(model, data.train.x[:2], data.prepare)
+    if not isinstance(output, torch.Tensor) or not output.is_floating_point():  # a tuple, a dict, integer "logits"
+        returned = f"a {output.dtype} tensor" if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ConfigError(f"{key}: {cfg.model[role]._target_}'s forward returns {returned}; kdrun needs a float tensor of logits [batch, {data.num_classes}]")
+    shape = tuple(output.shape)
     if shape != (min(2, len(data.train)), data.num_classes):
         raise ConfigError(
             f"{key}: {cfg.model[role]._target_} maps inputs of shape {tuple(data.train.x[:2].shape)} to {shape}; "

@@ -28,6 +28,14 @@ USER_CODE = {
         def wrong_shape(input_shape, num_classes):
             return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes + 1))
 
+        class Pair(nn.Module):  # returns (logits, features), as some networks do
+            def __init__(self, input_shape, num_classes):
+                super().__init__()
+                self.net = make_net(input_shape, num_classes)
+
+            def forward(self, x):
+                return self.net(x), x
+
         def library_style(*, weights=None, **kwargs):
             # like torchvision.models.resnet18(weights=None, num_classes=...): no input_shape
             assert weights is None and set(kwargs) == {"num_classes"}, kwargs
@@ -62,6 +70,7 @@ CONFIGS = {
     "model/student/mynet.yaml": "_target_: mypkg.nets.make_net\nwidth: 6\n",
     "model/student/broken.yaml": "_target_: mypkg.nets.not_a_module\n",
     "model/student/misshapen.yaml": "_target_: mypkg.nets.wrong_shape\n",
+    "model/student/pair.yaml": "_target_: mypkg.nets.Pair\n",
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
     "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
     "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
@@ -193,6 +202,7 @@ def test_a_loss_that_needs_labels_refuses_a_transfer_set_without_them(user_proje
         ("missing", ["model.student._target_='mypkg.nowhere.make_net' cannot be found: module mypkg has no nowhere.make_net"]),
         ("broken", ["model.student", "returned str", "torch.nn.Module"]),
         ("misshapen", ["model.student", "[batch, 10]"]),
+        ("pair", ["model.student", "forward returns tuple", "float tensor of logits"]),  # was an AttributeError's traceback
     ],
 )
 def test_a_users_broken_model_is_one_message(user_project, student, words):
