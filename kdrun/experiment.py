@@ -132,7 +132,8 @@ def build_loss(cfg: DictConfig) -> Any:
     if not cfg.dataset.transfer_labels and not getattr(loss, "learns_without_labels", False):
         raise ConfigError(
             f"dataset.transfer_labels=false leaves the students no labels, and loss ({cfg.loss._target_}) needs them: "
-            "use a loss that learns from the teacher alone (loss=kd, reverse_kl, js or fitnet with loss.alpha=1, or loss=mse_logits)"
+            "use a loss that learns from the teacher alone (loss=kd, reverse_kl, js or fitnet with loss.alpha=1, or loss=mse_logits), "
+            "or give your loss's class learns_without_labels = True"
         )
     return loss
 
