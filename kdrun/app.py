@@ -281,13 +281,19 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
         raise
     except BaseException as error:
         failure = failure_of(error)
-        code, message = failure if failure is not None else (EXIT_FAILED, f"internal error: {type(error).__name__}: {error}")
+        code, message = failure if failure is not None else (EXIT_FAILED, f"{type(error).__name__}: {error} (raised at {_raised_at(error)})")
         with signals_held():
             remove_results(run_dir)
             write_status(run_dir, "failed", **record, exit_code=code, message=message.splitlines()[0] if message else "")
         raise
     write_status(run_dir, "completed", **record, objective=result.objective)
     return result
+
+
+def _raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised: the innermost frame's file and line (kdrun's, or the user's code)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "unknown"
 
 
 def train_task(cfg: DictConfig) -> float:

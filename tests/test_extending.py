@@ -5,6 +5,7 @@ its own, an epoch hook) through ``fit``; and ``kdrun.run``, the Python entry poi
 from __future__ import annotations
 
 import csv
+import json
 import textwrap
 from pathlib import Path
 
@@ -27,6 +28,9 @@ USER_CODE = {
 
         def wrong_shape(input_shape, num_classes):
             return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes + 1))
+
+        def raises(input_shape, num_classes):
+            raise ValueError("my own bug")
 
         class Pair(nn.Module):  # returns (logits, features), as some networks do
             def __init__(self, input_shape, num_classes):
@@ -71,6 +75,7 @@ CONFIGS = {
     "model/student/broken.yaml": "_target_: mypkg.nets.not_a_module\n",
     "model/student/misshapen.yaml": "_target_: mypkg.nets.wrong_shape\n",
     "model/student/pair.yaml": "_target_: mypkg.nets.Pair\n",
+    "model/student/raises.yaml": "_target_: mypkg.nets.raises\n",
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
     "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
     "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
@@ -213,6 +218,24 @@ def test_a_users_broken_model_is_one_message(user_project, student, words):
     for word in words:
         assert word in result.stderr, result.stderr
     assert read_status(user_project / f"bad-{student}")["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_an_error_in_the_users_code_fails_its_job_alone_in_a_sweep(user_project):
+    """Its traceback is shown (it is the user's to debug); the other jobs complete, and the sweep
+    ends with the comparison and exit 1 (it ended with the traceback, and no comparison)."""
+    sweep = user_project / "sweep-raises"
+    result = run_kdrun(
+        "train", "-m", "--config-dir", str(user_project / "my_conf"), f"hydra.sweep.dir={sweep}", "trainer.epochs=1", "model.teacher.hidden=[16]",
+        "plots=false", "dataset.n_samples=120", "model/student=raises,mynet", cwd=user_project, tiny=False, cache_dir=user_project / "cache",
+        env={"PYTHONPATH": str(user_project)},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "ValueError: my own bug" in result.stderr and "job #0 failed with an error in code" in result.stderr
+    statuses = {row["model/student"]: row["status"] for row in read_rows(sweep / "comparison.csv")}
+    assert statuses == {"raises": "failed", "mynet": "completed"}, statuses
+    failed = [status for status in (json.loads(path.read_text()) for path in sweep.glob("**/status.json")) if status["status"] == "failed"]
+    assert len(failed) == 1 and "ValueError: my own bug (raised at " in failed[0]["message"] and "mypkg/nets.py:" in failed[0]["message"]
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ annotations``, which dataclasses would then fail to resolve.)
 import copy
 import itertools
 import logging
+import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -266,7 +268,11 @@ class KdrunSweeper(Sweeper):
             if not getattr(self.launcher, "composes_configs", False):  # kdrun's launchers check the configs up front
                 self.validate_batch_is_legal(batch)
             results = self.launcher.launch(batch, initial_job_idx=start)
-            for result in results:
-                _ = result.return_value  # raises what a job raised
+            for number, result in enumerate(results, start=start):
+                try:
+                    _ = result.return_value  # raises what the job raised
+                except Exception as error:  # an error in code (the user's, or kdrun's): the job says failed, the others go on
+                    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+                    print(f"kdrun: job #{number} failed with an error in code, not in its settings; the sweep goes on:\n{trace}", file=sys.stderr, end="")
             returns.append(results)
         return returns
