@@ -384,11 +384,19 @@ def _metric_text(value: float, metric: Metric, signed: bool = False) -> str:
     return short_number(value, signed)
 
 
+def _improvement_header(metric: Metric) -> str:
+    """The distilled − baseline column's title: an improvement where higher is better; where
+    lower is (test NLL), a positive value is worse, and the title says so."""
+    if not metric.higher_is_better:
+        return "distilled − baseline (lower is better)"
+    return "improvement (pts)" if metric.percent else "improvement"
+
+
 def _display_runs(rows: list[dict], comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     metric, column = comparison.metric, comparison.metric.column
     unit = " (pts)" if metric.percent else ""
     show_status = any(r["status"] != "completed" for r in rows)
-    header = [*comparison.varying, "teacher", "distilled", "baseline", f"improvement{unit}", f"gap{unit}"] + (["status"] if show_status else [])
+    header = [*comparison.varying, "teacher", "distilled", "baseline", _improvement_header(metric), f"gap{unit}"] + (["status"] if show_status else [])
     body = []
     for row in rows:
         cells = [row[k] for k in comparison.varying]
@@ -401,7 +409,6 @@ def _display_runs(rows: list[dict], comparison: Comparison) -> tuple[list[str], 
 def _display_configs(rows: list[dict], comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     metric = comparison.metric
     keys = [k for k in comparison.varying if k != SEED_KEY]
-    unit = " (pts)" if metric.percent else ""
     scale = 100.0 if metric.percent else 1.0
     digits = 1 if metric.percent else 4
 
@@ -410,7 +417,7 @@ def _display_configs(rows: list[dict], comparison: Comparison) -> tuple[list[str
             return ""
         return _metric_text(mean, metric) + ("" if math.isnan(std) else f" ± {scale * std:.{digits}f}")
 
-    header = [*keys, "n", "teacher", "distilled", "baseline", f"improvement{unit}", "95% CI"]
+    header = [*keys, "n", "teacher", "distilled", "baseline", _improvement_header(metric), "95% CI"]
     body = []
     for row in rows:
         notes = [f"+{row['repeats']} repeat{'s' if row['repeats'] > 1 else ''} of a seed" if row["repeats"] else "", f"+{row['not_counted']} not counted" if row["not_counted"] else ""]

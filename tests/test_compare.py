@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import statistics
+import os
 import subprocess
 import sys
 import time
@@ -187,6 +188,9 @@ def test_sort_and_metric(tmp_path: Path) -> None:
     rows = list(csv.DictReader(result.stdout.splitlines()))
     assert [r["loss.alpha"] for r in rows] == ["0.5", "0.9", "0.1"]  # lowest NLL first
     assert float(rows[0]["distilled_test_nll"]) == pytest.approx(0.05)
+    wide = {**os.environ, "COLUMNS": "200"}  # the header on one line
+    table = subprocess.run([sys.executable, "-m", "kdrun.cli", "compare", str(tmp_path), "--metric", "test_nll"], capture_output=True, text=True, env=wide).stdout
+    assert "distilled − baseline (lower is better)" in table and "improvement" not in table  # a positive NLL difference is worse
     result = run_cli(str(tmp_path), "--sort", "nonsense")
     assert result.returncode == 2 and result.stderr.startswith("kdrun compare: error: cannot sort by 'nonsense'")
 
