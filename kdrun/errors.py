@@ -25,9 +25,10 @@ class DataError(ValueError):
 class NonFiniteLossError(RuntimeError):
     """A model's training loss became NaN or infinite."""
 
-    def __init__(self, model_name: str, epoch: int, epochs: int, value: float) -> None:
+    def __init__(self, model_name: str, epoch: int, epochs: int, value: float, part: str = "") -> None:
+        what = f"the training loss's part {part!r}" if part else "training loss"
         super().__init__(
-            f"{model_name}: training loss is {value} at epoch {epoch} of {epochs}; the run stopped. "
+            f"{model_name}: {what} is {value} at epoch {epoch} of {epochs}; the run stopped. "
             "Lower trainer.lr, or check the data for NaN or huge values."
         )
         self.model_name, self.epoch = model_name, epoch

@@ -365,6 +365,10 @@ def _end_epoch(members: Sequence[Member], stack: StackedModels, losses: _Losses,
         if not math.isfinite(train_loss):
             m.error = NonFiniteLossError(m.name, epoch, settings.epochs, train_loss)
             continue
+        broken = [(name, value / n) for name, value in zip(names[i], sums[i][1:]) if not math.isfinite(value)]
+        if broken:
+            m.error = NonFiniteLossError(m.name, epoch, settings.epochs, broken[0][1], part=broken[0][0])
+            continue
         row = {"model": m.name, "epoch": epoch, "train_loss": train_loss}
         row.update((name, value / n) for name, value in zip(names[i], sums[i][1:]))
         row.update(

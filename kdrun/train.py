@@ -331,6 +331,9 @@ def fit(
             if not math.isfinite(train_loss):
                 raise NonFiniteLossError(model_name, epoch, settings.epochs, train_loss)
             width = per_batch.shape[1]
+            for name, value in zip(parts or [], values[1:width]):  # else written as an empty cell
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(model_name, epoch, settings.epochs, value / n, part=name)
             row = {"model": model_name, "epoch": epoch, "train_loss": train_loss}
             row.update((name, value / n) for name, value in zip(parts or [], values[1:width]))
             row.update(

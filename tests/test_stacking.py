@@ -296,3 +296,20 @@ def test_a_sweep_stopped_while_its_second_group_trains_marks_the_first_groups_jo
     runs = collect([tmp_path / "stopped"], "test_acc").runs  # none reached Hydra's run_job, which writes .hydra/
     assert len(runs) == 8 and {run.status for run in runs} == {"interrupted"}
     assert sorted(run.settings["trainer.lr"] for run in runs) == ["0.001"] * 4 + ["0.01"] * 4
+
+
+def _nan_part(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    loss = F.cross_entropy(logits, labels)
+    return {"loss": loss, "diagnostic": loss * math.nan}
+
+
+def test_a_nan_in_a_named_part_of_the_loss_stops_that_student_alone_and_names_the_part() -> None:
+    """The total was finite, so the part's NaN went into metrics.csv as an empty cell."""
+    train, val = _data()
+    settings = FitSettings(epochs=2, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=0.0, batch_seed=1)
+    logits = torch.zeros(len(train), 4)
+    with pytest.raises(NonFiniteLossError, match="the training loss's part 'diagnostic' is nan at epoch 1 of 2"):
+        fit(MLP((12,), 4, [10]), train, val, settings, "distilled", Distillation(_nan_part, MLP((12,), 4, [10])))
+    members = [Member("distilled", MLP((12,), 4, [10]), 1, _seeded_state(2), loss, logits) for loss in (_NaNFrom(10**9), _nan_part)]
+    fit_stacked(members, train, val, settings, lambda x: x)
+    assert members[0].error is None and "'diagnostic' is nan" in str(members[1].error)
