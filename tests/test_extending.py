@@ -75,6 +75,7 @@ CONFIGS = {
     "model/student/broken.yaml": "_target_: mypkg.nets.not_a_module\n",
     "model/student/misshapen.yaml": "_target_: mypkg.nets.wrong_shape\n",
     "model/student/pair.yaml": "_target_: mypkg.nets.Pair\n",
+    "model/teacher/mynet.yaml": "_target_: mypkg.nets.make_net\nwidth: 12\n",
     "model/student/raises.yaml": "_target_: mypkg.nets.raises\n",
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
     "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
@@ -236,6 +237,11 @@ def test_an_error_in_the_users_code_fails_its_job_alone_in_a_sweep(user_project)
     assert statuses == {"raises": "failed", "mynet": "completed"}, statuses
     failed = [status for status in (json.loads(path.read_text()) for path in sweep.glob("**/status.json")) if status["status"] == "failed"]
     assert len(failed) == 1 and "ValueError: my own bug (raised at " in failed[0]["message"] and "mypkg/nets.py:" in failed[0]["message"]
+
+
+def test_a_checkpoint_on_the_users_teacher_config_says_to_add_it_with_plus(user_project):
+    result = user_run(user_project, "ck", "model/teacher=mynet", "model.teacher.checkpoint=/tmp/teacher.pt")
+    assert result.returncode == 2 and "add it with +model.teacher.checkpoint=PATH" in result.stderr, result.stderr
 
 
 @pytest.mark.slow
