@@ -240,7 +240,10 @@ def test_an_error_in_the_users_code_fails_its_job_alone_in_a_sweep(user_project)
 
 
 def test_a_checkpoint_on_the_users_teacher_config_says_to_add_it_with_plus(user_project):
-    result = user_run(user_project, "ck", "model/teacher=mynet", "model.teacher.checkpoint=/tmp/teacher.pt")
+    result = run_kdrun(
+        "train", "--config-dir", str(user_project / "my_conf"), f"hydra.run.dir={user_project / 'ck'}", "model/teacher=mynet",
+        "model.teacher.checkpoint=/tmp/teacher.pt", cwd=user_project, tiny=False, env={"PYTHONPATH": str(user_project)},
+    )  # fmt: skip
     assert result.returncode == 2 and "add it with +model.teacher.checkpoint=PATH" in result.stderr, result.stderr
 
 
