@@ -143,12 +143,21 @@ def _resumable(run_dir: Path, digest: str) -> bool:
 
 
 def _how_stopped(interruption: BaseException) -> tuple[str, dict[str, Any]]:
-    """What stopped a job (SIGINT, SIGTERM, or a scheduler's exit), in words and as status fields."""
+    """What stopped a job (SIGINT, SIGTERM, a scheduler's exit, or an error elsewhere in its sweep), in
+    words and as status fields."""
     if isinstance(interruption, KeyboardInterrupt):
         stopped_by = signal_of(interruption)
         return f"stopped by {stopped_by.name}", {"signal": stopped_by.name, "exit_code": 128 + int(stopped_by)}
-    code = interruption.code if isinstance(interruption, SystemExit) and isinstance(interruption.code, int) else EXIT_FAILED
+    if not isinstance(interruption, SystemExit):  # an error in another job's code ended the sweep
+        return f"stopped by an error elsewhere in its sweep ({type(interruption).__name__})", {"exit_code": EXIT_FAILED}
+    code = interruption.code if isinstance(interruption.code, int) else EXIT_FAILED
     return "stopped (its process was told to exit)", {"exit_code": code}
+
+
+def _mark_interrupted(run_dir: Path, previous: dict, fields: dict[str, Any], message: str) -> None:
+    """status.json says interrupted, keeping the settings its previous status recorded."""
+    kept = {key: previous[key] for key in ("config_hash", "overrides") if key in previous}
+    write_status(run_dir, "interrupted", **kept, **fields, message=message)
 
 
 # Models trained before their jobs ran, with the other jobs of their sweep (``train_together``):
@@ -208,17 +217,12 @@ def stop_trained_jobs(stop: BaseException, sweep_dir: Path) -> None:
     """After a sweep stopped (``stop``) before all of its jobs ran: the jobs whose models trained
     together but that never ran say interrupted (their status said running), and their models are
     dropped. A rerun continues them from their checkpoints, or trains them again."""
-    if isinstance(stop, (KeyboardInterrupt, SystemExit)):
-        how, fields = _how_stopped(stop)
-    else:
-        how, fields = f"stopped by an error in another job ({type(stop).__name__})", {"exit_code": EXIT_FAILED}
+    how, fields = _how_stopped(stop)
     message = f"{how} before this job wrote its results; to continue, run the same command again with hydra.sweep.dir={sweep_dir}"
     with signals_held():
         for run_dir in list(_trained_before):
             del _trained_before[run_dir]
-            record = read_status(Path(run_dir)) or {}
-            kept = {key: record[key] for key in ("config_hash", "overrides") if key in record}
-            write_status(Path(run_dir), "interrupted", **kept, **fields, message=message)
+            _mark_interrupted(Path(run_dir), read_status(Path(run_dir)) or {}, fields, message)
 
 
 def stop_jobs_left_running(sweep_dir: Path, stop: BaseException, wait_s: float = 10.0) -> None:
@@ -226,7 +230,7 @@ def stop_jobs_left_running(sweep_dir: Path, stop: BaseException, wait_s: float =
     and those processes with it: every job below ``sweep_dir`` whose status still says running in
     a process of this machine says interrupted once that process is gone (waiting up to
     ``wait_s`` for it). A worker ended without a chance to record its job leaves it so."""
-    how, fields = _how_stopped(stop) if isinstance(stop, (KeyboardInterrupt, SystemExit)) else ("stopped", {"exit_code": EXIT_FAILED})
+    how, fields = _how_stopped(stop)
     message = f"{how} with its sweep; to continue, run the same command again with hydra.sweep.dir={sweep_dir}"
     left = [path.parent for path in sweep_dir.glob("**/status.json") if ".submitit" not in path.parts]
     deadline = time.monotonic() + wait_s
@@ -234,11 +238,10 @@ def stop_jobs_left_running(sweep_dir: Path, stop: BaseException, wait_s: float =
         while left:
             for run_dir in list(left):
                 status = read_status(run_dir) or {}
-                mine = status.get("status") == "running" and status.get("host") == socket.gethostname() and status.get("pid") != os.getpid()
-                if mine and not _still_running(status):
-                    kept = {key: status[key] for key in ("config_hash", "overrides") if key in status}
-                    write_status(run_dir, "interrupted", **kept, **fields, message=message)
-                if not mine or not _still_running(status):
+                if status.get("status") != "running" or status.get("host") != socket.gethostname() or status.get("pid") == os.getpid():
+                    left.remove(run_dir)  # not a worker's job left running
+                elif not _still_running(status):
+                    _mark_interrupted(run_dir, status, fields, message)
                     left.remove(run_dir)
             if not left or time.monotonic() > deadline:
                 break
