@@ -16,6 +16,7 @@ annotations``: see sweeps.py.)
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
@@ -92,8 +93,6 @@ def _cut(parts: List[List[int]], at_least: int) -> List[List[int]]:
 
 
 def _record_stop(config: DictConfig, stop: KeyboardInterrupt) -> None:
-    from pathlib import Path
-
     from kdrun.app import stop_jobs_left_running
 
     stop_jobs_left_running(Path(str(config.hydra.sweep.dir)), stop)
