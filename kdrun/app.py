@@ -197,7 +197,7 @@ def train_together(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], r
             with signals_held():
                 for i in jobs:
                     remove_results(run_dirs[i])
-                    write_status(run_dirs[i], "interrupted", **records[i], **fields, message=message)
+                    _mark_interrupted(run_dirs[i], records[i], fields, message)
             raise
         except Exception as error:
             if _show_tracebacks and not isinstance(error, groups.Unstackable):
@@ -279,7 +279,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
             message = f"{how}; metrics.csv holds the epochs finished before"
             if has_checkpoints(run_dir):
                 message += f"; to continue from the last checkpoint, {again}"
-            write_status(run_dir, "interrupted", **record, **fields, message=message)
+            _mark_interrupted(run_dir, record, fields, message)
         log.warning("%s", message)
         raise
     except BaseException as error:
