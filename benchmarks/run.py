@@ -15,7 +15,8 @@ Sections
   b  a 5 x 5 alpha x T sweep: 25 notebook processes against one `kdrun train -m` (fresh cache);
      kdrun repeats interleaved between chunks of the 25 notebook runs. Per-job breakdown of the
      kdrun sweep from its run directories (train.log time stamps, status.json mtimes,
-     summary.csv train_seconds).
+     summary.csv train_seconds). Then 5 seeds x 5 T against hydra/launcher=basic, and an
+     MNIST-size and a CNN (experiment=digits_methods) sweep stacked against one job after the other.
   m  peak RSS (os.wait4 ru_maxrss) of an MNIST-size `kdrun train` (synthetic 60,000 x 784,
      teacher 2 x 1200, student 2 x 800, batch 512, 1 epoch per phase).
   c  in this process: torch fp32 matmul GFLOP/s (2048^2) at 1 and 2 threads, then MNIST-size
@@ -247,6 +248,18 @@ def kdrun_sweep(tmp: Path, name: str, *overrides: str) -> tuple[Proc, Path, Path
     return proc, sweep_dir, log, started, time.time()
 
 
+def stacked_vs_alone(tmp: Path, name: str, overrides: list[str], kd_repeats: int, what: str) -> None:
+    """A sweep stacked (kdrun's default) against the same one job after the other, interleaved."""
+    print(f"\n-- (b) {what}: stacked vs one job after the other (hydra.launcher.stack=false), {kd_repeats} repeat(s) --")
+    stacked, alone = [], []
+    for k in range(kd_repeats):
+        stacked.append(kdrun_sweep(tmp, f"{name}_stacked_{k}", *overrides)[0])
+        alone.append(kdrun_sweep(tmp, f"{name}_alone_{k}", *overrides, "hydra.launcher.stack=false")[0])
+    print(f"kdrun train -m (stacked)     {fmt_runs(stacked)}")
+    print(f"hydra.launcher.stack=false   {fmt_runs(alone)}")
+    print(f"  one job after the other / stacked: {med([p.wall for p in alone]) / med([p.wall for p in stacked]):.2f}x")
+
+
 def section_b(tmp: Path, kd_repeats: int, quick: bool) -> None:
     grid = [(a, t) for a in ALPHAS for t in TEMPERATURES]
     sample = grid if not quick else [(ALPHAS[i], TEMPERATURES[i]) for i in range(5)]
@@ -301,15 +314,11 @@ def section_b(tmp: Path, kd_repeats: int, quick: bool) -> None:
 
     mnist = ["dataset.n_samples=2358", "model.teacher.hidden=[1200,1200]", "model.student.hidden=[800,800]", "trainer.batch_size=128",
              "plots=false", "loss.alpha=0.5,0.9", "loss.temperature=1,2,4,8"]  # fmt: skip
-    print("\n-- (b) MNIST-size: students 784-800-800-10 on 1,650 examples (teacher 784-1200-1200-10), 8 settings, batch 128, "
-          f"20 epochs, plots off: stacked vs one job after the other (hydra.launcher.stack=false), {kd_repeats} repeat(s) --")
-    big_stacked, big_alone = [], []
-    for k in range(kd_repeats):
-        big_stacked.append(kdrun_sweep(tmp, f"bm_stacked_{k}", *mnist)[0])
-        big_alone.append(kdrun_sweep(tmp, f"bm_alone_{k}", *mnist, "hydra.launcher.stack=false")[0])
-    print(f"kdrun train -m (stacked)     {fmt_runs(big_stacked)}")
-    print(f"hydra.launcher.stack=false   {fmt_runs(big_alone)}")
-    print(f"  one job after the other / stacked: {med([p.wall for p in big_alone]) / med([p.wall for p in big_stacked]):.2f}x")
+    stacked_vs_alone(tmp, "bm", mnist, kd_repeats, "MNIST-size: students 784-800-800-10 on 1,650 examples (teacher 784-1200-1200-10), "
+                     "8 settings, batch 128, 20 epochs, plots off")  # fmt: skip
+    digits = ["experiment=digits_methods", "loss.alpha=0.5,0.9", "loss.temperature=2,4", "trainer.seed=0,1,2"]
+    stacked_vs_alone(tmp, "bc", digits, kd_repeats, "CNN students with batch norm: experiment=digits_methods (8x8 digits, CNN teacher "
+                     "32-64 channels, 30 epochs; students 8-16 channels, 300 epochs on 63 images), 2 alphas x 2 T x 3 seeds, plots on")  # fmt: skip
 
     parallel = [("joblib", ["hydra/launcher=joblib"], ["hydra/launcher=kd_joblib"]),
                 ("submitit", ["hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2"], ["hydra/launcher=kd_submitit_local"])]  # fmt: skip

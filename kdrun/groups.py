@@ -9,9 +9,10 @@ of one pass over the data per step. Each job then takes its models (``TrainedMod
 its run directory as if it had trained alone.
 
 What does not stack (``plan`` and ``train_group`` say why, and those jobs run one by one):
-students other than Linear/activation/dropout networks (CNNs, batch norm), losses with trainable
-parameters or that read features (fitnet, at), augmentation (the teacher runs per batch),
-``trainer.compile`` and float16 (one student's overflow would skip every student's step).
+students other than kdrun's MLP, CNN and LeNet5 and Sequentials of layers that stack
+(``kdrun.stacking``), losses with trainable parameters or that read features (fitnet, at),
+augmentation (the teacher runs per batch), ``trainer.compile`` and float16 (one student's
+overflow would skip every student's step).
 """
 
 from __future__ import annotations
@@ -97,11 +98,19 @@ def loss_reason(loss: Any) -> Optional[str]:
 
 def _member_bytes(model: torch.nn.Module, batch_size: int, data: DataSplits) -> int:
     """About what one stacked student needs: weights, gradients, two optimiser moments and a
-    copy; a step's activations; its teacher targets and an epoch's logits."""
+    copy; a step's activations (each layer's output, measured on one example); its teacher
+    targets and an epoch's logits."""
     params = count_parameters(model)
-    widths = sum(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    sizes: list[int] = []
+    layers = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [layer.register_forward_hook(lambda module, inputs, output: sizes.append(output.numel())) for layer in layers]
+    try:
+        predict(model, data.train.x[:1], data.prepare)
+    finally:
+        for hook in hooks:
+            hook.remove()
     rows = len(data.transfer_index) + len(data.val)
-    return 4 * (5 * params + 4 * batch_size * widths + 4 * rows * data.num_classes)
+    return 4 * (5 * params + 2 * batch_size * sum(sizes) + 4 * rows * data.num_classes)
 
 
 def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> tuple[list[Prepared], list[dict[str, TrainedModel]]]:

@@ -3,7 +3,8 @@
 A sweep over a loss's settings trains many students that share their architecture, initial
 weights and batches. ``fit_stacked`` trains K such models in one loop: their weights are stacked
 along a first dimension (a Linear layer's as ``[K, in, out]``), so a step is one batched matrix
-product per layer for all of them, a loss per model (KD's for the whole stack at once:
+product per layer for all of them (a convolution's: one grouped convolution, the K models'
+feature maps side by side in the channels), a loss per model (KD's for the whole stack at once:
 ``KDLoss.stacked``), one backward pass and one optimiser step over the stacked tensors. Adam and
 SGD act on each element alone, so each model's trajectory is the one it has trained alone, up to
 rounding.
@@ -14,12 +15,13 @@ What each model keeps as its own, so that its results are those of its run alone
   same batch, the others a batch each;
 - its dropout masks: each stream of batches has torch's random state of its own, set before the
   step's masks are drawn, so the masks are the ones the model's run alone draws;
+- its batch-norm running statistics (each channel's are its model's own);
 - its teacher targets, rows, metrics rows, best epoch, and a NaN: a model whose loss stops being
   finite is stopped (``Member.error``) while the others go on.
 
-Stackable: models built of Linear layers, element-wise activations, dropout and flattening
-(``kdrun.models.MLP``, or an ``nn.Sequential`` of those). ``stack_reason`` says why another
-model is not.
+Stackable: ``kdrun.models.MLP``, ``CNN`` and ``LeNet5``, and any ``nn.Sequential`` of Linear
+layers, 2-d convolutions, batch norm, pooling, element-wise activations, dropout (on flat
+features) and flattening. ``stack_reason`` says why another model is not.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from torch import nn
 from kdrun.checkpoints import Checkpoint
 from kdrun.data import Split
 from kdrun.errors import NonFiniteLossError
+from kdrun.models.cnn import CNN
+from kdrun.models.lenet import LeNet5
 from kdrun.models.mlp import MLP
 from kdrun.optim import FusedAdam, make_optimizer, set_learning_rate
 from kdrun.train import EVAL_BATCH, FitSettings, autocast, loss_and_parts, row_columns, training_state
@@ -45,32 +49,63 @@ _ACTIVATIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 }  # fmt: skip
 
 
-def _layers(model: nn.Module) -> tuple[Optional[list[tuple]], str]:
-    """The model as a list of steps (("linear", has_bias), ("act", fn), ("dropout", p),
-    ("flatten",)), or None and why it is not one."""
+def _modules(model: nn.Module) -> Optional[list[Any]]:
+    """The model's layers in the order its forward runs them ("mean": a CNN's global average of
+    each channel), or None for a model whose forward kdrun does not know."""
     if isinstance(model, MLP):
-        modules: list[nn.Module] = [nn.Flatten(), *model.network]
-    elif type(model) is nn.Sequential:
-        modules = list(model)
-    else:
-        return None, f"{type(model).__name__} is not a kdrun MLP or an nn.Sequential of Linear layers, activations and dropout"
+        return [nn.Flatten(), *model.network]
+    if type(model) is CNN:
+        return [*(layer for stage in model.stages for layer in stage), "mean", model.dropout, model.head]
+    if type(model) is LeNet5:
+        return [*(layer for stage in model.stages for layer in stage), nn.Flatten(), *model.classifier]
+    if type(model) is nn.Sequential:
+        return list(model)
+    return None
+
+
+def _layers(model: nn.Module) -> tuple[Optional[list[tuple]], str]:
+    """The model as a list of steps (("linear", has_bias), ("conv", has_bias, stride, padding,
+    dilation, groups), ("norm", eps, momentum), ("pool", fn, kwargs), ("act", fn), ("dropout", p),
+    ("flatten",), ("mean",)), or None and why it is not one."""
+    modules = _modules(model)
+    if modules is None:
+        return None, f"{type(model).__name__} is not a kdrun MLP, CNN or LeNet5, or an nn.Sequential of layers that stack"
     steps: list[tuple] = []
+    maps = None  # whether the layer's input is feature maps [B, C, H, W] (None: not known yet)
     for module in modules:
         kind = type(module)
-        if kind is nn.Linear:
+        if module == "mean" or (kind is nn.Flatten and module.start_dim == 1 and module.end_dim == -1):
+            steps.append(("mean",) if module == "mean" else ("flatten",))
+            maps = False
+        elif kind is nn.Linear and not maps:
             steps.append(("linear", module.bias is not None))
+            maps = False
+        elif kind is nn.Conv2d and maps is not False and module.padding_mode == "zeros" and isinstance(module.padding, tuple):
+            steps.append(("conv", module.bias is not None, module.stride, module.padding, module.dilation, module.groups))
+            maps = True
+        elif kind is nn.BatchNorm2d and maps is not False:
+            if not (module.affine and module.track_running_stats and module.momentum is not None):
+                return None, "it has a BatchNorm2d without affine weights, running statistics or a momentum"
+            steps.append(("norm", module.eps, module.momentum))
+            maps = True
+        elif kind in (nn.MaxPool2d, nn.AvgPool2d) and maps is not False:
+            names = ("kernel_size", "stride", "padding", "ceil_mode") + (("dilation",) if kind is nn.MaxPool2d else ("count_include_pad", "divisor_override"))
+            steps.append(("pool", F.max_pool2d if kind is nn.MaxPool2d else F.avg_pool2d, {n: getattr(module, n) for n in names}))
+            maps = True
+        elif kind is nn.AdaptiveAvgPool2d and maps is not False:
+            steps.append(("pool", F.adaptive_avg_pool2d, {"output_size": module.output_size}))
+            maps = True
         elif kind in _ACTIVATIONS:
             steps.append(("act", _ACTIVATIONS[kind]))
         elif kind is nn.GELU and module.approximate == "none":
             steps.append(("act", F.gelu))
-        elif kind is nn.Dropout:
+        elif kind is nn.Dropout and not maps:
             steps.append(("dropout", module.p))
-        elif kind is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
-            steps.append(("flatten",))
         else:
-            return None, f"it has a {kind.__name__} layer; models of Linear layers, activations and dropout stack"
-    if len(list(model.buffers())):
-        return None, "it has buffers (running statistics)"
+            where = " on feature maps" if maps else " on flat features" if maps is False else ""
+            return None, f"it has a {kind.__name__} layer{where}; Linear layers, 2-d convolutions, batch norm, pooling, activations and dropout stack"
+    if len(list(model.buffers())) != 3 * sum(step[0] == "norm" for step in steps):
+        return None, "it has buffers other than batch norm's running statistics"
     return steps, ""
 
 
@@ -81,9 +116,14 @@ def stack_reason(model: nn.Module) -> Optional[str]:
 
 
 class StackedModels:
-    """K models of one architecture as stacked tensors, one per parameter: ``[K, *shape]``, a
-    Linear layer's weight transposed (``[K, in, out]``: its batched products and their gradients
-    run about 1.1-1.6x faster so on a 2-core x86 CPU than with ``[K, out, in]``)."""
+    """K models of one architecture as stacked tensors, one per parameter and buffer: ``[K, *shape]``,
+    a Linear layer's weight transposed (``[K, in, out]``: its batched products and their gradients
+    run about 1.1-1.6x faster so on a 2-core x86 CPU than with ``[K, out, in]``).
+
+    Between layers the K models' activations are either rows ``[K, B, features]`` or feature maps
+    side by side in the channels, ``[B, K * C, H, W]``, model k's in channels k*C to (k+1)*C - 1:
+    a convolution is then one convolution with K times its groups, and batch norm, pooling and
+    activations act on each channel alone, as on each model's own."""
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         steps, why = _layers(models[0])
@@ -96,34 +136,77 @@ class StackedModels:
             torch.stack([(lambda p: p.t() if flip else p)(dict(m.named_parameters())[name].detach()) for m in models]).contiguous().requires_grad_()
             for name, flip in zip(self.names, self.transposed)
         ]  # fmt: skip
+        self.buffer_names = [name for name, _ in models[0].named_buffers()]  # batch norm's, 3 a layer
+        self.buffers = [torch.stack([dict(m.named_buffers())[name] for m in models]).contiguous() for name in self.buffer_names]
 
     def forward(self, x: torch.Tensor, stream_of: Optional[torch.Tensor] = None,
-                masks: Optional[Callable[[int, int, float], torch.Tensor]] = None) -> torch.Tensor:  # fmt: skip
+                masks: Optional[Callable[[int, int, float], torch.Tensor]] = None, training: bool = False) -> torch.Tensor:  # fmt: skip
         """Logits ``[K, B, classes]``. ``x``: one batch ``[B, ...]`` every model reads, or one per
         stream ``[S, B, ...]``, ``stream_of[k]`` the stream of model k. ``masks(rows, width, p)``:
-        each stream's dropout mask ``[S, rows, width]`` (training); None in evaluation."""
-        h, per_model, params = x, False, iter(self.params)
+        each stream's dropout mask ``[S, rows, width]`` (training; None: no dropout).
+        ``training``: batch norm normalises with the batch's statistics and updates its running
+        ones, as in train mode."""
+        h, layout, params, buffers = x, "shared", iter(self.params), iter(self.buffers)
         for kind, *rest in self.steps:
-            if kind == "flatten":
-                h = h.flatten(1) if stream_of is None and not per_model else h.flatten(2)
+            if kind in ("flatten", "mean"):
+                reduce = (lambda t, dims: t.flatten(dims[0])) if kind == "flatten" else (lambda t, dims: t.mean(dim=dims))
+                if layout == "maps":  # [B, K*C, H, W] -> each model's rows [K, B, features]
+                    h = reduce(h.reshape(h.shape[0], self.k, -1, *h.shape[2:]), (2,) if kind == "flatten" else (3, 4)).transpose(0, 1)
+                    layout = "rows"
+                else:
+                    dims = (-1, -2) if kind == "mean" else (1 if stream_of is None and layout == "shared" else 2,)
+                    h = reduce(h, dims)
             elif kind == "linear":
-                if not per_model:  # each model's rows: the one batch, or its stream's
+                if layout == "shared":  # each model's rows: the one batch, or its stream's
                     h = h.expand(self.k, *h.shape) if stream_of is None else h[stream_of]
-                    per_model = True
+                    layout = "rows"
                 weight = next(params)
                 h = torch.baddbmm(next(params).unsqueeze(1), h, weight) if rest[0] else torch.bmm(h, weight)
+            elif kind == "conv":
+                has_bias, stride, padding, dilation, groups = rest
+                weight = next(params)
+                bias = next(params).flatten() if has_bias else None
+                if layout == "shared" and stream_of is None and groups == 1:  # every model's maps from the one batch at once
+                    h = F.conv2d(h, weight.flatten(0, 1), bias, stride, padding, dilation)
+                else:
+                    h = F.conv2d(self._maps(h, layout, stream_of), weight.flatten(0, 1), bias, stride, padding, dilation, self.k * groups)
+                # Batch norm, activations and pooling of maps with many channels run 2-6x faster so
+                # on a 2-core x86 CPU, and the next convolution no slower.
+                h, layout = h.contiguous(memory_format=torch.channels_last), "maps"
+            elif kind == "norm":
+                h, layout = self._maps(h, layout, stream_of), "maps"
+                mean, var, count = next(buffers), next(buffers), next(buffers)
+                eps, momentum = rest
+                h = F.batch_norm(h, mean.view(-1), var.view(-1), next(params).flatten(), next(params).flatten(), training, momentum, eps)
+                if training:
+                    count.add_(1)
+            elif kind == "pool":
+                if layout == "shared" and stream_of is not None:
+                    h, layout = self._maps(h, layout, stream_of), "maps"
+                h = rest[0](h, **rest[1])
             elif kind == "act":
                 h = rest[0](h)
             elif masks is not None:  # dropout, training
                 mask = masks(h.shape[-2], h.shape[-1], rest[0])
-                if per_model:
+                if layout == "rows":
                     h = h * (mask if stream_of is None else mask[stream_of])
                 else:
                     h = h * (mask[0] if stream_of is None else mask)
         return h
 
+    def _maps(self, h: torch.Tensor, layout: str, stream_of: Optional[torch.Tensor]) -> torch.Tensor:
+        """Feature maps ``[B, K*C, H, W]`` from ``h``, already such, or the shared batch (or streams)."""
+        if layout == "maps":
+            return h
+        if stream_of is None:
+            maps = h.repeat(1, self.k, 1, 1)
+        else:
+            per_model = h[stream_of]  # [K, B, C, H, W]
+            maps = per_model.transpose(0, 1).reshape(per_model.shape[1], -1, *per_model.shape[3:])
+        return maps.contiguous(memory_format=torch.channels_last)  # as the convolutions leave them: see forward
+
     def predict(self, x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Every model's logits ``[K, N, classes]`` for rows ``x``, in chunks."""
+        """Every model's logits ``[K, N, classes]`` for rows ``x``, in chunks, as in eval mode."""
         with torch.no_grad():
             return torch.cat([self.forward(prepare(x[i : i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)], dim=1)
 
@@ -132,7 +215,8 @@ class StackedModels:
         return (tensor[k].t() if self.transposed[j] else tensor[k]).detach().clone()
 
     def state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        return {name: self.unstacked(p, j, k) for j, (name, p) in enumerate(zip(self.names, self.params))}
+        state = {name: self.unstacked(p, j, k) for j, (name, p) in enumerate(zip(self.names, self.params))}
+        return {**state, **{name: b[k].clone() for name, b in zip(self.buffer_names, self.buffers)}}
 
 
 @dataclass
@@ -311,7 +395,7 @@ def fit_stacked(members: Sequence[Member], train: Split, val: Split, settings: F
             for b in range(len(batch_sizes)):
                 x = prepare(x_batches[0][b] if streams.index is None else torch.stack([batches[b] for batches in x_batches]))
                 with autocast(device, settings.precision):
-                    logits = stack.forward(x, streams.index, masks)
+                    logits = stack.forward(x, streams.index, masks, training=True)
                     total, values = losses(logits, y_batches[b], b)
                 recorded.append(values)
                 outputs.append(logits.detach())

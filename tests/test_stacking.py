@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from kdrun.data import Split
 from kdrun.errors import ConfigError, NonFiniteLossError
 from kdrun.losses import DKDLoss, KDLoss
-from kdrun.models import MLP
+from kdrun.models import CNN, MLP, LeNet5
 from kdrun.run_files import read_status
 from kdrun.stacking import Member, fit_stacked, stack_reason
 from kdrun.train import Distillation, FitSettings, fit, predict
 
 TINY = ["trainer.epochs=3", "dataset.n_samples=120", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "plots=false"]
+TINY_CNN = ["trainer.epochs=3", "dataset=digits", "dataset.transfer_size=0.2", "model/teacher=cnn", "model/student=cnn",
+            "model.teacher.channels=[4]", "model.student.channels=[2]", "plots=false"]  # fmt: skip
 
 
 def _data(n: int = 96, features: int = 12, classes: int = 4) -> tuple[Split, Split]:
@@ -86,6 +88,43 @@ def test_stacked_students_train_as_they_do_alone(optimizer: str, loss_class: typ
             torch.testing.assert_close(stacked, single, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("architecture", ["cnn", "lenet5"])
+def test_stacked_convolutional_students_train_as_they_do_alone(architecture: str) -> None:
+    """CNN students with batch norm and dropout (each keeps its own running statistics) and LeNet-5
+    students, of two seeds x two temperatures, and each seed's baseline: the first epoch within
+    1e-5 of the student trained alone, later ones within 1e-3 (a grouped convolution rounds
+    otherwise), and the same weights and running statistics."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(120, 1, 12, 12, generator=g), torch.randint(0, 4, (120,), generator=g)
+    train, val = Split(x[:96], y[:96]), Split(x[96:], y[96:])
+    make = (lambda: CNN((1, 12, 12), 4, [4, 6], dropout=0.2)) if architecture == "cnn" else (lambda: LeNet5((1, 12, 12), 4))
+    settings = FitSettings(epochs=3, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=1e-4, batch_seed=0)
+    teachers, initial = {}, {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        teachers[seed], initial[seed] = make().eval(), make()
+    alone, members = [], []
+    for seed, temperature in [(0, 1.0), (0, 4.0), (1, 1.0), (1, 4.0), (0, None), (1, None)]:
+        model = copy.deepcopy(initial[seed])
+        distillation = Distillation(KDLoss(0.6, temperature), teachers[seed]) if temperature else None
+        torch.manual_seed(seed + 2)
+        alone.append((model, fit(model, train, val, _with_seed(settings, seed + 1), "distilled" if temperature else "baseline", distillation)))
+        loss = KDLoss(0.6, temperature) if temperature else None
+        targets = loss.teacher_targets(predict(teachers[seed], train.x)) if loss else None
+        members.append(Member("distilled" if loss else "baseline", copy.deepcopy(initial[seed]), seed + 1, _seeded_state(seed + 2), loss, targets))
+    fit_stacked(members, train, val, settings, lambda x: x)
+
+    for (model, rows), member in zip(alone, members):
+        assert member.error is None and [r["epoch"] for r in member.history] == [1, 2, 3]
+        for mine, theirs in zip(member.history, rows):
+            for key in mine.keys() - {"model", "epoch", "seconds"}:
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-5 if mine["epoch"] == 1 else 1e-3, abs=1e-7), (member.name, key)
+        mine, theirs = member.model.state_dict(), model.state_dict()
+        assert mine.keys() == theirs.keys()
+        for name in mine:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-3, atol=1e-4, msg=name)  # running_mean, num_batches_tracked...
+
+
 def _with_seed(settings: FitSettings, seed: int) -> FitSettings:
     return FitSettings(**{**settings.__dict__, "batch_seed": seed})
 
@@ -140,6 +179,13 @@ def test_what_does_not_stack_says_why(tmp_path: Path) -> None:
     assert stack_reason(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))) is None
     reason = stack_reason(torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)))
     assert reason is not None and "BatchNorm1d" in reason
+    assert stack_reason(CNN((1, 8, 8), 4, [4, 8], dropout=0.2)) is None and stack_reason(LeNet5((1, 12, 12), 4)) is None
+    nn = torch.nn
+    maps = [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2)]
+    assert stack_reason(nn.Sequential(*maps, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))) is None
+    assert "Dropout2d layer on feature maps" in stack_reason(nn.Sequential(*maps, nn.Dropout2d(0.1), nn.Flatten(), nn.Linear(16, 3)))
+    assert "Conv2d layer on flat features" in stack_reason(nn.Sequential(nn.Flatten(), nn.Conv2d(1, 4, 3)))
+    assert "without affine weights" in stack_reason(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=None)))
 
     from kdrun import groups
     from kdrun.config import compose
@@ -148,10 +194,10 @@ def test_what_does_not_stack_says_why(tmp_path: Path) -> None:
         return [compose([*base, f"cache.dir={tmp_path}", *common, f"{key}={value}"]) for value in (0.3, 0.9)]
 
     images = ("trainer.epochs=1", "plots=false", "dataset=digits", "model/teacher=cnn")
-    cnn = configs("model/student=cnn", base=images)
-    assert groups.plan(cnn)[0] == [[0, 1]]  # same settings but alpha: a group, until its models are built
-    with pytest.raises(groups.Unstackable, match="model.student: CNN is not a kdrun MLP or an nn.Sequential"):
-        groups.train_group(cnn, [tmp_path / "a", tmp_path / "b"], 2048)
+    resnets = configs("model/student=resnet8", base=images)
+    assert groups.plan(resnets)[0] == [[0, 1]]  # same settings but alpha: a group, until its models are built
+    with pytest.raises(groups.Unstackable, match="model.student: CifarResNet is not a kdrun MLP, CNN or LeNet5"):
+        groups.train_group(resnets, [tmp_path / "a", tmp_path / "b"], 2048)
     from kdrun.experiment import prepare
 
     assert "reads the models' features" in groups.loss_reason(prepare(configs("loss=at", "model/student=cnn", base=images, key="loss.beta")[0]).loss)
@@ -175,10 +221,10 @@ def test_a_linear_without_bias_stacks() -> None:
 # --------------------------------------------------------------------------- whole sweeps
 
 
-def _sweep(tmp_path: Path, name: str, *extra: str) -> int:
+def _sweep(tmp_path: Path, name: str, *extra: str, base: list[str] = TINY) -> int:
     from kdrun import app
 
-    return app.main(["-m", *TINY, f"hydra.sweep.dir={tmp_path / name}", f"cache.dir={tmp_path / name / 'cache'}",
+    return app.main(["-m", *base, f"hydra.sweep.dir={tmp_path / name}", f"cache.dir={tmp_path / name / 'cache'}",
                      "trainer.checkpoint_every=1", "loss.alpha=0.3,0.9", "loss.temperature=1,4", *extra])  # fmt: skip
 
 
@@ -196,16 +242,18 @@ def _metrics(job: Path) -> list[dict]:
 
 
 def _jobs(sweep: Path) -> list[Path]:
-    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()), key=lambda p: int(p.name.split("_")[0]))
+    found = {p.parent for p in sweep.rglob("status.json")}  # a "/" in an override (model/student=cnn) nests the job's folder
+    return sorted(found, key=lambda p: int(p.relative_to(sweep).parts[0].split("_")[0]))
 
 
-def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("base, stack_mb", [(TINY, 0.3), (TINY_CNN, 0.4)], ids=["mlp", "cnn"])
+def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tmp_path: Path, monkeypatch, capsys, base, stack_mb) -> None:
     """The same 2 x 2 sweep by Hydra's basic launcher (one job after the other), by kdrun's
     (trained together), and by kdrun's stopped by Ctrl-C in the stacked training's second epoch,
-    then run again."""
+    then run again: MLP students, and CNN students with batch norm."""
     monkeypatch.chdir(tmp_path)
-    assert _sweep(tmp_path, "basic", "hydra/launcher=basic") == 0
-    assert _sweep(tmp_path, "stacked", "hydra.launcher.stack_mb=0.3") == 0  # a stack of 2 students at most
+    assert _sweep(tmp_path, "basic", "hydra/launcher=basic", base=base) == 0
+    assert _sweep(tmp_path, "stacked", f"hydra.launcher.stack_mb={stack_mb}", base=base) == 0  # a stack of 2 students at most
     assert "training 5 students together (4 distilled, 1 baseline) in 3 stacks of at most 2" in capsys.readouterr().out
 
     from kdrun import stacking
@@ -218,7 +266,7 @@ def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tm
             raise KeyboardInterrupt
 
     monkeypatch.setattr(stacking, "_end_epoch", stopped_after_epoch_2)
-    assert _sweep(tmp_path, "stopped") == 130
+    assert _sweep(tmp_path, "stopped", base=base) == 130
     for job in _jobs(tmp_path / "stopped"):
         status = read_status(job)
         assert status["status"] == "interrupted" and "run the same command again" in status["message"], status
@@ -226,7 +274,7 @@ def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tm
         assert [r["epoch"] for r in _metrics(job) if r["model"] == "distilled"] == ["1", "2"]  # metrics.csv grew meanwhile
     monkeypatch.setattr(stacking, "_end_epoch", real_end_epoch)
     capsys.readouterr()
-    assert _sweep(tmp_path, "stopped") == 0
+    assert _sweep(tmp_path, "stopped", base=base) == 0
     assert capsys.readouterr().out.count("resuming the distilled student at epoch 3 of 3") == 4  # from the stacked checkpoints
 
     for stacked in ("stacked", "stopped"):
