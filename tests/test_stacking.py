@@ -88,16 +88,25 @@ def test_stacked_students_train_as_they_do_alone(optimizer: str, loss_class: typ
             torch.testing.assert_close(stacked, single, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("architecture", ["cnn", "lenet5"])
+def _sequential_cnn() -> torch.nn.Sequential:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3), nn.GELU(), nn.Conv2d(3, 4, 3, padding=1, groups=1, bias=False),
+        nn.AvgPool2d(2), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(4, 4),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("architecture", ["cnn", "lenet5", "sequential"])
 def test_stacked_convolutional_students_train_as_they_do_alone(architecture: str) -> None:
-    """CNN students with batch norm and dropout (each keeps its own running statistics) and LeNet-5
-    students, of two seeds x two temperatures, and each seed's baseline: the first epoch within
-    1e-5 of the student trained alone, later ones within 1e-3 (a grouped convolution rounds
-    otherwise), and the same weights and running statistics."""
+    """CNN students with batch norm and dropout (each keeps its own running statistics), LeNet-5
+    students and a Sequential of strided convolutions, batch norm and pooling, of two seeds x two
+    temperatures, and each seed's baseline: the first epoch within 1e-5 of the student trained
+    alone, later ones within 1e-3 (a grouped convolution rounds otherwise), and the same weights
+    and running statistics."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(120, 1, 12, 12, generator=g), torch.randint(0, 4, (120,), generator=g)
     train, val = Split(x[:96], y[:96]), Split(x[96:], y[96:])
-    make = (lambda: CNN((1, 12, 12), 4, [4, 6], dropout=0.2)) if architecture == "cnn" else (lambda: LeNet5((1, 12, 12), 4))
+    make = {"cnn": lambda: CNN((1, 12, 12), 4, [4, 6], dropout=0.2), "lenet5": lambda: LeNet5((1, 12, 12), 4), "sequential": _sequential_cnn}[architecture]
     settings = FitSettings(epochs=3, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=1e-4, batch_seed=0)
     teachers, initial = {}, {}
     for seed in (0, 1):
