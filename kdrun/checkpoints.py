@@ -22,7 +22,8 @@ from kdrun.run_files import replace_atomically
 log = logging.getLogger("kdrun")
 
 AUTO_SECONDS = 60.0  # trainer.checkpoint_every=null: at most one checkpoint a minute
-FORMAT = 1  # of the files; a file of another format is not resumed from
+FORMAT = 2  # of the files written; a file of a format not in READABLE is not resumed from
+READABLE = (1, 2)  # 1: Adam's moments of channels-last weights in memory order (kdrun.train reads them)
 
 
 @dataclass
@@ -61,8 +62,8 @@ class Checkpoint:
             return None
         try:
             state = torch.load(self.path, map_location=device, weights_only=True)
-            if not isinstance(state, dict) or state.get("format") != FORMAT:
-                raise ValueError(f"not a kdrun checkpoint of format {FORMAT}")
+            if not isinstance(state, dict) or state.get("format") not in READABLE:
+                raise ValueError(f"not a kdrun checkpoint of format {' or '.join(map(str, READABLE))}")
         except Exception as error:
             log.warning("%s: cannot read %s (%s); training it from the first epoch", self.title, self.path, error)
             return None

@@ -231,17 +231,18 @@ def fit(
         if isinstance(loss_fn, nn.Module):
             loss_fn.to(device)
             params += list(loss_fn.parameters())
-    scaler = _grad_scaler(device) if settings.precision == "16" else None
-    optimizer = make_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum, settings.nesterov, fused=scaler is None)
-    generator = torch.Generator().manual_seed(settings.batch_seed)
-    draws = torch.Generator().manual_seed(settings.batch_seed + AUGMENT_SEED_OFFSET) if augment is not None else None
     # Images in channels-last layout: most CNNs trained 1.1-1.7x faster so on a 2-core x86 CPU
     # (ShuffleNetV2 0.93x; benchmarks/README.md), and it is the layout cuDNN's fast kernels take.
+    # Before the optimiser: Adam's moments take the weights' layout, so checkpoints hold them in order.
     channels_last = train.x.dim() == 4 and device.type in ("cpu", "cuda")
     if channels_last:
         for network in (model, teacher):
             if network is not None:
                 network.to(memory_format=torch.channels_last)
+    scaler = _grad_scaler(device) if settings.precision == "16" else None
+    optimizer = make_optimizer(params, settings.optimizer, settings.lr, settings.weight_decay, settings.momentum, settings.nesterov, fused=scaler is None)
+    generator = torch.Generator().manual_seed(settings.batch_seed)
+    draws = torch.Generator().manual_seed(settings.batch_seed + AUGMENT_SEED_OFFSET) if augment is not None else None
     # Compiled forward passes share the modules' parameters; the modules themselves are what is saved.
     forward = torch.compile(model) if settings.compile else model
     teacher_forward = torch.compile(teacher) if settings.compile and teacher is not None else teacher
@@ -403,10 +404,26 @@ def training_state(epoch: int, epochs: int, model: nn.Module, optimizer: Any, lo
     }
 
 
+def _format_1_moments(state: dict[str, Any], optimizer: Any) -> dict[str, Any]:
+    """Checkpoints of format 1 (kdrun 0.3.0 and before): ``fit`` made Adam's moments before it
+    turned the model channels-last, so a convolution weight's moments hold their values in
+    channels-last memory order under plain strides. Read them as the fused kernel updated them."""
+    if "exp_avgs" not in state:  # torch.optim's, made at the first step in the weights' own layout
+        return state
+
+    def as_updated(moment: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        if moment.dim() == 4 and param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous():
+            n, c, h, w = moment.shape
+            return moment.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return moment
+
+    return {**state, **{key: [as_updated(m, p) for m, p in zip(state[key], optimizer.params)] for key in ("exp_avgs", "exp_avg_sqs")}}
+
+
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, loss_fn: Any, generator: torch.Generator,
              draws: Optional[torch.Generator], scaler: Any, device: torch.device) -> None:  # fmt: skip
     model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
+    optimizer.load_state_dict(_format_1_moments(saved["optimizer"], optimizer) if saved["format"] == 1 else saved["optimizer"])
     if isinstance(loss_fn, nn.Module) and saved["loss"] is not None:
         loss_fn.load_state_dict(saved["loss"])
     generator.set_state(saved["batch_order"].cpu())

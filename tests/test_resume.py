@@ -303,3 +303,28 @@ def test_a_rerun_sweep_continues_its_unfinished_job_from_its_checkpoints(tmp_pat
     for model in ("teacher", "distilled", "baseline"):
         assert [int(row["epoch"]) for row in rows if row["model"] == model] == list(range(1, 301))
     assert read_status(sweep / "job1")["status"] == "completed" and (sweep / "comparison.csv").is_file()
+
+
+def test_a_checkpoint_of_format_1_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """kdrun 0.3.0 wrote a convolution weight's Adam moments in channels-last memory order under
+    plain strides (format 1; tests/data holds such a checkpoint of a CNN after epoch 2 of 3, by
+    the code below). Resumed now, the run ends where an uninterrupted one does."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(72, 1, 8, 8, generator=g), torch.randint(0, 3, (72,), generator=g)
+    train, val = Split(x[:48], y[:48]), Split(x[48:], y[48:])
+    settings = FitSettings(epochs=3, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=0.0, batch_seed=1)
+    torch.manual_seed(0)
+    whole = CNN((1, 8, 8), 3, [2, 4])
+    expected = fit(whole, train, val, settings, "baseline")
+
+    path = tmp_path / "cnn.pt"
+    path.write_bytes((Path(__file__).parent / "data" / "cnn_adam_checkpoint_format1.pt").read_bytes())
+    assert torch.load(path, weights_only=True)["format"] == 1
+    torch.manual_seed(0)
+    resumed = CNN((1, 8, 8), 3, [2, 4])
+    rows = fit(resumed, train, val, settings, "baseline", checkpoint=Checkpoint(path, 2, "the CNN"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
+        assert rows[-1][key] == pytest.approx(expected[-1][key], rel=1e-6), key
+    for name, value in resumed.state_dict().items():
+        torch.testing.assert_close(value, whole.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)
