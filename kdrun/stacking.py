@@ -99,10 +99,10 @@ def _layers(model: nn.Module) -> tuple[Optional[list[tuple]], str]:
             steps.append(("act", _ACTIVATIONS[kind]))
         elif kind is nn.GELU and module.approximate == "none":
             steps.append(("act", F.gelu))
-        elif kind is nn.Dropout and not maps:
+        elif kind is nn.Dropout and maps is False:  # the stack draws masks of flat features
             steps.append(("dropout", module.p))
         else:
-            where = " on feature maps" if maps else " on flat features" if maps is False else ""
+            where = " on feature maps" if maps else " on flat features" if maps is False else " before any Linear, convolution or flattening"
             return None, f"it has a {kind.__name__} layer{where}; Linear layers, 2-d convolutions, batch norm, pooling, activations and dropout stack"
     if len(list(model.buffers())) != 3 * sum(step[0] == "norm" for step in steps):
         return None, "it has buffers other than batch norm's running statistics"
@@ -206,9 +206,11 @@ class StackedModels:
         return maps.contiguous(memory_format=torch.channels_last)  # as the convolutions leave them: see forward
 
     def predict(self, x: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """Every model's logits ``[K, N, classes]`` for rows ``x``, in chunks, as in eval mode."""
+        """Every model's logits ``[K, N, classes]`` for rows ``x``, as in eval mode, in chunks of
+        rows x models no larger than one model's alone (``kdrun.train.predict``)."""
+        rows = max(1, EVAL_BATCH // self.k)
         with torch.no_grad():
-            return torch.cat([self.forward(prepare(x[i : i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)], dim=1)
+            return torch.cat([self.forward(prepare(x[i : i + rows])) for i in range(0, len(x), rows)], dim=1)
 
     def unstacked(self, tensor: torch.Tensor, j: int, k: int) -> torch.Tensor:
         """Model k's part of ``tensor`` (parameter j's, or its optimiser state's), in the model's layout."""

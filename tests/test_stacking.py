@@ -26,7 +26,7 @@ from kdrun.train import Distillation, FitSettings, fit, predict
 
 TINY = ["trainer.epochs=3", "dataset.n_samples=120", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "plots=false"]
 TINY_CNN = ["trainer.epochs=3", "dataset=digits", "dataset.transfer_size=0.2", "model/teacher=cnn", "model/student=cnn",
-            "model.teacher.channels=[4]", "model.student.channels=[2]", "plots=false"]  # fmt: skip
+            "model.teacher.channels=[4]", "model.student.channels=[2,3]", "plots=false"]  # fmt: skip
 
 
 def _data(n: int = 96, features: int = 12, classes: int = 4) -> tuple[Split, Split]:
@@ -134,6 +134,24 @@ def test_stacked_convolutional_students_train_as_they_do_alone(architecture: str
             torch.testing.assert_close(mine[name], theirs[name], rtol=1e-3, atol=1e-4, msg=name)  # running_mean, num_batches_tracked...
 
 
+def test_a_stack_predicts_in_chunks_what_each_model_predicts_alone(monkeypatch) -> None:
+    """In eval mode (batch norm's running statistics, each model's own), in chunks of rows whose
+    rows x models stay within one model's evaluation chunk: 2 rows at a time here."""
+    from kdrun import stacking
+
+    monkeypatch.setattr(stacking, "EVAL_BATCH", 8)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = CNN((1, 8, 8), 3, [2, 4])
+        model(torch.randn(16, 1, 8, 8))  # train mode: running statistics of its own
+        models.append(model)
+    x = torch.randn(20, 1, 8, 8)
+    logits = stacking.StackedModels(models).predict(x, lambda rows: rows)
+    for k, model in enumerate(models):
+        torch.testing.assert_close(logits[k], predict(model, x))
+
+
 def _with_seed(settings: FitSettings, seed: int) -> FitSettings:
     return FitSettings(**{**settings.__dict__, "batch_seed": seed})
 
@@ -194,6 +212,7 @@ def test_what_does_not_stack_says_why(tmp_path: Path) -> None:
     assert stack_reason(nn.Sequential(*maps, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))) is None
     assert "Dropout2d layer on feature maps" in stack_reason(nn.Sequential(*maps, nn.Dropout2d(0.1), nn.Flatten(), nn.Linear(16, 3)))
     assert "Conv2d layer on flat features" in stack_reason(nn.Sequential(nn.Flatten(), nn.Conv2d(1, 4, 3)))
+    assert "Dropout layer before any Linear" in stack_reason(nn.Sequential(nn.Dropout(0.3), nn.Flatten(), nn.Linear(32, 3)))  # its masks: [B, C, H, W]
     assert "without affine weights" in stack_reason(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=None)))
 
     from kdrun import groups
@@ -255,7 +274,7 @@ def _jobs(sweep: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.relative_to(sweep).parts[0].split("_")[0]))
 
 
-@pytest.mark.parametrize("base, stack_mb", [(TINY, 0.3), (TINY_CNN, 0.4)], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("base, stack_mb", [(TINY, 0.3), (TINY_CNN, 0.5)], ids=["mlp", "cnn"])
 def test_a_stacked_sweep_matches_one_by_one_and_resumes_after_an_interruption(tmp_path: Path, monkeypatch, capsys, base, stack_mb) -> None:
     """The same 2 x 2 sweep by Hydra's basic launcher (one job after the other), by kdrun's
     (trained together), and by kdrun's stopped by Ctrl-C in the stacked training's second epoch,
