@@ -102,7 +102,7 @@ def _member_bytes(model: torch.nn.Module, batch_size: int, data: DataSplits) -> 
     targets and an epoch's logits."""
     params = count_parameters(model)
     sizes: list[int] = []
-    layers = [m for m in model.modules() if not any(True for _ in m.children())]
+    layers = [m for m in model.modules() if next(m.children(), None) is None]
     hooks = [layer.register_forward_hook(lambda module, inputs, output: sizes.append(output.numel())) for layer in layers]
     try:
         predict(model, data.train.x[:1], data.prepare)

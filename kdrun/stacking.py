@@ -149,13 +149,14 @@ class StackedModels:
         h, layout, params, buffers = x, "shared", iter(self.params), iter(self.buffers)
         for kind, *rest in self.steps:
             if kind in ("flatten", "mean"):
-                reduce = (lambda t, dims: t.flatten(dims[0])) if kind == "flatten" else (lambda t, dims: t.mean(dim=dims))
-                if layout == "maps":  # [B, K*C, H, W] -> each model's rows [K, B, features]
-                    h = reduce(h.reshape(h.shape[0], self.k, -1, *h.shape[2:]), (2,) if kind == "flatten" else (3, 4)).transpose(0, 1)
+                if layout == "maps":  # [B, K*C, H, W] -> [B, K, C, H, W] -> each model's rows [K, B, features]
+                    h = h.reshape(h.shape[0], self.k, -1, *h.shape[2:])
+                    h = (h.flatten(2) if kind == "flatten" else h.mean(dim=(3, 4))).transpose(0, 1)
                     layout = "rows"
+                elif kind == "flatten":
+                    h = h.flatten(1 if stream_of is None and layout == "shared" else 2)
                 else:
-                    dims = (-1, -2) if kind == "mean" else (1 if stream_of is None and layout == "shared" else 2,)
-                    h = reduce(h, dims)
+                    h = h.mean(dim=(-2, -1))
             elif kind == "linear":
                 if layout == "shared":  # each model's rows: the one batch, or its stream's
                     h = h.expand(self.k, *h.shape) if stream_of is None else h[stream_of]
