@@ -40,7 +40,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from kdrun.config import compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, validate, without_hydra
+from kdrun.config import (
+    compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, teacher_file_digest, validate,
+    without_hydra,
+)  # fmt: skip
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
 from kdrun.interrupts import signal_of, signals_held, sigterm_interrupts
 from kdrun.run_files import has_checkpoints, read_status, remove_checkpoints, remove_results, write_status
@@ -255,6 +258,9 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
     trackers); ``again``: how to continue the run if it stops ("run the same command again")."""
     digest = config_hash(cfg)
     record = {"config_hash": digest, "overrides": list(overrides)}
+    teacher = teacher_file_digest(cfg)
+    if teacher is not None:  # kdrun compare tells runs of different teacher files apart by it
+        record["teacher_sha256"] = teacher
     setup, trained = _trained_before.pop(os.path.abspath(run_dir), (None, None))
     if trained is not None:  # its models trained with other jobs of the sweep, just now
         remove_results(run_dir, metrics=True)

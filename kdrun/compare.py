@@ -37,6 +37,7 @@ BY_CONFIG_FILE = "comparison_by_config.csv"
 HEATMAP_FILE = "heatmap.png"
 FOREST_FILE = "forest.png"
 SEED_KEY = "trainer.seed"
+TEACHER_FILE_KEY = "teacher file sha256"  # a setting of runs that loaded model.teacher.checkpoint
 
 
 class CompareError(Exception):
@@ -52,6 +53,7 @@ class Run:
     message: str = ""
     settings: dict[str, str] = field(default_factory=dict)
     rows: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> summary.csv row
+    teacher_sha256: str = ""  # of the model.teacher.checkpoint file it loaded, if any
 
     @property
     def counted(self) -> bool:
@@ -202,19 +204,20 @@ def _float(text: Optional[str]) -> float:
         return math.nan
 
 
-def _read_status(run_dir: Path) -> tuple[str, str]:
+def _read_status(run_dir: Path) -> tuple[str, str, str]:
+    """status.json's status, message and teacher file's sha256."""
     record = read_status(run_dir)
     if record is None:
         exists = (run_dir / STATUS_FILE).exists()
-        return "unknown", "unreadable status.json" if exists else "no status.json"
-    return str(record.get("status", "unknown")), str(record.get("message", "") or "")
+        return "unknown", "unreadable status.json" if exists else "no status.json", ""
+    return str(record.get("status", "unknown")), str(record.get("message", "") or ""), str(record.get("teacher_sha256", "") or "")
 
 
 def read_run(run_dir: Path, metric: Metric) -> Run:
     """A run's status and, when it completed, its summary; ``malformed`` when status.json says
     completed but summary.csv is missing, partial or not numbers."""
-    status, message = _read_status(run_dir)
-    run = Run(run_dir, status, message)
+    status, message, teacher = _read_status(run_dir)
+    run = Run(run_dir, status, message, teacher_sha256=teacher)
     if status != "completed":
         return run
     try:
@@ -242,6 +245,10 @@ def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
     keys = list(dict.fromkeys(k for r in given_by for k in _override_keys(r.path) if k not in RESULT_UNCHANGED_KEYS))
     for run in listed:
         run.settings = read_settings(run.path, list(dict.fromkeys([*keys, SEED_KEY])))
+    if any(r.teacher_sha256 for r in listed):  # one teacher file path may have held several teachers
+        keys.append(TEACHER_FILE_KEY)
+        for run in listed:
+            run.settings[TEACHER_FILE_KEY] = run.teacher_sha256[:12] or "-"
     varying = [k for k in keys if len({r.settings[k] for r in listed}) > 1]
     return Comparison(listed, [r for r in runs if r.status == "malformed"], varying, METRICS[metric])
 

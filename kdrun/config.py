@@ -688,17 +688,26 @@ def file_digest(path: Union[str, Path]) -> str:
     return hashed.hexdigest()
 
 
+def teacher_file_digest(cfg: DictConfig) -> Optional[str]:
+    """The sha256 of the file ``model.teacher.checkpoint`` names, or None: no such setting or file,
+    or an unreadable one (loading it says so, in one message)."""
+    teacher_file = OmegaConf.select(cfg, "model.teacher.checkpoint")
+    if not teacher_file or not Path(teacher_file).expanduser().is_file():
+        return None
+    try:
+        return file_digest(Path(teacher_file).expanduser())
+    except OSError:
+        return None
+
+
 def config_hash(cfg: DictConfig) -> str:
     """A digest of the settings that change what a run measures: equal digests, equal runs. A
     teacher loaded from a file counts by the file's content, not only its path: a rerun after the
     file changed is a run of other settings."""
     plain = to_plain(cfg)
-    teacher_file = OmegaConf.select(cfg, "model.teacher.checkpoint")
-    if teacher_file and Path(teacher_file).expanduser().is_file():
-        try:
-            plain["teacher_weights_sha256"] = file_digest(Path(teacher_file).expanduser())
-        except OSError:  # unreadable: loading it says so, in one message
-            pass
+    teacher = teacher_file_digest(cfg)
+    if teacher is not None:
+        plain["teacher_weights_sha256"] = teacher
     for dotted in RESULT_UNCHANGED_KEYS:
         *parents, last = dotted.split(".")
         node = plain

@@ -142,6 +142,23 @@ def test_seeds_grouped_with_paired_confidence_interval(tmp_path: Path) -> None:
     assert not (tmp_path / "sweep" / "heatmap.png").exists()  # alpha does not vary
 
 
+def test_runs_that_loaded_different_teacher_files_from_one_path_are_compared_apart(tmp_path: Path) -> None:
+    """The same model.teacher.checkpoint path, its file replaced by another teacher between two
+    sweeps: pooled, their seeds would make one confidence interval of two experiments."""
+    overrides = ["model.teacher.checkpoint=/w/teacher.pt", "loss.temperature=4"]
+    for sweep, teacher in (("first", "a" * 64), ("second", "b" * 64)):
+        for seed in range(2):
+            run = make_run(tmp_path / sweep / f"s{seed}", seed=seed, overrides=[*overrides, f"trainer.seed={seed}"])
+            (run / "status.json").write_text(json.dumps({"status": "completed", "teacher_sha256": teacher}))
+
+    comparison = compare.collect([tmp_path])
+    assert set(comparison.varying) == {compare.TEACHER_FILE_KEY, "trainer.seed"}  # not the path: it is the same
+    rows = compare.config_rows(comparison)
+    assert sorted((row[compare.TEACHER_FILE_KEY], row["n"]) for row in rows) == [("a" * 12, 2), ("b" * 12, 2)]
+    one_file = compare.collect([tmp_path / "first"])
+    assert compare.TEACHER_FILE_KEY not in one_file.varying and len(compare.config_rows(one_file)) == 1
+
+
 def test_failed_and_malformed_runs_named_and_counted(tmp_path: Path) -> None:
     make_run(tmp_path / "a" / "0", alpha=0.1)
     make_run(tmp_path / "a" / "1", alpha=0.5, status="interrupted")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import has_traceback, run_kdrun
 
+from kdrun.config import file_digest
 from kdrun.data import Split
 from kdrun.models import CNN, MLP
 from kdrun.optim import learning_rate
@@ -153,6 +154,7 @@ def test_a_teacher_from_a_weights_file_is_loaded_not_trained(tmp_path):
     run_kdrun("train", f"hydra.run.dir={second}", "trainer.epochs=3", f"model.teacher.checkpoint={weights}", cwd=tmp_path, check=True)
     summary = _summary(second)
     assert summary["teacher"]["source"] == "checkpoint" and summary["teacher"]["epoch"] == ""
+    assert read_status(second)["teacher_sha256"] == file_digest(weights)  # kdrun compare tells teacher files apart by it
     assert summary["teacher"]["test_acc"] == _summary(first)["teacher"]["test_acc"]
     with open(second / "metrics.csv", newline="") as handle:
         assert {row["model"] for row in csv.DictReader(handle)} == {"distilled", "baseline"}  # no teacher epochs
