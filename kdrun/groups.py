@@ -34,7 +34,7 @@ from kdrun.config import digest, phase_epochs, to_plain
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import NonFiniteLossError
 from kdrun.experiment import TITLES, Prepared, TrainedModel, build_loss, choose_threads, fit_settings, model_key, prepare, set_up_loss
-from kdrun.models import count_parameters
+from kdrun.models import count_parameters, multiply_adds
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MetricsLog
 from kdrun.stacking import Member, fit_stacked, stack_reason
 from kdrun.train import FitSettings, copy_state, fit, predict
@@ -269,9 +269,10 @@ def _lookup(kind: str, key: dict[str, Any], model: torch.nn.Module, directory: O
 
 
 def _fit_stacked(members: Sequence[Member], train: Split, data: DataSplits, settings: FitSettings, cfg: DictConfig) -> None:
-    """``fit_stacked``, on as many threads as kdrun gives a model of the whole stack's size."""
+    """``fit_stacked``, on as many threads as kdrun gives a model of the whole stack's work."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(choose_threads(cfg.trainer.threads, sum(count_parameters(m.model) for m in members)))
+    work = len(members) * settings.batch_size * multiply_adds(members[0].model, data.prepare(train.x[:1]))
+    torch.set_num_threads(choose_threads(cfg.trainer.threads, work))
     try:
         fit_stacked(members, train, data.val, settings, data.prepare)
     finally:

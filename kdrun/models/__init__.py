@@ -36,7 +36,7 @@ BENCHMARK_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }  # fmt: skip
 
 __all__ = [
-    "ARCHITECTURES", "BENCHMARK_ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load",
+    "ARCHITECTURES", "BENCHMARK_ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load", "multiply_adds",
     "CifarResNet", "LeNet5", "MobileNetV2", "ResNet", "ShuffleNetV1", "ShuffleNetV2", "VGG", "WideResNet",
     *BENCHMARK_ARCHITECTURES,
 ]  # fmt: skip
@@ -54,6 +54,30 @@ def create(name: str, input_shape: Sequence[int] = (3, 32, 32), num_classes: int
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:
+    """The multiply-adds of the model's Linear layers and 2-d convolutions on ``example`` (one
+    input, batch of 1), counted in an eval-mode forward pass: the work of a step, per example."""
+    total = 0
+
+    def count(layer: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Linear):
+            total += output.numel() * layer.in_features
+        else:
+            total += output.numel() * (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
+
+    hooks = [layer.register_forward_hook(count) for layer in model.modules() if isinstance(layer, (nn.Linear, nn.Conv2d))]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 class Standardized(nn.Module):
