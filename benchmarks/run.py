@@ -34,6 +34,8 @@ Sections
      CIFAR-shaped uint8 data (--images per measurement; each pair: one warm-up batch, then
      kdrun and plain alternating, median of 2), and the epoch time that rate gives for the
      45,000 training images of experiment=cifar100_kd.
+  t  trainer.threads=null: epochs through kdrun.train.fit at 1 and 2 threads for models on both
+     sides of kdrun's threshold (a training step's multiply-adds), and the count kdrun picks.
   k  checkpoints: an MNIST-size teacher (784-1200-1200-10, 55,000 random rows, batch 128) through
      kdrun.train.fit with a checkpoint after every epoch against none, interleaved; the time of
      one checkpoint write, and what the default (at most one a minute) costs at most.
@@ -440,6 +442,52 @@ def section_c(device_name: str, epochs: int) -> None:
               f"{worst[threads]:.1%}  {verdict(worst[threads], 0.75)}")
 
 
+def section_t(repeats: int) -> None:
+    """trainer.threads=null: is kdrun's thread count the faster one? Epochs through kdrun.train.fit
+    at 1 and 2 threads, alternating, for models on both sides of kdrun's threshold."""
+    import torch
+
+    from kdrun.config import compose
+    from kdrun.data import Split
+    from kdrun.experiment import choose_threads, prepare
+    from kdrun.models import CNN, LeNet5, multiply_adds, resnet8
+    from kdrun.train import FitSettings, fit
+
+    default = prepare(compose([]))
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int, shape: tuple, classes: int) -> Split:
+        return Split(torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g), torch.randint(0, classes, (n,), generator=g))
+
+    cases = [  # name, model, training rows, batch size, epochs, prepare
+        ("default teacher (MLP), 350 rows, 20 epochs", default.teacher, default.data.train, 32, 20, default.data.prepare),
+        ("digits CNN teacher 32-64, 1,258 images 8x8, 5 epochs", CNN((1, 8, 8), 10, (32, 64)), images(1258, (1, 8, 8), 10), 32, 5, None),
+        ("LeNet-5, 8,000 images 28x28, 1 epoch", LeNet5((1, 28, 28), 10), images(8000, (1, 28, 28), 10), 128, 1, None),
+        ("resnet8, 640 images 3x32x32, 1 epoch", resnet8(input_shape=(3, 32, 32), num_classes=100), images(640, (3, 32, 32), 100), 64, 1, None),
+    ]  # fmt: skip
+    print(f"\n== (t) trainer.threads=null: 1 or 2 threads, epochs through kdrun.train.fit, {repeats} repeat(s) each, alternating ==")
+    threads_before = torch.get_num_threads()
+    for name, model, train, batch, epochs, scale in cases:
+        prepare_rows = scale or (lambda rows: rows.float() / 255)
+        step = batch * multiply_adds(model, prepare_rows(train.x[:1]))
+        chosen = choose_threads(None, step)
+        settings = FitSettings(epochs=epochs, batch_size=batch, optimizer="adam", lr=1e-3, weight_decay=0.0, batch_seed=0)
+        seconds: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(repeats):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                started = time.perf_counter()
+                fit(model, train, Split(train.x[:0], train.y[:0]), settings, "teacher", prepare=prepare_rows)
+                seconds[threads].append(time.perf_counter() - started)
+        one, two = med(seconds[1]), med(seconds[2])
+        if chosen == 1:  # by design: little work a step, and one thread is steadier on a busy machine
+            judged = f"one thread by choice ({one - two:+.2f} s against two)"
+        else:
+            judged = f"target: within 10% of the faster: {verdict(min(one, two) / two, 0.9)}"
+        print(f"{name:<55} {step / 1e6:7.1f}M multiply-adds a step; 1 thread {one:6.2f} s, 2 threads {two:6.2f} s; kdrun picks {chosen}; {judged}")
+    torch.set_num_threads(threads_before)
+
+
 def section_k(tmp: Path, epochs: int) -> None:
     """What resumable checkpoints cost: an MNIST-size teacher through fit, a checkpoint after
     every epoch against none, in one process, interleaved."""
@@ -588,7 +636,7 @@ CIFAR_PAIRS = (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats; a 5-run sample of the notebook sweep")
-    parser.add_argument("--only", default="s,a,b,m,c,k", help="comma-separated sections among s,a,b,m,c,k,d ((d) only when named)")
+    parser.add_argument("--only", default="s,a,b,m,c,k,t", help="comma-separated sections among s,a,b,m,c,k,t,d ((d) only when named)")
     parser.add_argument("--images", type=int, default=None, help="images per measurement in (d) (default 640 on the CPU, 12,800 on CUDA)")
     parser.add_argument("--pairs", default="", help="(d): teacher>student pairs, comma-separated (default: the 13 benchmark pairs)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats in (a) (default 5, quick 3)")
@@ -615,6 +663,8 @@ def main() -> None:
             section_c(args.device, 1 if args.quick else 3)
         if "k" in sections:
             section_k(tmp, 2 if args.quick else 3)
+        if "t" in sections:
+            section_t(2 if args.quick else 3)
         if "d" in sections:
             section_d(args.device, args.images or (12_800 if args.device.startswith("cuda") else 640), args.pairs)
     finally:

@@ -48,10 +48,11 @@ log = logging.getLogger("kdrun")
 
 PLOT_TEMPERATURES = (1.0, 2.0, 3.0, 5.0, 10.0)
 TITLES = {"teacher": "the teacher", "distilled": "the distilled student", "baseline": "the baseline student"}
-# A training step's multiply-adds (batch x a model's per example) below which one thread trains
-# as fast as two and far steadier on a busy machine: the default MLPs at batch 32 (9M), the digits
-# CNNs. Above, two threads trained 1.5-1.8x faster on a 2-core x86 CPU (LeNet-5 at batch 32 13M,
-# at 128 53M; resnet8 on CIFAR at 64 800M), whatever the parameter count.
+# A training step's multiply-adds (batch x a model's per example) below which a model trains on
+# one thread: its epochs take a fraction of a second either way (the default MLPs at batch 32,
+# 9-11M; the digits CNNs), and one thread is far steadier on a busy machine (two-thread runs had
+# 5-20x outliers under contention). Above, two threads trained 1.5-1.8x faster on a 2-core x86
+# CPU (LeNet-5 at batch 128, 53M; resnet8 on CIFAR at 64, 800M), whatever the parameter count.
 SMALL_STEP_MULTIPLY_ADDS = 12_000_000
 # The trainer settings that change a cached teacher's or baseline's weights.
 CACHED_TRAINER_KEYS = ("batch_size", "optimizer", "lr", "weight_decay", "seed", "report", "momentum", "nesterov", "scheduler",
