@@ -2,7 +2,7 @@
 
     python benchmarks/run.py            # everything, ~15 minutes on an idle 2-core machine
     python benchmarks/run.py --quick    # fewer repeats, a 5-run sample of the notebook sweep
-    python benchmarks/run.py --only a,c # some sections: s (start-up), a, b, m (memory), c, k (checkpoints)
+    python benchmarks/run.py --only a,c # some sections: s (start-up), a, b, m (memory), c, k (checkpoints), t (threads)
     python benchmarks/run.py --only c --device cuda   # (c) on a GPU
     python benchmarks/run.py --only d --device cuda   # (d), the CIFAR benchmark pairs, on a GPU
 
