@@ -405,9 +405,9 @@ def training_state(epoch: int, epochs: int, model: nn.Module, optimizer: Any, lo
 
 
 def _format_1_moments(state: dict[str, Any], optimizer: Any) -> dict[str, Any]:
-    """Checkpoints of format 1 (kdrun 0.3.0 and before): ``fit`` made Adam's moments before it
-    turned the model channels-last, so a convolution weight's moments hold their values in
-    channels-last memory order under plain strides. Read them as the fused kernel updated them."""
+    """Checkpoints of format 1 were written by a ``fit`` that made Adam's moments before it turned
+    the model channels-last, so a convolution weight's moments hold their values in channels-last
+    memory order under plain strides. Read them as the fused kernel updated them."""
     if "exp_avgs" not in state:  # torch.optim's, made at the first step in the weights' own layout
         return state
 

@@ -306,9 +306,9 @@ def test_a_rerun_sweep_continues_its_unfinished_job_from_its_checkpoints(tmp_pat
 
 
 def test_a_checkpoint_of_format_1_resumes_where_it_stopped(tmp_path: Path) -> None:
-    """kdrun 0.3.0 wrote a convolution weight's Adam moments in channels-last memory order under
-    plain strides (format 1; tests/data holds such a checkpoint of a CNN after epoch 2 of 3, by
-    the code below). Resumed now, the run ends where an uninterrupted one does."""
+    """Format 1 checkpoints hold a convolution weight's Adam moments in channels-last memory order
+    under plain strides (tests/data holds one, of a CNN after epoch 2 of 3, written by kdrun 0.3.0
+    from the code below). Resumed now, the run ends where an uninterrupted one does."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(72, 1, 8, 8, generator=g), torch.randint(0, 3, (72,), generator=g)
     train, val = Split(x[:48], y[:48]), Split(x[48:], y[48:])

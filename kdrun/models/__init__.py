@@ -71,8 +71,9 @@ def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:
     hooks = [layer.register_forward_hook(count) for layer in model.modules() if isinstance(layer, (nn.Linear, nn.Conv2d))]
     was_training = model.training
     try:
+        model.eval()
         with torch.no_grad():
-            model.eval()(example)
+            model(example)
     finally:
         model.train(was_training)
         for hook in hooks:
