@@ -173,7 +173,7 @@ def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:
     augment = _augmentation(cfg, data)
     if str(cfg.trainer.precision) == "16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=16 is not allowed on {device.type}: float16 training needs CUDA; use trainer.precision=bf16")
-    threads = choose_threads(cfg.trainer.threads, cfg.trainer.batch_size * multiply_adds(teacher, data.prepare(data.train.x[:1])))
+    threads = choose_threads(cfg.trainer.threads, cfg.trainer.batch_size * multiply_adds(teacher, data.prepare(data.train.x[:2])))
     torch.set_num_threads(threads)
     data = data.to(device)
     teacher, student = teacher.to(device), initial_student.to(device)

@@ -271,7 +271,7 @@ def _lookup(kind: str, key: dict[str, Any], model: torch.nn.Module, directory: O
 def _fit_stacked(members: Sequence[Member], train: Split, data: DataSplits, settings: FitSettings, cfg: DictConfig) -> None:
     """``fit_stacked``, on as many threads as kdrun gives a model of the whole stack's work."""
     threads = torch.get_num_threads()
-    work = len(members) * settings.batch_size * multiply_adds(members[0].model, data.prepare(train.x[:1]))
+    work = len(members) * settings.batch_size * multiply_adds(members[0].model, data.prepare(train.x[:2]))
     torch.set_num_threads(choose_threads(cfg.trainer.threads, work))
     try:
         fit_stacked(members, train, data.val, settings, data.prepare)

@@ -85,7 +85,17 @@ def test_multiply_adds_count_each_linear_and_convolution_once_per_output():
     assert multiply_adds(LeNet5((1, 28, 28), 10), torch.randn(1, 1, 28, 28)) == 6 * 28 * 28 * 25 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10
     grouped = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1, groups=2), nn.Flatten(), nn.Linear(8 * 5 * 5, 3))
     assert multiply_adds(grouped, torch.randn(1, 4, 5, 5)) == 8 * 5 * 5 * 2 * 9 + 200 * 3
-    assert multiply_adds(CNN((1, 8, 8), 10, (8, 16)), torch.randn(1, 1, 8, 8)) == 8 * 64 * 9 + 16 * 16 * 8 * 9 + 16 * 10
+    assert multiply_adds(CNN((1, 8, 8), 10, (8, 16)), torch.randn(2, 1, 8, 8)) == 8 * 64 * 9 + 16 * 16 * 8 * 9 + 16 * 10  # per example
+
+    class Squeezing(nn.Module):  # a user's model that cannot take a batch of one, as kdrun's check allows
+        def __init__(self) -> None:
+            super().__init__()
+            self.hidden, self.out = nn.Linear(16, 1), nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(x * self.hidden(x).squeeze().unsqueeze(1))  # a batch of one: squeezed to a scalar
+
+    assert multiply_adds(Squeezing(), torch.randn(2, 16)) == 16 + 160
 
 
 def test_threads_follow_a_steps_work_not_the_parameter_count():

@@ -56,9 +56,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:
-    """The multiply-adds of the model's Linear layers and 2-d convolutions on ``example`` (one
-    input, batch of 1), counted in an eval-mode forward pass: the work of a step, per example."""
+def multiply_adds(model: nn.Module, examples: torch.Tensor) -> int:
+    """The multiply-adds of the model's Linear layers and 2-d convolutions per example, counted
+    in an eval-mode forward pass of ``examples``, a batch (kdrun passes two: some models cannot
+    take a batch of one): the work of a training step, per example."""
     total = 0
 
     def count(layer: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -73,12 +74,12 @@ def multiply_adds(model: nn.Module, example: torch.Tensor) -> int:
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            model(examples)
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return total
+    return total // max(1, len(examples))
 
 
 class Standardized(nn.Module):
