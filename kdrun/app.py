@@ -157,9 +157,20 @@ def _how_stopped(interruption: BaseException) -> tuple[str, dict[str, Any]]:
     return "stopped (its process was told to exit)", {"exit_code": code}
 
 
+def _settings_record(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any]:
+    """What status.json records of a run's settings: their digest, the command's overrides and,
+    for a teacher from model.teacher.checkpoint, the file's sha256 (by which kdrun compare keeps
+    runs of different files apart)."""
+    record: dict[str, Any] = {"config_hash": config_hash(cfg), "overrides": list(overrides)}
+    teacher = teacher_file_digest(cfg)
+    if teacher is not None:
+        record["teacher_sha256"] = teacher
+    return record
+
+
 def _mark_interrupted(run_dir: Path, previous: dict, fields: dict[str, Any], message: str) -> None:
     """status.json says interrupted, keeping the settings its previous status recorded."""
-    kept = {key: previous[key] for key in ("config_hash", "overrides") if key in previous}
+    kept = {key: previous[key] for key in ("config_hash", "overrides", "teacher_sha256") if key in previous}
     write_status(run_dir, "interrupted", **kept, **fields, message=message)
 
 
@@ -188,7 +199,7 @@ def train_together(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], r
         log.info("kdrun: job %d trains alone: %s", configs[todo[position]].hydra.job.num, reason)
     for group in planned:
         jobs = [todo[position] for position in group]
-        records = {i: {"config_hash": config_hash(tasks[i]), "overrides": list(configs[i].hydra.overrides.task)} for i in jobs}
+        records = {i: _settings_record(tasks[i], configs[i].hydra.overrides.task) for i in jobs}
         for i in jobs:
             write_status(run_dirs[i], "running", **records[i], pid=os.getpid(), host=socket.gethostname())
         try:
@@ -256,11 +267,8 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
     from its checkpoints. Raises what stopped it (after recording it), ``failure_of`` telling a
     user's mistake from a bug. ``overrides``: the command's settings (recorded, and given to the
     trackers); ``again``: how to continue the run if it stops ("run the same command again")."""
-    digest = config_hash(cfg)
-    record = {"config_hash": digest, "overrides": list(overrides)}
-    teacher = teacher_file_digest(cfg)
-    if teacher is not None:  # kdrun compare tells runs of different teacher files apart by it
-        record["teacher_sha256"] = teacher
+    record = _settings_record(cfg, overrides)
+    digest = record["config_hash"]
     setup, trained = _trained_before.pop(os.path.abspath(run_dir), (None, None))
     if trained is not None:  # its models trained with other jobs of the sweep, just now
         remove_results(run_dir, metrics=True)

@@ -245,7 +245,7 @@ def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
     keys = list(dict.fromkeys(k for r in given_by for k in _override_keys(r.path) if k not in RESULT_UNCHANGED_KEYS))
     for run in listed:
         run.settings = read_settings(run.path, list(dict.fromkeys([*keys, SEED_KEY])))
-    if any(r.teacher_sha256 for r in listed):  # one teacher file path may have held several teachers
+    if len({r.teacher_sha256 for r in listed if r.teacher_sha256}) > 1:  # one path may have held several teachers
         keys.append(TEACHER_FILE_KEY)
         for run in listed:
             run.settings[TEACHER_FILE_KEY] = run.teacher_sha256[:12] or "-"

@@ -157,6 +157,11 @@ def test_runs_that_loaded_different_teacher_files_from_one_path_are_compared_apa
     assert sorted((row[compare.TEACHER_FILE_KEY], row["n"]) for row in rows) == [("a" * 12, 2), ("b" * 12, 2)]
     one_file = compare.collect([tmp_path / "first"])
     assert compare.TEACHER_FILE_KEY not in one_file.varying and len(compare.config_rows(one_file)) == 1
+    # a run of an older kdrun, which did not record the file's digest, pools with the one file's runs
+    older = make_run(tmp_path / "first" / "s2", seed=2, overrides=[*overrides, "trainer.seed=2"])
+    (older / "status.json").write_text(json.dumps({"status": "completed"}))
+    with_older = compare.collect([tmp_path / "first"])
+    assert compare.TEACHER_FILE_KEY not in with_older.varying and [row["n"] for row in compare.config_rows(with_older)] == [3]
 
 
 def test_failed_and_malformed_runs_named_and_counted(tmp_path: Path) -> None:

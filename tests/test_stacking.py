@@ -357,6 +357,22 @@ def test_a_sweep_stopped_after_its_students_trained_together_marks_every_job_lef
         assert [float(r["val_loss"]) for r in rows] == pytest.approx([float(r["val_loss"]) for r in expected], rel=1e-5)  # another stack: rounding
 
 
+def test_jobs_stopped_in_a_sweep_keep_the_digest_of_their_teacher_file(tmp_path: Path, monkeypatch) -> None:
+    """kdrun compare keeps runs of different teacher files apart by status.json's teacher_sha256;
+    a job left interrupted must keep it, or it would stand apart from its own configuration."""
+    monkeypatch.chdir(tmp_path)
+    from kdrun import app, experiment
+    from kdrun.config import file_digest
+
+    assert app.main([*TINY, f"hydra.run.dir={tmp_path / 'teacher'}", f"cache.dir={tmp_path / 'cache'}"]) == 0
+    teacher = tmp_path / "teacher" / "teacher.pt"
+    monkeypatch.setattr(experiment, "_write_run_files", _ctrl_c_at_second_call(experiment._write_run_files))
+    assert _sweep(tmp_path, "stopped", f"model.teacher.checkpoint={teacher}") == 130
+    statuses = [read_status(job) for job in _jobs(tmp_path / "stopped")]
+    assert [s["status"] for s in statuses] == ["completed", "interrupted", "interrupted", "interrupted"]
+    assert {s.get("teacher_sha256") for s in statuses} == {file_digest(teacher)}
+
+
 def test_a_sweep_stopped_while_its_second_group_trains_marks_the_first_groups_jobs_interrupted(tmp_path: Path, monkeypatch) -> None:
     """Two learning rates, two groups: Ctrl-C while the second trains leaves no job saying running."""
     monkeypatch.chdir(tmp_path)
