@@ -288,6 +288,7 @@ def _build_model(cfg: DictConfig, role: str, data: DataSplits) -> nn.Module:
     model = instantiate(_model_spec(cfg, role), key, **_data_arguments(cfg, role, data))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{key}: {cfg.model[role]._target_} returned {type(model).__name__}; it must return a torch.nn.Module")
+    model.to(data.train.x.device)  # the data of a sweep's second seed is on the GPU already (kdrun.groups)
     output = predict(model, data.train.x[:2], data.prepare)
     if not isinstance(output, torch.Tensor) or not output.is_floating_point():  # a tuple, a dict, integer "logits"
         returned = f"a {output.dtype} tensor" if isinstance(output, torch.Tensor) else type(output).__name__

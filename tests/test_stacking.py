@@ -256,6 +256,17 @@ def _sweep(tmp_path: Path, name: str, *extra: str, base: list[str] = TINY) -> in
                      "trainer.checkpoint_every=1", "loss.alpha=0.3,0.9", "loss.temperature=1,4", *extra])  # fmt: skip
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_stacked_sweep_of_two_seeds_on_the_gpu_matches_one_by_one(tmp_path: Path, monkeypatch) -> None:
+    """The second seed's models are built beside data the first seed moved to the GPU."""
+    monkeypatch.chdir(tmp_path)
+    for name, launcher in (("stacked", "hydra.launcher.stack=true"), ("alone", "hydra.launcher.stack=false")):
+        assert _sweep(tmp_path, name, launcher, "trainer.device=cuda", "trainer.seed=0,1", base=TINY_CNN) == 0
+    for job, reference in zip(_jobs(tmp_path / "stacked"), _jobs(tmp_path / "alone")):
+        first = [float(r["train_loss"]) for r in _metrics(job) if r["epoch"] == "1"]
+        assert first == pytest.approx([float(r["train_loss"]) for r in _metrics(reference) if r["epoch"] == "1"], rel=1e-4)
+
+
 def test_a_stack_size_of_no_memory_is_one_message(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     assert _sweep(tmp_path, "bad", "hydra.launcher.stack_mb=-5") == 2
