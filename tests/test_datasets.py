@@ -244,6 +244,13 @@ def test_transfer_set_sizes(size, expected):
         assert len(torch.unique(data.transfer.y)) == 10
 
 
+def test_a_transfer_set_larger_than_the_training_split_is_one_message(tmp_path):
+    """It was cut to the split's size silently: a run of 1,257 examples that looked like one of 5,000."""
+    result = run_cli(["dataset=digits", "dataset.transfer_size=5000", "trainer.epochs=1", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "dataset.transfer_size=5000 is more examples than the training split's 1257" in result.stderr, result.stderr
+
+
 def test_teacher_trains_on_the_whole_training_split_and_students_on_the_transfer_set(tmp_path, monkeypatch):
     import kdrun.experiment as experiment
 

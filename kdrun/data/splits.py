@@ -144,7 +144,12 @@ def transfer_count(transfer_size: Optional[float], n_train: int) -> int:
         return n_train
     if transfer_size <= 1:
         return max(1, int(round(transfer_size * n_train)))
-    return min(int(transfer_size), n_train)
+    if int(transfer_size) > n_train:  # taking fewer than asked would pass unseen
+        raise DataError(
+            f"dataset.transfer_size={transfer_size:g} is more examples than the training split's {n_train}; "
+            f"give a count up to {n_train}, a fraction in (0, 1], or null for the whole split"
+        )
+    return int(transfer_size)
 
 
 # --------------------------------------------------------------------------- loading
