@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
-from kdrun.errors import EXIT_USAGE
+from kdrun.errors import EXIT_FAILED, EXIT_USAGE
 from kdrun.run_files import METRICS, MODELS, RESULT_UNCHANGED_KEYS, STATUS_FILE, Metric, csv_text, read_status, short_number, write_csv_atomic
 from kdrun.stats import mean_ci
 
@@ -607,14 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """``kdrun compare``: 0 when done; 2, with one line on stderr, on bad input."""
+    """``kdrun compare``: 0 when done; 1 when no run completed (nothing was compared: a script
+    waiting on results can tell); 2, with one line on stderr, on bad input."""
     args = build_parser().parse_args(argv)
     try:
-        compare(args.dirs, out=args.out, metric=args.metric, sort=args.sort, fmt=args.fmt, plot=args.plot)
+        comparison = compare(args.dirs, out=args.out, metric=args.metric, sort=args.sort, fmt=args.fmt, plot=args.plot)
     except CompareError as error:
         print(f"kdrun compare: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:
         print(f"kdrun compare: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_OK
+    return EXIT_OK if any(run.counted for run in comparison.runs) else EXIT_FAILED

@@ -164,6 +164,17 @@ def test_runs_that_loaded_different_teacher_files_from_one_path_are_compared_apa
     assert compare.TEACHER_FILE_KEY not in with_older.varying and [row["n"] for row in compare.config_rows(with_older)] == [3]
 
 
+def test_nothing_to_compare_exits_1(tmp_path: Path) -> None:
+    """Runs found, none completed (all failed, or still running): the table says so, and a script
+    waiting on results can tell from the exit code."""
+    make_run(tmp_path / "sweep" / "a", status="failed", summary=False)
+    make_run(tmp_path / "sweep" / "b", status="running", summary=False)
+    result = run_cli(str(tmp_path / "sweep"))
+    assert result.returncode == 1 and "0 completed runs compared" in result.stderr and "Traceback" not in result.stderr
+    make_run(tmp_path / "sweep" / "c")
+    assert run_cli(str(tmp_path / "sweep")).returncode == 0
+
+
 def test_failed_and_malformed_runs_named_and_counted(tmp_path: Path) -> None:
     make_run(tmp_path / "a" / "0", alpha=0.1)
     make_run(tmp_path / "a" / "1", alpha=0.5, status="interrupted")
