@@ -34,7 +34,7 @@ from kdrun.config import digest, phase_epochs, to_plain
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import NonFiniteLossError
 from kdrun.experiment import TITLES, Prepared, TrainedModel, build_loss, choose_threads, fit_settings, model_key, prepare, set_up_loss
-from kdrun.models import count_parameters, multiply_adds
+from kdrun.models import count_parameters, multiply_adds, watch_forward
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MetricsLog
 from kdrun.stacking import Member, fit_stacked, stack_reason
 from kdrun.train import FitSettings, copy_state, fit, predict
@@ -103,12 +103,7 @@ def _member_bytes(model: torch.nn.Module, batch_size: int, data: DataSplits) -> 
     params = count_parameters(model)
     sizes: list[int] = []
     layers = [m for m in model.modules() if next(m.children(), None) is None]
-    hooks = [layer.register_forward_hook(lambda module, inputs, output: sizes.append(output.numel())) for layer in layers]
-    try:
-        predict(model, data.train.x[:1], data.prepare)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    watch_forward(model, data.prepare(data.train.x[:1]), layers, lambda layer, output: sizes.append(output.numel()))
     rows = len(data.transfer_index) + len(data.val)
     return 4 * (5 * params + 2 * batch_size * sum(sizes) + 4 * rows * data.num_classes)
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
+from kdrun.models import watch_forward
 
 
 def conv_stage_names(model: nn.Module) -> list[str]:
@@ -33,14 +34,6 @@ def feature_shapes(model: nn.Module, names: Sequence[str], inputs: torch.Tensor,
         known = ", ".join(name for name in modules if name) or "none"
         raise ConfigError(f"the loss asks for {role} layers {missing}, which the {role} lacks; its submodules: {known}")
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [modules[n].register_forward_hook(lambda m, a, out, n=n: shapes.__setitem__(n, tuple(out.shape[1:]))) for n in names]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return shapes
+    name_of = {modules[name]: name for name in names}
+    watch_forward(model, inputs, name_of, lambda layer, output: shapes.__setitem__(name_of[layer], tuple(output.shape[1:])))
+    return {name: shapes[name_of[modules[name]]] for name in names}

@@ -9,7 +9,7 @@ mapping ``[B, *input_shape]`` to ``[B, num_classes]`` logits.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ BENCHMARK_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }  # fmt: skip
 
 __all__ = [
-    "ARCHITECTURES", "BENCHMARK_ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load", "multiply_adds",
+    "ARCHITECTURES", "BENCHMARK_ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load", "multiply_adds", "watch_forward",
     "CifarResNet", "LeNet5", "MobileNetV2", "ResNet", "ShuffleNetV1", "ShuffleNetV2", "VGG", "WideResNet",
     *BENCHMARK_ARCHITECTURES,
 ]  # fmt: skip
@@ -56,30 +56,35 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def multiply_adds(model: nn.Module, examples: torch.Tensor) -> int:
-    """The multiply-adds of the model's Linear layers and 2-d convolutions per example, counted
-    in an eval-mode forward pass of ``examples``, a batch (kdrun passes two: some models cannot
-    take a batch of one): the work of a training step, per example."""
-    total = 0
-
-    def count(layer: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(layer, nn.Linear):
-            total += output.numel() * layer.in_features
-        else:
-            total += output.numel() * (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
-
-    hooks = [layer.register_forward_hook(count) for layer in model.modules() if isinstance(layer, (nn.Linear, nn.Conv2d))]
+def watch_forward(model: nn.Module, inputs: torch.Tensor, layers: Iterable[nn.Module], seen: Callable[[nn.Module, torch.Tensor], None]) -> None:
+    """Run ``inputs`` through ``model`` once, in eval mode and without gradients, calling
+    ``seen(layer, output)`` for each of ``layers`` as it runs; the model's mode is left as it was."""
+    hooks = [layer.register_forward_hook(lambda layer, args, output: seen(layer, output)) for layer in layers]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(examples)
+            model(inputs)
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return total // max(1, len(examples))
+
+
+def multiply_adds(model: nn.Module, examples: torch.Tensor) -> int:
+    """The multiply-adds of the model's Linear layers and 2-d convolutions per example, counted
+    in an eval-mode forward pass of ``examples``, a batch (kdrun passes two: some models cannot
+    take a batch of one): the work of a training step, per example."""
+    counts: list[int] = []
+
+    def count(layer: nn.Module, output: torch.Tensor) -> None:
+        if isinstance(layer, nn.Linear):
+            counts.append(output.numel() * layer.in_features)
+        else:
+            counts.append(output.numel() * (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1])
+
+    watch_forward(model, examples, [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))], count)
+    return sum(counts) // max(1, len(examples))
 
 
 class Standardized(nn.Module):
