@@ -630,7 +630,7 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         if signature is not None:
             (signature.bind_partial if plain.get("_partial_") else signature.bind)(**arguments)
     except TypeError as error:
-        raise ConfigError(f"{key}: {target} does not take the settings {sorted(arguments)}: {error}") from None
+        raise ConfigError(f"{key}: {target} does not take the settings {sorted(arguments)}: {error}{_meant(arguments, signature, key)}") from None
     try:
         return hydra_instantiate(node, **extra, _convert_="all")
     except InstantiationException as error:  # what the target itself raised, unwrapped
@@ -640,6 +640,17 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         if isinstance(cause, ValueError) and not isinstance(cause, ConfigError) and str(target).startswith("kdrun."):
             raise ConfigError(f"{key}: {cause}") from None
         raise cause from None
+
+
+def _meant(arguments: dict[str, Any], signature: inspect.Signature, key: str) -> str:
+    """"; did you mean key.hidden?" for each argument the signature lacks that is close to one it has."""
+    taken = [name for name, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    hints = []
+    for name in arguments:
+        close = difflib.get_close_matches(name, taken, n=1, cutoff=0.75) if name not in signature.parameters else []
+        if close:
+            hints.append(f"{key}.{close[0]} (not {name})")
+    return f"; did you mean {', '.join(hints)}?" if hints else ""
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:

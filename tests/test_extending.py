@@ -221,6 +221,20 @@ def test_a_users_broken_model_is_one_message(user_project, student, words):
     assert read_status(user_project / f"bad-{student}")["status"] == "failed"
 
 
+def test_a_misspelt_setting_of_a_users_target_names_the_one_it_takes(user_project, monkeypatch):
+    """A config of one's own has no schema to check it against, so the target's signature says."""
+    from omegaconf import OmegaConf
+
+    monkeypatch.syspath_prepend(str(user_project))
+
+    from kdrun.config import instantiate
+    from kdrun.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        instantiate(OmegaConf.create({"_target_": "mypkg.nets.make_net", "widht": 6}), "model.student", input_shape=(4,), num_classes=3)
+    assert "unexpected keyword argument 'widht'" in str(caught.value) and "did you mean model.student.width (not widht)?" in str(caught.value)
+
+
 @pytest.mark.slow
 def test_an_error_in_the_users_code_fails_its_job_alone_in_a_sweep(user_project):
     """Its traceback is shown (it is the user's to debug); the other jobs complete, and the sweep
