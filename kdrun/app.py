@@ -46,7 +46,7 @@ from kdrun.config import (
 )  # fmt: skip
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
 from kdrun.interrupts import signal_of, signals_held, sigterm_interrupts
-from kdrun.run_files import has_checkpoints, read_status, remove_checkpoints, remove_results, write_status
+from kdrun.run_files import STATUS_FILE, has_checkpoints, read_status, remove_checkpoints, remove_results, replace_atomically, write_status
 
 if TYPE_CHECKING:
     import pandas
@@ -62,6 +62,9 @@ _show_tracebacks = False
 # above it: removed again if the run is refused.
 _created_run_dir: Optional[Path] = None
 _created_parents: list[Path] = []
+# A sweep's multirun.yaml as it was before this command, and when the command began: a sweep
+# refused before any job ran puts it back (or removes the folder it created).
+_earlier_multirun: Optional[tuple[Path, Optional[bytes], float]] = None
 
 
 # --------------------------------------------------------------------------- one job
@@ -345,6 +348,23 @@ def train_task(cfg: DictConfig) -> float:
             raise SystemExit(failure[0]) from None
 
 
+def _forget_refused_sweep() -> None:
+    """After a sweep refused before any of its jobs ran (a value out of range in one of them):
+    the sweep folder this command created is removed, or the multirun.yaml it replaced in an
+    earlier sweep's folder is put back, so the folder never describes a sweep that did not run."""
+    if _earlier_multirun is None:
+        return
+    record, earlier, started = _earlier_multirun
+    if any(status.stat().st_mtime >= started for status in record.parent.rglob(STATUS_FILE)):
+        return  # some job ran: the record is this sweep's
+    if _created_run_dir == record.parent:
+        _remove_created_folders()
+    elif earlier is not None:
+        replace_atomically(record, lambda tmp: tmp.write_bytes(earlier))
+    else:
+        record.unlink(missing_ok=True)
+
+
 def _remove_created_folders() -> None:
     shutil.rmtree(_created_run_dir, ignore_errors=True)
     for folder in _created_parents:  # innermost first; one another run uses now is not empty
@@ -384,8 +404,14 @@ class BeforeRun(Callback):
             raise SystemExit(EXIT_USAGE) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _created_run_dir, _created_parents, _earlier_multirun
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        if not sweep_dir.exists():
+            _created_run_dir, _created_parents = sweep_dir, [p for p in sweep_dir.parents if not p.exists()]
         try:
-            _make_folder(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+            _make_folder(sweep_dir, "hydra.sweep.dir")
+            record = sweep_dir / "multirun.yaml"
+            _earlier_multirun = (record, record.read_bytes() if record.is_file() else None, datetime.now().timestamp() - 1.0)
         except ConfigError as error:
             print(f"kdrun ERROR: {error}", file=sys.stderr)
             raise SystemExit(EXIT_USAGE) from None
@@ -476,8 +502,9 @@ def main(argv: Sequence[str]) -> int:
 
     register_configs()
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(train_task)
-    global _show_tracebacks
+    global _show_tracebacks, _created_run_dir, _created_parents, _earlier_multirun
     _show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    _created_run_dir, _created_parents, _earlier_multirun = None, [], None
     saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
     sys.argv = [saved_argv[0], *argv]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print: kdrun says it in one line
@@ -497,6 +524,8 @@ def main(argv: Sequence[str]) -> int:
             traceback.print_exc()
             return EXIT_FAILED
         print(f"kdrun ERROR: {failure[1]}", file=sys.stderr)
+        if failure[0] == EXIT_USAGE:
+            _forget_refused_sweep()
         return failure[0]
     finally:
         sys.argv = saved_argv

@@ -271,8 +271,19 @@ def test_a_rejected_command_leaves_no_folder_behind(tmp_path):
     for args in (("loss.alpha=1.5",), ("trainer.epoch=3",), ("-m", "loss.alpha=0.5,1.5", "hydra.sweep.dir=sweep"), refused_while_running):
         result = run_kdrun("train", *args, cwd=tmp_path)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert not (tmp_path / "outputs").exists()
-    assert not [p for p in (tmp_path / "sweep").iterdir() if p.is_dir()]  # the sweep's folder holds no job
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_rejected_sweep_into_an_earlier_sweeps_folder_keeps_its_record(tmp_path):
+    """The folder's multirun.yaml still describes the sweep that ran there, not the refused one."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0_loss.alpha=0.5").mkdir(parents=True)
+    (sweep / "0_loss.alpha=0.5" / "status.json").write_text('{"status": "completed"}')
+    os.utime(sweep / "0_loss.alpha=0.5" / "status.json", (time.time() - 60, time.time() - 60))
+    (sweep / "multirun.yaml").write_text("the earlier sweep\n")
+    result = run_kdrun("train", "-m", "loss.alpha=0.5,1.5", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 2 and "loss.alpha=1.5" in result.stderr
+    assert (sweep / "multirun.yaml").read_text() == "the earlier sweep\n"
 
 
 def test_runs_started_in_the_same_second_never_share_a_folder(tmp_path):
