@@ -16,7 +16,6 @@ import csv
 import io
 import math
 import os
-import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -26,7 +25,9 @@ from typing import Any, Iterable, Optional, Sequence
 import yaml
 
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE
-from kdrun.run_files import METRICS, MODELS, RESULT_UNCHANGED_KEYS, STATUS_FILE, Metric, csv_text, read_status, short_number, write_csv_atomic
+from kdrun.run_files import (
+    METRICS, MODELS, RESULT_UNCHANGED_KEYS, STATUS_FILE, Metric, csv_text, natural_order, read_status, short_number, write_csv_atomic,
+)
 from kdrun.stats import mean_ci
 
 EXIT_OK = 0
@@ -83,11 +84,6 @@ def _std(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- finding and reading runs
 
 
-def _natural_key(path: Path) -> list:
-    """Sort job directories 0_, 1_, 2_, …, 10_ in numeric order."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
 def find_run_dirs(root: Path) -> list[Path]:
     """Every run directory at or below ``root``; does not look inside a run, nor in hidden folders
     (``.hydra``, ``.submitit``)."""
@@ -103,7 +99,7 @@ def find_run_dirs(root: Path) -> list[Path]:
             found.append(directory)
             continue
         stack.extend(Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
-    return sorted(found, key=_natural_key)
+    return sorted(found, key=lambda path: natural_order(str(path)))
 
 
 def _load_yaml(path: Path) -> Any:

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from kdrun.errors import ConfigError
-from kdrun.run_files import RESULT_UNCHANGED_KEYS
+from kdrun.run_files import RESULT_UNCHANGED_KEYS, natural_order
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
@@ -358,7 +358,7 @@ class TrainerConf:
     compile: bool = _setting(False, "torch.compile the trained model and the teacher's forward pass (compiles at the first batch)")
     seed: int = _setting(42, "model initialisation and batch order")
     device: str = _setting("auto", "auto (CUDA when present), cpu, cuda, cuda:N or mps")
-    threads: Optional[int] = _setting(None, "torch CPU threads (null: 1 for models under 1M parameters, else all cores)")
+    threads: Optional[int] = _setting(None, "torch CPU threads (null: 1 when a training step is under 12M multiply-adds, else all cores)")
     checkpoint_every: Optional[int] = _setting(
         None, "epochs between resumable checkpoints (null: at most one a minute, none for short runs; 0: never)"
     )
@@ -771,7 +771,7 @@ def config_error_message(error: BaseException) -> Optional[str]:
         close = difflib.get_close_matches(option, options, n=1)
         hint = f"did you mean {group}={close[0]}? " if close else ""
         plugin = "" if close or group not in ("hydra/launcher", "hydra/sweeper") else f" ({_SWEEP_EXTRA})"
-        return f"{group}={option} is not an option: {hint}choose from {', '.join(options)}{plugin}"
+        return f"{group}={option} is not an option: {hint}choose from {', '.join(sorted(options, key=natural_order))}{plugin}"
     cause = error.__cause__ if isinstance(error, HydraException) and error.__cause__ is not None else error
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
         return not_a_setting(str(cause.full_key), getattr(cause, "object_type", None))
@@ -782,6 +782,9 @@ def config_error_message(error: BaseException) -> Optional[str]:
         first = text.splitlines()[0]
         if "=~" in first:  # the shell expands ~ only at a word's start: not in key=~/path
             return f"cannot read the command line: {first}. Write the path with $HOME (dataset.root=$HOME/data), or spell it out"
+        key, _, value = str(getattr(error, "override", None) or "").partition("=")
+        if re.search(r"[=,()\[\]{}\s]", value) and value[:1] not in "'\"[{":  # a sweep's job folder, say
+            return f"cannot read {key}={value}: {first}. A value holding = , ( ) [ ] {{ }} or spaces needs quotes: \"{key}='{value}'\""
         return f"cannot read the command line: {first}"
     if isinstance(error, HydraException):
         return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -4,7 +4,6 @@ and one line of meaning (from the schemas), then examples. Hydra's own page is `
 from __future__ import annotations
 
 import dataclasses
-import re
 import textwrap
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +11,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from kdrun.config import compose
+from kdrun.run_files import natural_order
 
 # Groups a user chooses from, in the order shown (trainer has one option; sweeps is plumbing).
 GROUPS = ("dataset", "model", "model/teacher", "model/student", "loss", "logger", "experiment", "hparams_search")
@@ -20,20 +20,15 @@ EXAMPLES = """\
   kdrun train experiment=digits_transfer                      distillation on real digits, in seconds
   kdrun train -m experiment=digits_transfer trainer.seed=0,1,2,3,4
   kdrun train -m loss.alpha=0.5,0.9 loss.temperature=1,3,5    a grid; kdrun compare tabulates it
-  kdrun train dataset=mnist dataset.root=~/data model=hinton
+  kdrun train dataset=mnist dataset.root=$HOME/data model=hinton
   kdrun train --config-dir my_conf model/student=mynet        your own model (README: Extending kdrun)
   kdrun train logger=[tensorboard,mlflow] trainer.report=best_val   trackers; the best epoch on validation
   kdrun train hydra.run.dir=outputs/long                      the same command again continues it if stopped
   kdrun train --cfg job loss.temperature=5                    print the composed config, run nothing"""
 
 
-def _natural(name: str) -> list:
-    """resnet8 before resnet14: digit runs compare as numbers."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
-
-
 def _options(group: str, folders: Sequence[Path]) -> list[str]:
-    return sorted({path.stem for folder in folders for path in (folder / group).glob("*.yaml")}, key=_natural)
+    return sorted({path.stem for folder in folders for path in (folder / group).glob("*.yaml")}, key=natural_order)
 
 
 def _meaning(node: Any, key: str) -> str:
@@ -49,8 +44,8 @@ def _settings(node: DictConfig, prefix: str = "") -> list[tuple[str, str, str]]:
     """(key, value, meaning) for every setting below ``node``."""
     rows = []
     for key in node.keys():
-        if str(key).startswith("_") or (not prefix and key == "hydra"):
-            continue
+        if str(key).startswith("_") or (not prefix and key == "hydra") or f"{prefix}{key}" == "model.student.checkpoint":
+            continue  # private, Hydra's, or a setting only the teacher takes
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             rows += _settings(child, f"{prefix}{key}.")

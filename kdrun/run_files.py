@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +59,11 @@ CHECKPOINTS_DIR = "checkpoints"  # resumable training state, one file per model,
 # What a finished job leaves besides metrics.csv, status.json and its log. A job that starts, fails
 # or is interrupted removes these first, so that no stale or partial result looks like a finished run.
 RESULT_FILES = ("summary.csv", *(f"{model}.pt" for model in MODELS), "curves.png", "temperature.png")
+
+
+def natural_order(name: str) -> list:
+    """A sort key that orders the numbers in names as numbers: job folders 2_, 10_; resnet8, resnet14."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def short_number(value: float, signed: bool = False) -> str:

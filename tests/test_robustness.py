@@ -101,6 +101,8 @@ BAD_INPUTS = [
     # wrong types: Hydra rejects them while composing the config
     _hydra("type-alpha", "loss.alpha=abc"),
     _hydra("tilde-path", "dataset.root=~/data", "dataset.root=~/data", "$HOME"),  # the shell leaves ~ after = as it is
+    _hydra("unquoted-path", "model.teacher.checkpoint=sweep/0_loss.alpha=0.5,loss.temperature=1/teacher.pt", "needs quotes",
+           "\"model.teacher.checkpoint='sweep/0_loss.alpha=0.5,loss.temperature=1/teacher.pt'\""),  # a sweep's job folder
     _hydra("type-lr", "trainer.lr=fast"),
     _hydra("type-epochs", "trainer.epochs=ten"),
     _hydra("type-batch-float", "trainer.batch_size=1.5"),
