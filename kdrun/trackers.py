@@ -130,8 +130,10 @@ class MLflowTracker(Tracker):
     def start(self, run: TrackedRun) -> None:
         mlflow = _import_or_explain("mlflow", "mlflow")
         uri = self.tracking_uri or f"sqlite:///{DEFAULT_STORE.absolute() / 'mlflow.db'}"
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        if not str(self.experiment_name or "").strip():
+            raise ConfigError(f"logger.mlflow.experiment_name={self.experiment_name!r} is not allowed: the MLflow experiment's name, e.g. kdrun")
         try:
+            self.client = mlflow.MlflowClient(tracking_uri=uri)
             experiment = self.client.get_experiment_by_name(self.experiment_name)
             if experiment is not None:
                 experiment_id = experiment.experiment_id

@@ -133,6 +133,20 @@ def test_a_tracker_whose_package_is_missing_is_one_message(tmp_path):
     assert not (tmp_path / "outputs").exists()  # a refused command leaves no folder
 
 
+@pytest.mark.parametrize("setting, named", [
+    ("logger.mlflow.tracking_uri=bogus://store", "logger.mlflow.tracking_uri='bogus://store'"),  # no such scheme
+    ("logger.mlflow.tracking_uri={tmp}/a_file.pt", "logger.mlflow.tracking_uri="),  # a file: MLflow's retired file store
+    ("logger.mlflow.experiment_name=", "logger.mlflow.experiment_name=''"),
+])
+def test_an_mlflow_setting_it_cannot_use_is_one_message(tmp_path, setting, named):
+    (tmp_path / "a_file.pt").write_text("not a store")
+    result = run_kdrun("train", "trainer.epochs=1", "logger=mlflow", setting.format(tmp=tmp_path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
 class _SignalledMidCall(Tracker):
     """A tracker whose call is interrupted half-way: SIGTERM reaches the process ``signals`` times,
     then the call goes on."""
