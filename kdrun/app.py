@@ -101,6 +101,11 @@ def _check_cache_dir(cfg: DictConfig) -> None:
     """Fail before any training if the model cache is on and its folder cannot be written."""
     directory = model_cache_dir(cfg)
     problem = _unwritable(directory) if directory is not None else None
+    if problem is None and directory is not None:
+        try:  # what access() cannot tell: /proc takes no folders, a read-only mount
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            problem = error.strerror or str(error)
     if problem is not None:
         shown = repr(cfg.cache.dir) if cfg.cache.dir else f"null (the default, {directory})"
         raise ConfigError(f"cache.dir={shown} is not allowed: {problem}. Set cache.dir to a folder kdrun can write, or cache.enabled=false")

@@ -195,6 +195,8 @@ BAD_INPUTS = [
     Bad("sweep-dir-under-file", ("train", "-m", "hydra.sweep.dir={tmp}/afile/sweep", "loss.alpha=0.5,0.9"), ("hydra.sweep.dir", "{tmp}/afile", "not a folder"), _afile),
     Bad("run-dir-is-file", ("train", "hydra.run.dir={tmp}/afile"), ("hydra.run.dir", "{tmp}/afile", "not a folder"), _afile),
     Bad("cache-dir-under-file", _train("cache.dir={tmp}/afile/cache"), ("cache.dir", "{tmp}/afile", "not a folder"), _afile),
+    Bad("cache-dir-in-proc", _train("cache.dir=/proc/kdrun-cache"), ("cache.dir='/proc/kdrun-cache'", "not allowed"),
+        marks=(pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc"),)),  # writable to access(), takes no folder
 ]
 
 COMPARE_MISSING = not importlib.util.find_spec("kdrun.compare")
