@@ -759,15 +759,18 @@ def config_error_message(error: BaseException) -> Optional[str]:
 
     text = str(error)
     if isinstance(error, MissingConfigException):
-        missing = re.search(r"Could not find '([^']+)'", text)
-        if missing is None or "Available options" not in text:
+        missing = re.search(r"Could not (?:find|load) '([^']+)'", text)
+        group, _, option = missing.group(1).rpartition("/") if missing else ("", "", "")
+        if "Available options" in text:
+            listed = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
+            options = re.findall(r"^\t(\S+)$", listed, re.M)
+        else:  # an option in a list (logger=[tensorboard,foo]): Hydra lists none; kdrun's own are these
+            options = sorted(path.stem for path in (config_dir() / group).glob("*.yaml")) if group and not group.startswith("hydra/") else []
+        if not options:
             line = text.splitlines()[0]
             if re.search(r"Could not load 'hydra/(launcher|sweeper)/", line):  # a preset whose plugin is not installed
                 line += f" {_SWEEP_EXTRA}"
             return line
-        listed = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
-        options = re.findall(r"^\t(\S+)$", listed, re.M)
-        group, _, option = missing.group(1).rpartition("/")
         close = difflib.get_close_matches(option, options, n=1)
         hint = f"did you mean {group}={close[0]}? " if close else ""
         plugin = "" if close or group not in ("hydra/launcher", "hydra/sweeper") else f" ({_SWEEP_EXTRA})"

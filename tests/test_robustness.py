@@ -175,6 +175,7 @@ BAD_INPUTS = [
     Bad("flag-equals", _train("--lr=0.1"), ("--lr=0.1", "trainer.lr=0.1")),
     # unknown group options
     _hydra("unknown-dataset", "dataset=nope", "dataset=nope", "synthetic"),
+    _hydra("unknown-option-in-a-list", "logger=[tensorboard,foo]", "logger=foo is not an option", "csv, mlflow, tensorboard"),
     _hydra("unknown-model", "model=nope", "model=nope", "hinton"),
     _hydra("unknown-student", "model/student=mpl", "model/student=mpl", "did you mean model/student=mlp"),
     _hydra("unknown-loss", "loss=nope", "loss=nope", "kd"),
