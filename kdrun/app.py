@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import sys
@@ -524,6 +525,7 @@ def main(argv: Sequence[str]) -> int:
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else _printed(stop.code)
     except Exception as error:
         message = config_error_message(error)  # a mistake Hydra found on the command line
+        message = _before_the_sweep(argv, message) or message
         failure = (EXIT_USAGE, message) if message is not None else failure_of(error)
         if _show_tracebacks or failure is None:  # a bug in kdrun, or asked for
             traceback.print_exc()
@@ -539,6 +541,27 @@ def main(argv: Sequence[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_full_error
     return 0
+
+
+def _before_the_sweep(argv: Sequence[str], message: Optional[str]) -> Optional[str]:
+    """For a setting that only the swept options of a group have (-m dataset=mnist,fashion_mnist
+    dataset.root=DIR): Hydra checks the command's settings against the group's default option
+    before the sweep begins; ++ sets it in every job. None for any other message."""
+    if not message or not {"-m", "--multirun"} & set(argv):
+        return None
+    for arg in argv:
+        group, _, values = arg.partition("=")
+        if "," not in values or "." in group or group[:1] in "+~" or group.startswith("hydra"):
+            continue
+        found = re.match(rf"({re.escape(group.replace('/', '.'))}\.\S+) is not a setting", message)
+        if found:
+            setting = found.group(1)
+            value = next((a.split("=", 1)[1] for a in argv if a.startswith(f"{setting}=")), "VALUE")
+            return (
+                f"{setting} is not a setting of the default {group} option, which Hydra composes before the sweep over "
+                f"{arg} begins: write ++{setting}={value} to set it in every job"
+            )
+    return None
 
 
 # The flags of Hydra's command line, with and without their value.

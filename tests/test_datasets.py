@@ -194,6 +194,21 @@ def test_damaged_file_through_the_cli_is_one_message_and_exit_2(tmp_path):
     assert '"failed"' in (tmp_path / "run" / "status.json").read_text()
 
 
+def test_a_sweep_over_datasets_that_take_a_root_says_how_to_give_it(tmp_path):
+    """Hydra checks dataset.root against the default dataset (synthetic: no root) before the sweep
+    begins; kdrun says so, and ++dataset.root gives it to every job."""
+    make_idx_set(tmp_path / "data")
+    common = ["-m", "dataset=mnist,fashion_mnist", "trainer.epochs=1", f"hydra.sweep.dir={tmp_path}/sweep", "cache.enabled=false", "plots=false"]
+    refused = run_cli([*common, "dataset.root=data"], tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "kdrun ERROR: dataset.root is not a setting of the default dataset option, which Hydra composes before the sweep over "
+        "dataset=mnist,fashion_mnist begins: write ++dataset.root=data to set it in every job"
+    ], refused.stderr
+    swept = run_cli([*common, "++dataset.root=data"], tmp_path)
+    assert swept.returncode == 0, swept.stderr
+    assert sorted(read_summary(run / "summary.csv")["distilled"]["dataset"] for run in (tmp_path / "sweep").glob("*_*")) == ["fashion_mnist", "mnist"]
+
+
 # --------------------------------------------------------------------------- digits
 
 
