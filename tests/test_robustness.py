@@ -279,6 +279,14 @@ def test_a_rejected_command_leaves_no_folder_behind(tmp_path):
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "sweep").exists()
 
 
+def test_a_setting_one_swept_option_lacks_names_that_job(tmp_path):
+    result = run_kdrun("train", "-m", "loss=kd,dist", "loss.alpha=0.5", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "the sweep's job loss=dist: loss.alpha is not a setting" in lines[0]
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_a_rejected_sweep_into_an_earlier_sweeps_folder_keeps_its_record(tmp_path):
     """The folder's multirun.yaml still describes the sweep that ran there, not the refused one."""
     sweep = tmp_path / "sweep"

@@ -162,15 +162,33 @@ def _compose(hydra_context: HydraContext, config: DictConfig, job_overrides: Seq
     Hydra sets them (``OmegaConf.update``), in about 0.01 s. Anything else, and any value
     the copy refuses, is composed by Hydra, which then reports the mistake its own way."""
     loader = hydra_context.config_loader
-    first = loader.load_sweep_config(config, list(job_overrides[0]))
+    common = set(job_overrides[0]).intersection(*job_overrides[1:])  # a job is named by the rest
+    first = _composed(loader, config, job_overrides[0], common)
     parser = OverridesParser.create()
     groups = set(loader.list_groups(""))
     parsed_first = parser.parse_overrides(list(job_overrides[0]))
     configs = [first]
     for overrides in job_overrides[1:]:
         derived = _derived(first, parsed_first, parser.parse_overrides(list(overrides)), groups)
-        configs.append(derived if derived is not None else loader.load_sweep_config(config, list(overrides)))
+        configs.append(derived if derived is not None else _composed(loader, config, overrides, common))
     return configs
+
+
+def _composed(loader: Any, config: DictConfig, overrides: Sequence[str], common: "set[str]") -> DictConfig:
+    """Hydra's config of the job with these overrides; a mistake in it is one message that names
+    the job by its overrides not ``common`` to all (loss=dist has no loss.alpha, in a sweep over
+    loss=kd,dist)."""
+    try:
+        return loader.load_sweep_config(config, list(overrides))
+    except Exception as error:
+        from kdrun.config import config_error_message
+        from kdrun.errors import ConfigError
+
+        message = config_error_message(error)
+        if message is None:
+            raise
+        own = [o for o in filter_overrides(overrides) if o not in common] or filter_overrides(overrides)
+        raise ConfigError(f"the sweep's job {' '.join(own)}: {message}") from None
 
 
 def _derived(first: DictConfig, parsed_first: List[Any], parsed: List[Any], groups: "set[str]") -> Optional[DictConfig]:
@@ -272,6 +290,9 @@ class KdrunSweeper(Sweeper):
                 try:
                     _ = result.return_value  # raises what the job raised
                 except Exception as error:  # an error in code (the user's, or kdrun's): the job says failed, the others go on
+                    if type(error).__module__.startswith("submitit."):  # its scheduler gave up on it: no code to show
+                        print(f"kdrun: job #{number} was stopped by submitit ({type(error).__name__}: {error}); the sweep goes on", file=sys.stderr)
+                        continue
                     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
                     print(f"kdrun: job #{number} failed with an error in code, not in its settings; the sweep goes on:\n{trace}", file=sys.stderr, end="")
             returns.append(results)
