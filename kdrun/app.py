@@ -468,7 +468,7 @@ class SweepEnd(Callback):
             return
         unfinished = [run for run in comparison.runs if run.status in ("failed", "interrupted", "running") and self._touched(run.path)]
         if unfinished:
-            names = ", ".join(r.path.name for r in unfinished)
+            names = ", ".join(str(r.path.relative_to(sweep_dir)) if r.path.is_relative_to(sweep_dir) else str(r.path) for r in unfinished)
             print(f"kdrun ERROR: {len(unfinished)} of the sweep's jobs did not complete: {names}", file=sys.stderr)
             codes = [(read_status(run.path) or {}).get("exit_code", EXIT_FAILED) for run in unfinished]
             raise SystemExit(max(int(code) for code in codes))

@@ -487,6 +487,13 @@ def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConf
         raise ConfigError(message) from None
 
 
+# A sweep job's folder is named by its overrides (conf/config.yaml: hydra.sweep.subdir); "/" in
+# one (model/student=cnn, a file's path) would nest folders, so the name has "-" there instead.
+# Registered on import: every process that names a job's folder (a joblib or submitit worker too)
+# has imported kdrun.config by then, through the task it runs.
+OmegaConf.register_new_resolver("kdrun.folder_name", lambda name: str(name).replace("/", "-"), replace=True)
+
+
 def register_configs() -> None:
     """Store the schemas where conf/*.yaml find them (``/schema_...@_here_`` in their defaults
     lists; outside any group, so that they are no option anyone can choose), the split defaults

@@ -97,6 +97,18 @@ def test_joblib_runs_each_group_of_jobs_as_one_task_in_parallel_workers(tmp_path
     assert "left out: 2 failed" in result.stderr
 
 
+def test_a_job_of_a_config_group_override_is_one_folder_named_in_a_worker(tmp_path: Path) -> None:
+    """model/student=mlp names the job folder with "-" for "/" (one folder, not model/student=...
+    nested), in the joblib workers that create the folders too."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    result = kdrun_train(tmp_path, "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=2", "model/student=mlp", "loss.alpha=0.1,0.9")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_dirs(tmp_path / "sweep")
+    named = "{}_dataset.n_samples=120,loss.alpha={},model.student.hidden=[8],model.teacher.hidden=[16],model-student=mlp,trainer.epochs=1"
+    assert [job.name for job in jobs] == [named.format(0, 0.1), named.format(1, 0.9)], jobs
+    assert all((job / "summary.csv").is_file() for job in jobs)
+
+
 def test_joblib_cuts_a_group_so_that_every_worker_has_a_task(tmp_path: Path) -> None:
     """One group of four jobs and two workers: two tasks of two jobs, each training its two
     distilled students together (and the baseline, unless the other task cached it first),
