@@ -45,7 +45,7 @@ from kdrun.config import (
     compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, teacher_file_digest, validate,
     without_hydra,
 )  # fmt: skip
-from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, failure_of
+from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, JobFailed, failure_of
 from kdrun.interrupts import signal_of, signals_held, sigterm_interrupts
 from kdrun.run_files import STATUS_FILE, has_checkpoints, read_status, remove_checkpoints, remove_results, replace_atomically, write_status
 
@@ -324,7 +324,8 @@ def _raised_at(error: BaseException) -> str:
 
 def train_task(cfg: DictConfig) -> float:
     """The Hydra task behind ``kdrun train``: one job; returns the distilled student's val
-    accuracy (NaN if the job failed), the number sweepers optimise.
+    accuracy, the number sweepers optimise (if the job failed: NaN to a sweep over a fixed grid,
+    and JobFailed raised to a sweeper that learns from the results, such as Optuna's).
 
     A user's mistake or a non-finite loss is logged as one line ("kdrun ERROR: ...") and ends a
     single run with its exit code; in a sweep it ends that job alone, and ``SweepEnd`` turns the
@@ -347,8 +348,10 @@ def train_task(cfg: DictConfig) -> float:
             if failure is None or _show_tracebacks:
                 raise  # a bug in kdrun (or HYDRA_FULL_ERROR=1): its traceback
             log.error("%s", failure[1])
-            if sweep:
+            if sweep and hydra_cfg.sweeper.get("_target_") in _SWEEPERS_THAT_IGNORE_RESULTS:
                 return math.nan
+            if sweep:  # Optuna's: NaN is no value to learn from, an exception a failed trial
+                raise JobFailed(failure[1], failure[0]) from None
             if failure[0] == EXIT_USAGE and run_dir == _created_run_dir:
                 _remove_created_folders()  # a refused command leaves no folder
             raise SystemExit(failure[0]) from None
@@ -369,6 +372,10 @@ def _forget_refused_sweep() -> None:
         replace_atomically(record, lambda tmp: tmp.write_bytes(earlier))
     else:
         record.unlink(missing_ok=True)
+
+
+# Sweepers that run a fixed grid: a failed job returns NaN to them, and the sweep goes on.
+_SWEEPERS_THAT_IGNORE_RESULTS = ("hydra_plugins.kdrun_sweeps.sweeps.KdrunSweeper", "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
 
 
 def _remove_created_folders() -> None:
@@ -415,6 +422,9 @@ class BeforeRun(Callback):
         if not sweep_dir.exists():
             _created_run_dir, _created_parents = sweep_dir, [p for p in sweep_dir.parents if not p.exists()]
         try:
+            trials = config.hydra.sweeper.get("n_trials")
+            if isinstance(trials, int) and trials < 1:  # Optuna's: it would end with "No trials are completed yet"
+                raise ConfigError(f"hydra.sweeper.n_trials={trials} is not allowed: the number of trials the search runs, at least 1")
             _make_folder(sweep_dir, "hydra.sweep.dir")
             record = sweep_dir / "multirun.yaml"
             _earlier_multirun = (record, record.read_bytes() if record.is_file() else None, datetime.now().timestamp() - 1.0)
@@ -526,7 +536,7 @@ def main(argv: Sequence[str]) -> int:
     except Exception as error:
         message = config_error_message(error)  # a mistake Hydra found on the command line
         message = _before_the_sweep(argv, message) or message
-        failure = (EXIT_USAGE, message) if message is not None else failure_of(error)
+        failure = (EXIT_USAGE, message) if message is not None else failure_of(error) or _search_stopped(error)
         if _show_tracebacks or failure is None:  # a bug in kdrun, or asked for
             traceback.print_exc()
             return EXIT_FAILED
@@ -541,6 +551,15 @@ def main(argv: Sequence[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_full_error
     return 0
+
+
+def _search_stopped(error: Exception) -> Optional[tuple[int, str]]:
+    """(exit code, message) for an error Optuna raises that ends its search (no trial completed:
+    each failed), or None."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames or f"{os.sep}optuna{os.sep}" not in frames[-1].filename:
+        return None
+    return EXIT_FAILED, f"the Optuna search stopped: {error} Each trial's status.json says how it ended (kdrun compare lists them)"
 
 
 def _before_the_sweep(argv: Sequence[str], message: Optional[str]) -> Optional[str]:

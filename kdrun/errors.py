@@ -34,6 +34,15 @@ class NonFiniteLossError(RuntimeError):
         self.model_name, self.epoch = model_name, epoch
 
 
+class JobFailed(RuntimeError):
+    """A sweep's job that failed (its status.json says why), raised to a sweeper that chooses the
+    next settings by the results (Optuna), which then counts the trial as failed, not as a value."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def describe_os_error(error: OSError) -> str:
     where = error.filename if error.filename is not None else ""
     reason = error.strerror or str(error)
@@ -47,6 +56,8 @@ def failure_of(error: BaseException) -> Optional[tuple[int, str]]:
         return EXIT_USAGE, str(error)
     if isinstance(error, NonFiniteLossError):
         return EXIT_FAILED, str(error)
+    if isinstance(error, JobFailed):
+        return error.exit_code, str(error)
     if isinstance(error, OSError):  # a file or folder that cannot be read or written (disk full, ...)
         return EXIT_FAILED, describe_os_error(error)
     return None

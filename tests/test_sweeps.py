@@ -197,6 +197,26 @@ def test_optuna_search_maximises_val_accuracy(tmp_path: Path) -> None:
     assert len(read_csv(sweep / "comparison.csv")) == 3
 
 
+def test_an_optuna_trial_that_fails_is_a_failed_trial_and_the_search_goes_on(tmp_path: Path) -> None:
+    """A NaN loss ends its trial (failed, in the study and in status.json), not the search; a
+    search with no completed trial, or with no trials, is one message."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = kdrun_train(tmp_path, "hparams_search=kd_optuna", "hydra.sweeper.n_trials=3", "trainer.lr=choice(1e30,0.001)", multirun=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    statuses = {json.loads((job / "status.json").read_text())["status"] for job in job_dirs(tmp_path / "sweep")}
+    assert statuses == {"failed", "completed"} and len(job_dirs(tmp_path / "sweep")) == 3
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_params"]["trainer.lr"] == 0.001
+    (tmp_path / "none").mkdir()
+    none_completed = kdrun_train(tmp_path / "none", "hparams_search=kd_optuna", "hydra.sweeper.n_trials=1", "trainer.lr=1e30", multirun=False)
+    assert none_completed.returncode == 1 and "kdrun ERROR: the Optuna search stopped: No trials are completed yet." in none_completed.stderr
+    assert "Traceback" not in none_completed.stderr, none_completed.stderr
+    no_trials = kdrun_train(tmp_path / "none", "hparams_search=kd_optuna", "hydra.sweeper.n_trials=0", multirun=False)
+    assert no_trials.returncode == 2 and no_trials.stderr.strip().splitlines() == [
+        "kdrun ERROR: hydra.sweeper.n_trials=0 is not allowed: the number of trials the search runs, at least 1"
+    ]
+
+
 def test_kdruns_launcher_composes_each_job_once_and_all_before_the_first(tmp_path: Path, monkeypatch) -> None:
     """Hydra's basic sweeper composes every job's config to check it, then its launcher composes
     it again; kdrun's launcher composes the first job's, derives the others' that differ only in
