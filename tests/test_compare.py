@@ -212,6 +212,14 @@ def test_nested_dirs_single_runs_and_out_dir(tmp_path: Path) -> None:
     assert len(read_csv(tmp_path / "report" / "comparison.csv")) == 3
 
 
+def test_an_out_folder_it_cannot_use_is_one_message_and_nothing_printed(tmp_path: Path) -> None:
+    make_run(tmp_path / "runs" / "a")
+    (tmp_path / "a_file").write_text("")
+    result = run_cli(str(tmp_path / "runs"), "--out", str(tmp_path / "a_file"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"kdrun compare: error: --out {tmp_path / 'a_file'} cannot be used: a file, not a folder"]
+
+
 def test_sort_and_metric(tmp_path: Path) -> None:
     for alpha, distilled in ((0.1, 0.85), (0.5, 0.95), (0.9, 0.90)):
         make_run(tmp_path / f"a{alpha}", alpha=alpha, distilled=distilled)
