@@ -382,6 +382,8 @@ class TrainerConf:
             _fail(f"{key}.scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             _fail(f"{key}.milestones", list(self.milestones), "a list of increasing epochs >= 1, e.g. [150,180,210]")
+        if self.scheduler == "multistep" and not self.milestones:  # else the schedule would never change the rate
+            _fail(f"{key}.milestones", [], "with scheduler=multistep, the epochs after which the learning rate drops, e.g. [150,180,210]")
         if not (_finite(self.gamma) and self.gamma > 0):
             _fail(f"{key}.gamma", self.gamma, "a finite number > 0")
         _check_int_at_least(f"{key}.warmup_epochs", self.warmup_epochs, 0)

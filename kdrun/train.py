@@ -26,6 +26,7 @@ from torch import nn
 from kdrun.checkpoints import Checkpoint
 from kdrun.data import Split
 from kdrun.errors import ConfigError, NonFiniteLossError
+from kdrun.models import named_layers
 from kdrun.optim import learning_rate, make_optimizer, set_learning_rate
 from kdrun.run_files import METRICS_COLUMNS
 
@@ -141,11 +142,7 @@ def row_columns(targets: Any) -> tuple[list[torch.Tensor], Callable[[Sequence[to
 @contextlib.contextmanager
 def _features(model: nn.Module, names: Sequence[str], role: str) -> Iterator[dict[str, torch.Tensor]]:
     """The outputs of ``model``'s submodules ``names`` at its latest forward pass, by name."""
-    modules = dict(model.named_modules())
-    missing = [name for name in names if name not in modules]
-    if missing:
-        known = ", ".join(name for name in modules if name) or "none"
-        raise ConfigError(f"the loss asks for {role} features {missing}, which the {role} lacks; its submodules: {known}")
+    modules = named_layers(model, names, role, f"the loss's {role}_features")
     captured: dict[str, torch.Tensor] = {}
     hooks = [modules[name].register_forward_hook(lambda module, args, output, name=name: captured.__setitem__(name, output)) for name in names]
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import numpy as np
 import pytest
@@ -304,6 +305,18 @@ def test_fitnet_auto_takes_stage_n_over_2_of_each_network():
     assert (loss.student_features, loss.teacher_features) == (("stages.1",), ("stages.1",))
     loss.setup(MLP((6,), 3, hidden=[8]), MLP((6,), 3, hidden=[16, 16, 16]), torch.randn(4, 6))
     assert (loss.student_features, loss.teacher_features) == (("network.1",), ("network.3",))
+
+
+@pytest.mark.parametrize("loss, message", [
+    (FitNetLoss(student_layer="stages.9"), "loss.student_layer=stages.9: the student has no layer stages.9; its layers: "),
+    (ATLoss(teacher_layers=["stages.0", "nope"]), "loss.teacher_layers=['stages.0', 'nope']: the teacher has no layer nope; its layers: "),
+])
+def test_a_layer_the_model_lacks_is_named_with_the_setting_that_chose_it(loss, message):
+    student, teacher = CNN((1, 8, 8), 3, channels=[4, 4]), CNN((1, 8, 8), 3, channels=[8, 8])
+    if isinstance(loss, ATLoss):
+        loss.student_layers = ["stages.0", "stages.1"]
+    with pytest.raises(ConfigError, match=re.escape(message) + ".*stages.1"):
+        loss.setup(student, teacher, torch.randn(4, 1, 8, 8))
 
 
 @pytest.mark.parametrize("teacher_hidden", [[16], [16, 16, 16]])

@@ -90,6 +90,7 @@ def test_compiled_training_matches_eager_training():
         ("trainer.precision=8", ["trainer.precision", "32, bf16, 16"]),
         ("trainer.scheduler=step", ["trainer.scheduler", "multistep"]),
         ("trainer.milestones=[180,150]", ["trainer.milestones", "increasing"]),
+        ("trainer.scheduler=multistep", ["trainer.milestones=[]", "with scheduler=multistep"]),  # would never drop
         ("trainer.momentum=1.5", ["trainer.momentum", "[0, 1)"]),
         ("dataset.augment=true", ["dataset.augment", "images"]),
     ],

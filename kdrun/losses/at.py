@@ -79,8 +79,8 @@ class ATLoss(DistillationLoss):
             pairs.append(conv_stage_names(model) if given == "auto" else [given] if isinstance(given, str) else list(given))
         if len(pairs[0]) != len(pairs[1]) or not pairs[0]:
             raise ConfigError(f"loss=at pairs the student's layers {pairs[0]} with the teacher's {pairs[1]}: name as many of each (loss.student_layers, loss.teacher_layers)")
-        s_shapes = feature_shapes(student, pairs[0], inputs, "student")
-        t_shapes = feature_shapes(teacher, pairs[1], inputs, "teacher")
+        s_shapes = feature_shapes(student, pairs[0], inputs, "student", f"loss.student_layers={self.student_layers}")
+        t_shapes = feature_shapes(teacher, pairs[1], inputs, "teacher", f"loss.teacher_layers={self.teacher_layers}")
         for s_name, t_name in zip(*pairs):
             s, t = s_shapes[s_name], t_shapes[t_name]
             if len(s) != 3 or len(t) != 3 or s[1:] != t[1:]:

@@ -8,8 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kdrun.errors import ConfigError
-from kdrun.models import watch_forward
+from kdrun.models import named_layers, watch_forward
 
 
 def conv_stage_names(model: nn.Module) -> list[str]:
@@ -25,14 +24,10 @@ def stage_names(model: nn.Module) -> list[str]:
     return conv_stage_names(model) or [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
 
 
-def feature_shapes(model: nn.Module, names: Sequence[str], inputs: torch.Tensor, role: str) -> dict[str, tuple[int, ...]]:
+def feature_shapes(model: nn.Module, names: Sequence[str], inputs: torch.Tensor, role: str, setting: str) -> dict[str, tuple[int, ...]]:
     """The shapes (batch dimension dropped) of the named submodules' outputs on ``inputs``,
-    measured in eval mode without gradients."""
-    modules = dict(model.named_modules())
-    missing = [name for name in names if name not in modules]
-    if missing:
-        known = ", ".join(name for name in modules if name) or "none"
-        raise ConfigError(f"the loss asks for {role} layers {missing}, which the {role} lacks; its submodules: {known}")
+    measured in eval mode without gradients; ``setting`` is what chose the names."""
+    modules = named_layers(model, names, role, setting)
     shapes: dict[str, tuple[int, ...]] = {}
     name_of = {modules[name]: name for name in names}
     watch_forward(model, inputs, name_of, lambda layer, output: shapes.__setitem__(name_of[layer], tuple(output.shape[1:])))

@@ -60,8 +60,8 @@ class FitNetLoss(DistillationLoss):
                 raise ConfigError(f"loss.{role}_layer=auto: the {role} has no stages or ReLUs to take a hint from; name a layer")
             names.append(candidates[len(candidates) // 2] if given == "auto" else given)
         self.student_features, self.teacher_features = (names[0],), (names[1],)
-        (s_shape,) = feature_shapes(student, names[:1], inputs, "student").values()
-        (t_shape,) = feature_shapes(teacher, names[1:], inputs, "teacher").values()
+        (s_shape,) = feature_shapes(student, names[:1], inputs, "student", f"loss.student_layer={self.student_layer}").values()
+        (t_shape,) = feature_shapes(teacher, names[1:], inputs, "teacher", f"loss.teacher_layer={self.teacher_layer}").values()
         if len(s_shape) == 1 and len(t_shape) == 1:
             regressor: nn.Module = nn.Linear(s_shape[0], t_shape[0])
         elif len(s_shape) == 3 and len(t_shape) == 3 and s_shape[1:] == t_shape[1:]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Sequence, Union
 import torch
 from torch import nn
 
+from kdrun.errors import ConfigError
 from kdrun.models.cnn import CNN
 from kdrun.models.lenet import LeNet5, lenet5
 from kdrun.models.mlp import MLP
@@ -36,7 +37,7 @@ BENCHMARK_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }  # fmt: skip
 
 __all__ = [
-    "ARCHITECTURES", "BENCHMARK_ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load", "multiply_adds", "watch_forward",
+    "ARCHITECTURES", "BENCHMARK_ARCHITECTURES", "CNN", "MLP", "Standardized", "count_parameters", "create", "load", "multiply_adds", "named_layers", "watch_forward",
     "CifarResNet", "LeNet5", "MobileNetV2", "ResNet", "ShuffleNetV1", "ShuffleNetV2", "VGG", "WideResNet",
     *BENCHMARK_ARCHITECTURES,
 ]  # fmt: skip
@@ -54,6 +55,17 @@ def create(name: str, input_shape: Sequence[int] = (3, 32, 32), num_classes: int
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def named_layers(model: nn.Module, names: Sequence[str], role: str, setting: str) -> dict[str, nn.Module]:
+    """``model``'s submodules by these names (``named_modules()``'s); a name it lacks is one
+    ConfigError naming ``setting`` (what chose the names) and the layers the ``role`` has."""
+    modules = dict(model.named_modules())
+    missing = [name for name in names if name not in modules]
+    if missing:
+        known = ", ".join(name for name in modules if name) or "none"
+        raise ConfigError(f"{setting}: the {role} has no layer {', '.join(missing)}; its layers: {known}")
+    return {name: modules[name] for name in names}
 
 
 def watch_forward(model: nn.Module, inputs: torch.Tensor, layers: Iterable[nn.Module], seen: Callable[[nn.Module, torch.Tensor], None]) -> None:
