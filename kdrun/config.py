@@ -579,6 +579,8 @@ def validate(cfg: DictConfig) -> None:
     if not dataset.transfer_labels and isinstance(plain.loss, DKDLossConf):
         raise ConfigError("loss=dkd needs labels (TCKD and NCKD split each row at its target class); dataset.transfer_labels=false leaves none")
     plain.trainer.check("trainer")
+    if isinstance(getattr(plain.model.teacher, "checkpoint", None), str) and not plain.model.teacher.checkpoint.strip():  # an unset shell variable
+        _fail("model.teacher.checkpoint", plain.model.teacher.checkpoint, "a weights file, or null to train the teacher")
     if getattr(plain.model.student, "checkpoint", None) is not None:
         _fail("model.student.checkpoint", plain.model.student.checkpoint, "null: the students train from the same initial weights (a checkpoint is for model.teacher)")
 

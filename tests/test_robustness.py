@@ -87,6 +87,14 @@ def _truncated_idx(tmp: Path) -> None:
     (root / "t10k-labels-idx1-ubyte").write_bytes(_idx_header(0x801, 10) + bytes(10))
 
 
+def _five_idx_images(tmp: Path) -> None:
+    root = tmp / "data"
+    root.mkdir()
+    for prefix, n in (("train", 5), ("t10k", 3)):
+        (root / f"{prefix}-images-idx3-ubyte").write_bytes(_idx_header(0x803, n, 28, 28) + bytes(784 * n))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx_header(0x801, n) + bytes(range(n)))
+
+
 def _broken_gzip(tmp: Path) -> None:
     root = tmp / "data"
     root.mkdir()
@@ -166,7 +174,10 @@ BAD_INPUTS = [
     _value("device", "trainer.device=tpu", "trainer.device", "tpu", "cpu"),
     _value("device-missing-cuda", "trainer.device=cuda:7", "trainer.device", "cuda:7"),
     Bad("labels-off-alpha", _train("dataset.transfer_labels=false"), ("loss.alpha", "transfer_labels=false", "must be 1")),
+    _value("empty-teacher-file", "model.teacher.checkpoint=", "model.teacher.checkpoint=''", "or null to train the teacher"),
     Bad("empty-split", _train("dataset.n_samples=3"), ("dataset synthetic", "split is empty", "val_fraction")),
+    Bad("empty-split-beside-a-published-test-split", _train("dataset=mnist", "dataset.root={tmp}/data"),
+        ("dataset mnist: the val split is empty: 5 examples split with dataset.val_fraction=0.0833", "round(fraction x 5)"), _five_idx_images),
     Bad("missing-value", _train("loss.alpha=???"), ("loss.alpha", "has no value")),
     # the README's own words, other notations, command-line flags
     Bad("bare-alpha", _train("alpha=0.5"), ("alpha is not a setting", "did you mean loss.alpha?")),

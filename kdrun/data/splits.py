@@ -230,12 +230,17 @@ def load_data(node: Any) -> DataSplits:
         test_x = _stored(test[0])
         owned = test_x is not test[0] or test_x.dtype == torch.uint8
         test_split = Split(test_x if owned else test_x.clone(), test[1])  # float rows: standardised in place below
+    published_test = test is not None  # the data's own test split: the fractions carve val (and train) only
     del loaded, x, y, test  # each split is a fresh tensor: keep memory near the data's own size
     for part, split in (("train", train), ("val", val), ("test", test_split)):
         if len(split) == 0:
+            if part == "test" and published_test:
+                raise DataError(f"{where}: its loader returned an empty 'test' split")
+            carved = len(train) + len(val) + (0 if published_test else len(test_split))
+            fractions = f"dataset.val_fraction={settings.val_fraction}" + ("" if published_test else f", dataset.test_fraction={settings.test_fraction}")
             raise DataError(
-                f"{where}: the {part} split is empty ({len(train) + len(val) + len(test_split)} examples with "
-                f"val_fraction={settings.val_fraction}, test_fraction={settings.test_fraction}); use more data or larger fractions"
+                f"{where}: the {part} split is empty: {carved} examples split with {fractions} "
+                f"(each part gets round(fraction x {carved})); use more data or larger fractions"
             )
     normalization, prepare = None, Inputs()
     if settings.normalize:
