@@ -55,6 +55,7 @@ class Run:
     settings: dict[str, str] = field(default_factory=dict)
     rows: dict[str, dict[str, str]] = field(default_factory=dict)  # model -> summary.csv row
     teacher_sha256: str = ""  # of the model.teacher.checkpoint file it loaded, if any
+    config: Optional[dict] = None  # its .hydra/config.yaml, read once
 
     @property
     def counted(self) -> bool:
@@ -220,6 +221,12 @@ def read_run(run_dir: Path, metric: Metric) -> Run:
         run.rows = read_summary(run_dir / SUMMARY_FILE, metric)
     except ValueError as error:
         run.status, run.message = "malformed", str(error)
+        return run
+    config, overrides = _load_yaml(run_dir / ".hydra" / "config.yaml"), _load_yaml(run_dir / ".hydra" / "overrides.yaml")
+    if not isinstance(config, dict) or not isinstance(overrides, list):  # its settings cannot be told: never pooled with others
+        bad = ".hydra/config.yaml" if not isinstance(config, dict) else ".hydra/overrides.yaml"
+        run.status, run.message = "malformed", f"{bad} is missing or not the YAML kdrun wrote"
+    run.config = config
     return run
 
 
@@ -240,7 +247,7 @@ def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
     given_by = [r for r in listed if r.counted] or listed
     keys = list(dict.fromkeys(k for r in given_by for k in _override_keys(r.path) if k not in RESULT_UNCHANGED_KEYS))
     for run in listed:
-        run.settings = read_settings(run.path, list(dict.fromkeys([*keys, SEED_KEY])))
+        run.settings = read_settings(run.path, list(dict.fromkeys([*keys, SEED_KEY])), run.config)
     if len({r.teacher_sha256 for r in listed if r.teacher_sha256}) > 1:  # one path may have held several teachers
         keys.append(TEACHER_FILE_KEY)
         for run in listed:

@@ -183,6 +183,8 @@ def test_failed_and_malformed_runs_named_and_counted(tmp_path: Path) -> None:
     (partial / "summary.csv").write_text("model,test_acc\nteacher,0.9\ndistilled,0.8\n")  # no baseline row
     garbled = make_run(tmp_path / "a" / "4", alpha=0.4)
     (garbled / "summary.csv").write_text("model,test_acc\nteacher,abc\ndistilled,0.8\nbaseline,0.7\n")
+    unreadable = make_run(tmp_path / "a" / "5", alpha=0.6)  # its settings cannot be told: never pooled with another's
+    (unreadable / ".hydra" / "config.yaml").write_text("loss: {alpha: [unclosed\n")
 
     result = run_cli(str(tmp_path / "a"), "--format", "csv")
 
@@ -190,9 +192,10 @@ def test_failed_and_malformed_runs_named_and_counted(tmp_path: Path) -> None:
     rows = list(csv.DictReader(result.stdout.splitlines()))
     assert {r["loss.alpha"]: r["status"] for r in rows} == {"0.1": "completed", "0.5": "interrupted"}
     assert rows[1]["distilled_test_acc"] == ""  # never a number for a job that did not finish
-    for name, reason in (("2", "no summary.csv"), ("3", "no baseline row"), ("4", "teacher test_acc is not a number")):
+    reasons = (("2", "no summary.csv"), ("3", "no baseline row"), ("4", "teacher test_acc is not a number"), ("5", ".hydra/config.yaml is missing or not"))
+    for name, reason in reasons:
         assert f"skipped {tmp_path / 'a' / name}: " in result.stderr and reason in result.stderr
-    assert "1 completed runs compared; left out: 1 interrupted, 3 malformed" in result.stderr
+    assert "1 completed runs compared; left out: 1 interrupted, 4 malformed" in result.stderr
     assert "Traceback" not in result.stderr
 
 
