@@ -236,7 +236,7 @@ def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
         raise CompareError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     for directory in dirs:
         if not directory.is_dir():
-            raise CompareError(f"no such directory: {directory}")
+            raise CompareError(f"{directory} is a file, not a directory of runs" if directory.exists() else f"no such directory: {directory}")
     paths = list(dict.fromkeys(p for d in dirs for p in find_run_dirs(d)))
     if not paths:
         raise CompareError(f"no runs (directories with .hydra/ and status.json or summary.csv) below {', '.join(map(str, dirs))}")

@@ -250,6 +250,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, make_input, message: s
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"kdrun compare: error: {message}")
 
 
+def test_a_file_given_as_dir_is_said_to_be_one(tmp_path: Path) -> None:
+    (tmp_path / "summary.csv").write_text("")
+    result = run_cli(str(tmp_path / "summary.csv"))
+    assert result.returncode == 2 and result.stderr == f"kdrun compare: error: {tmp_path / 'summary.csv'} is a file, not a directory of runs\n"
+
+
 def test_repeats_of_a_seed_count_once(tmp_path: Path) -> None:
     """Six runs of the same seed are one sample, not six: no interval from them, and the table
     says they are repeats; a second seed makes n = 2."""
