@@ -42,8 +42,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from kdrun.config import (
-    compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, suggest_key, teacher_file_digest, validate,
-    without_hydra,
+    compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, searchpath, suggest_key, teacher_file_digest,
+    validate, without_hydra,
 )  # fmt: skip
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, JobFailed, failure_of
 from kdrun.interrupts import signal_of, signals_held, sigterm_interrupts
@@ -625,16 +625,17 @@ class Results:
     models: dict[str, "nn.Module"]  # teacher, distilled, baseline (if trained), in eval mode
 
 
-def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None) -> Results:
-    """Run one kdrun experiment in this process, as ``kdrun train OVERRIDES`` would, e.g. in a
-    notebook: ``kdrun.run(["loss.temperature=5"], run_dir="outputs/t5")``. Writes the same run
-    directory (default ``outputs/<date>/<time>``) and returns the results. A user's mistake raises
+def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None, config_dir: Optional[os.PathLike] = None) -> Results:
+    """Run one kdrun experiment in this process, as ``kdrun train OVERRIDES`` would (with
+    ``--config-dir CONFIG_DIR``), e.g. in a notebook: ``kdrun.run(["loss.temperature=5"],
+    run_dir="outputs/t5")``. Writes the same run directory (default ``outputs/<date>/<time>``)
+    and returns the results. A user's mistake raises
     ConfigError or DataError with the message ``kdrun train`` prints; a non-finite loss raises
     NonFiniteLossError. The caller's torch random state and thread count are left as they were."""
     import pandas
     import torch
 
-    full = compose(overrides, with_hydra=True)
+    full = compose([*searchpath([config_dir] if config_dir is not None else []), *overrides], with_hydra=True)
     hydra_node, cfg = full.hydra, without_hydra(full)
     run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     _make_folder(run_dir, "run_dir")

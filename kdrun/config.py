@@ -472,6 +472,11 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
+def searchpath(config_dirs: Sequence[Union[str, Path]]) -> list[str]:
+    """The override that adds a user's config folders (``--config-dir DIR``) to those Hydra searches."""
+    return [f"hydra.searchpath=[{','.join(f'file://{Path(d).expanduser().absolute()}' for d in config_dirs)}]"] if config_dirs else []
+
+
 def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
     """kdrun's config with ``overrides``, composed as ``kdrun train`` composes it (with Hydra's
     own node ``hydra`` if asked). A mistake is a ConfigError with the message ``kdrun train``
@@ -641,7 +646,7 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         if signature is not None:
             (signature.bind_partial if plain.get("_partial_") else signature.bind)(**arguments)
     except TypeError as error:
-        raise ConfigError(f"{key}: {target} does not take the settings {sorted(arguments)}: {error}{_meant(arguments, signature, key)}") from None
+        raise ConfigError(_cannot_call(key, str(target), arguments, signature, error)) from None
     try:
         return hydra_instantiate(node, **extra, _convert_="all")
     except InstantiationException as error:  # what the target itself raised, unwrapped
@@ -651,6 +656,22 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         if isinstance(cause, ValueError) and not isinstance(cause, ConfigError) and str(target).startswith("kdrun."):
             raise ConfigError(f"{key}: {cause}") from None
         raise cause from None
+
+
+def _cannot_call(key: str, target: str, arguments: dict[str, Any], signature: inspect.Signature, error: TypeError) -> str:
+    """Why ``target`` cannot be called with ``arguments``: the settings it does not take (a typo's
+    likely meaning, else how to remove a preset's), or the one it needs."""
+    params = signature.parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = [name for name in arguments if name not in params]
+        if unknown:
+            takes = ", ".join(n for n, p in params.items() if p.kind != p.VAR_POSITIONAL) or "no settings"
+            hint = _meant(arguments, signature, key) or f"; a preset's can be removed with {' '.join(f'~{key}.{n}' for n in unknown)}"
+            return f"{key}: {target} does not take {', '.join(f'{key}.{n}' for n in unknown)} (it takes {takes}){hint}"
+    missing = re.search(r"missing a required argument: '(\w+)'", str(error))
+    if missing:
+        return f"{key}: {target} needs {key}.{missing.group(1)}: set it in its config or on the command line (+{key}.{missing.group(1)}=...)"
+    return f"{key}: {target} cannot be called with the settings {sorted(arguments)}: {error}"
 
 
 def _meant(arguments: dict[str, Any], signature: inspect.Signature, key: str) -> str:

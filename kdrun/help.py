@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdrun.config import compose
+from kdrun.config import compose, searchpath
 from kdrun.run_files import natural_order
 
 # Groups a user chooses from, in the order shown (trainer has one option; sweeps is plumbing).
@@ -60,13 +60,12 @@ def train_help(argv: Sequence[str], config_dir: Path) -> str:
     """The help page for ``kdrun train ARGV`` (its overrides choose what it shows)."""
     user_dirs = [Path(argv[i + 1]).expanduser() for i, arg in enumerate(argv[:-1]) if arg in ("--config-dir", "-cd")]
     overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
-    searchpath = [f"hydra.searchpath=[{','.join(f'file://{d.absolute()}' for d in user_dirs)}]"] if user_dirs else []
     note = ""
     try:
-        cfg = compose([*searchpath, *overrides], with_hydra=True)
+        cfg = compose([*searchpath(user_dirs), *overrides], with_hydra=True)
     except Exception as error:  # show the defaults, and why not the command's choices
         note = f"\n(the defaults: {error})\n"
-        cfg = compose(searchpath, with_hydra=True)
+        cfg = compose(searchpath(user_dirs), with_hydra=True)
     choices = cfg.hydra.runtime.choices
     folders = [config_dir, *user_dirs]
     lines = [

@@ -232,7 +232,16 @@ def test_a_misspelt_setting_of_a_users_target_names_the_one_it_takes(user_projec
 
     with pytest.raises(ConfigError) as caught:
         instantiate(OmegaConf.create({"_target_": "mypkg.nets.make_net", "widht": 6}), "model.student", input_shape=(4,), num_classes=3)
-    assert "unexpected keyword argument 'widht'" in str(caught.value) and "did you mean model.student.width (not widht)?" in str(caught.value)
+    assert str(caught.value) == (
+        "model.student: mypkg.nets.make_net does not take model.student.widht (it takes input_shape, num_classes, width); "
+        "did you mean model.student.width (not widht)?"
+    )
+    with pytest.raises(ConfigError) as caught:  # a preset's MLP settings on one's own model
+        instantiate(OmegaConf.create({"_target_": "mypkg.nets.make_net", "hidden": [8], "dropout": 0.1}), "model.teacher", input_shape=(4,), num_classes=3)
+    assert str(caught.value).endswith(
+        "does not take model.teacher.hidden, model.teacher.dropout (it takes input_shape, num_classes, width); "
+        "a preset's can be removed with ~model.teacher.hidden ~model.teacher.dropout"
+    )
 
 
 @pytest.mark.slow
@@ -383,6 +392,16 @@ def test_kdrun_run_writes_the_run_directory_and_returns_the_results(tmp_path):
 
     run = compare.collect([tmp_path / "run"]).runs[0]
     assert run.status == "completed" and compare.read_settings(run.path, ["dataset", "loss"]) == {"dataset": "synthetic", "loss": "kd"}
+
+
+def test_kdrun_run_takes_a_users_config_folder(user_project, tmp_path, monkeypatch):
+    """kdrun.run(..., config_dir=) is kdrun train --config-dir: the user's options compose."""
+    import kdrun
+
+    monkeypatch.syspath_prepend(str(user_project))
+    overrides = ["model/student=mynet", "trainer.epochs=1", "dataset.n_samples=120", "model.teacher.hidden=[16]", "plots=false", f"cache.dir={tmp_path / 'cache'}"]
+    results = kdrun.run(overrides, run_dir=tmp_path / "run", config_dir=user_project / "my_conf")
+    assert int(results.summary.loc[1, "params"]) == 784 * 6 + 6 + 6 * 10 + 10  # mynet's width 6, as in the CLI test
 
 
 @pytest.mark.parametrize(
