@@ -19,6 +19,7 @@ row, the summary and the figures.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import time
@@ -134,6 +135,7 @@ def build_loss(cfg: DictConfig) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.trainer.seed + 3)
         loss = instantiate(cfg.loss, "loss")
+    _check_callable_as_a_loss(loss, str(cfg.loss.get("_target_")))
     if not cfg.dataset.transfer_labels and not getattr(loss, "learns_without_labels", False):
         raise ConfigError(
             f"dataset.transfer_labels=false leaves the students no labels, and loss ({cfg.loss._target_}) needs them: "
@@ -141,6 +143,24 @@ def build_loss(cfg: DictConfig) -> Any:
             "or give your loss's class learns_without_labels = True"
         )
     return loss
+
+
+def _check_callable_as_a_loss(loss: Any, target: str) -> None:
+    """Refuse, before any training, a loss kdrun cannot call as ``loss(student_logits, teacher,
+    labels)`` (kdrun/losses/base.py)."""
+    contract = "kdrun calls a loss as loss(student_logits, teacher, labels) (see kdrun/losses/base.py)"
+    if isinstance(loss, nn.Module) and type(loss).forward is nn.Module.forward:
+        raise ConfigError(f"loss: {target} is a torch module without a forward method; {contract}")
+    if not callable(loss):
+        raise ConfigError(f"loss: {target} builds a {type(loss).__name__}, which cannot be called; {contract}")
+    try:
+        signature = inspect.signature(loss.forward if isinstance(loss, nn.Module) else loss)
+    except (TypeError, ValueError):  # no signature to read
+        return
+    try:
+        signature.bind_partial(None, None, None)
+    except TypeError:
+        raise ConfigError(f"loss: {target} is called with {signature}; {contract}") from None
 
 
 def set_up_loss(cfg: DictConfig, loss: Any, student: nn.Module, teacher: nn.Module, data: DataSplits) -> None:
@@ -298,6 +318,12 @@ def _build_model(cfg: DictConfig, role: str, data: DataSplits) -> nn.Module:
         raise ConfigError(
             f"{key}: {cfg.model[role]._target_} maps inputs of shape {tuple(data.train.x[:2].shape)} to {shape}; "
             f"kdrun needs logits of shape [batch, {data.num_classes}] (num_classes={data.num_classes})"
+        )
+    trained = role == "student" or not cfg.model.teacher.get("checkpoint")
+    if trained and not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(
+            f"{key}: {cfg.model[role]._target_} builds a model with no trainable parameters: nothing to train "
+            "(layers kept in a plain list or dict are not registered; use nn.ModuleList or nn.ModuleDict)"
         )
     return model
 

@@ -40,6 +40,16 @@ USER_CODE = {
             def forward(self, x):
                 return self.net(x), x
 
+        class PlainList(nn.Module):  # its layers in a plain list: not registered, nothing to train
+            def __init__(self, input_shape, num_classes):
+                super().__init__()
+                self.layers = [nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes)]
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = layer(x)
+                return x
+
         def library_style(*, weights=None, **kwargs):
             # like torchvision.models.resnet18(weights=None, num_classes=...): no input_shape
             assert weights is None and set(kwargs) == {"num_classes"}, kwargs
@@ -56,6 +66,7 @@ USER_CODE = {
     """,
     "mylosses.py": """
         import torch.nn.functional as F
+        from kdrun.losses import DistillationLoss
 
         class LogitMSE:
             def __init__(self, weight=1.0):
@@ -68,6 +79,16 @@ USER_CODE = {
 
         def fn_loss(student_logits, teacher_logits, labels, weight=1.0):
             return F.cross_entropy(student_logits, labels) + weight * F.mse_loss(student_logits, teacher_logits)
+
+        class NoCall:  # forgot __call__
+            pass
+
+        class NoForward(DistillationLoss):  # forgot forward
+            pass
+
+        class TwoArguments:  # forgot the labels
+            def __call__(self, student_logits, teacher_logits):
+                return F.mse_loss(student_logits, teacher_logits)
     """,
 }
 CONFIGS = {
@@ -79,6 +100,10 @@ CONFIGS = {
     "model/student/raises.yaml": "_target_: mypkg.nets.raises\n",
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
     "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
+    "model/student/plain_list.yaml": "_target_: mypkg.nets.PlainList\n",
+    "loss/no_call.yaml": "_target_: mypkg.mylosses.NoCall\n",
+    "loss/no_forward.yaml": "_target_: mypkg.mylosses.NoForward\n",
+    "loss/two_arguments.yaml": "_target_: mypkg.mylosses.TwoArguments\n",
     "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
     "loss/logit_mse.yaml": "_target_: mypkg.mylosses.LogitMSE\nweight: 0.5\n",
     "loss/fn_loss.yaml": "_target_: mypkg.mylosses.fn_loss\n_partial_: true\nweight: 0.5\n",
@@ -194,6 +219,20 @@ def test_a_function_is_a_loss_through_partial(user_project):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("loss, words", [
+    ("no_call", "mypkg.mylosses.NoCall builds a NoCall, which cannot be called"),
+    ("no_forward", "mypkg.mylosses.NoForward is a torch module without a forward method"),
+    ("two_arguments", "mypkg.mylosses.TwoArguments is called with (student_logits, teacher_logits)"),
+])  # fmt: skip
+def test_a_loss_kdrun_cannot_call_is_one_message_before_any_training(user_project, loss, words):
+    """Each was a traceback from the training loop, after the teacher had trained."""
+    result = user_run(user_project, f"loss-{loss}", f"loss={loss}")
+    assert result.returncode == 2 and not has_traceback(result.stderr), result.stderr
+    assert result.stderr.strip().splitlines() == [f"kdrun ERROR: loss: {words}; kdrun calls a loss as loss(student_logits, teacher, labels) (see kdrun/losses/base.py)"]
+    assert "teacher   epoch" not in result.stdout
+
+
+@pytest.mark.slow
 def test_a_loss_that_needs_labels_refuses_a_transfer_set_without_them(user_project):
     result = user_run(user_project, "no-labels", "loss=logit_mse", "dataset.transfer_labels=false")
     assert result.returncode == 2 and not has_traceback(result.stderr)
@@ -209,6 +248,7 @@ def test_a_loss_that_needs_labels_refuses_a_transfer_set_without_them(user_proje
         ("broken", ["model.student", "returned str", "torch.nn.Module"]),
         ("misshapen", ["model.student", "[batch, 10]"]),
         ("pair", ["model.student", "forward returns tuple", "float tensor of logits"]),  # was an AttributeError's traceback
+        ("plain_list", ["model.student", "no trainable parameters", "nn.ModuleList"]),  # was a traceback from the optimiser
     ],
 )
 def test_a_users_broken_model_is_one_message(user_project, student, words):
