@@ -317,9 +317,12 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
 
 
 def _raised_at(error: BaseException) -> str:
-    """Where ``error`` was raised: the innermost frame's file and line (kdrun's, or the user's code)."""
+    """Where ``error`` was raised: the innermost frame's file and line outside torch (kdrun's, or
+    the user's code that called torch wrongly)."""
     frames = traceback.extract_tb(error.__traceback__)
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "unknown"
+    torch_dir = os.path.dirname(sys.modules["torch"].__file__) + os.sep if "torch" in sys.modules else None
+    ours = [f for f in frames if torch_dir is None or not f.filename.startswith(torch_dir)] or frames
+    return f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "unknown"
 
 
 def train_task(cfg: DictConfig) -> float:

@@ -761,11 +761,15 @@ def config_hash(cfg: DictConfig) -> str:
     return digest(plain)
 
 
-def not_a_setting(key: str, schema: Any = None) -> str:
+def not_a_setting(key: str, schema: Any = None, keys_here: Sequence[str] = ()) -> str:
     """The message for a key no config has: what it may have meant, and the settings beside it
-    (those of ``schema``, the dataclass of the node it was looked for in, when there is one)."""
+    (those of ``schema``, the dataclass of the node it was looked for in, when there is one, else
+    ``keys_here``, the keys of that node: a config of one's own)."""
     prefix = key.rpartition(".")[0]
-    here = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")] if dataclasses.is_dataclass(schema) else []
+    if dataclasses.is_dataclass(schema):
+        here = [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]
+    else:
+        here = [str(k) for k in keys_here if not str(k).startswith("_")]
     close = difflib.get_close_matches(key.rpartition(".")[2], here, n=1)
     suggestion = f"{prefix}.{close[0]}" if close and prefix else close[0] if close else suggest_key(key)
     hint = f"did you mean {suggestion}? " if suggestion else ""
@@ -809,7 +813,8 @@ def config_error_message(error: BaseException) -> Optional[str]:
         return f"{group}={option} is not an option: {hint}choose from {', '.join(sorted(options, key=natural_order))}{plugin}"
     cause = error.__cause__ if isinstance(error, HydraException) and error.__cause__ is not None else error
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
-        return not_a_setting(str(cause.full_key), getattr(cause, "object_type", None))
+        parent = getattr(cause, "parent_node", None)
+        return not_a_setting(str(cause.full_key), getattr(cause, "object_type", None), list(parent.keys()) if isinstance(parent, DictConfig) else [])
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
         reason = str(cause).splitlines()[0]
         return f"{cause.full_key}={cause.value!r} is not allowed: {reason}"

@@ -44,9 +44,9 @@ class JobFailed(RuntimeError):
 
 
 def describe_os_error(error: OSError) -> str:
-    where = error.filename if error.filename is not None else ""
-    reason = error.strerror or str(error)
-    return f"{where}: {reason}" if where else reason
+    if error.strerror is None:  # raised with a message of its own (a loader's FileNotFoundError("data.npz")): its type says what
+        return f"{type(error).__name__}: {error}"
+    return f"{error.filename}: {error.strerror}" if error.filename is not None else error.strerror
 
 
 def failure_of(error: BaseException) -> Optional[tuple[int, str]]:

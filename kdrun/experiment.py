@@ -38,7 +38,7 @@ from kdrun.config import file_digest, instantiate, model_cache_dir, names_parame
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import ConfigError
-from kdrun.models import count_parameters, multiply_adds
+from kdrun.models import count_parameters, multiply_adds, named_layers
 from kdrun.models.weights import load_weights
 from kdrun.plots import plot_curves, plot_temperature
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MODELS, SUMMARY_COLUMNS, MetricsLog, remove_checkpoints, write_csv_atomic
@@ -171,6 +171,8 @@ def set_up_loss(cfg: DictConfig, loss: Any, student: nn.Module, teacher: nn.Modu
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.trainer.seed + 4)
             loss.setup(student, teacher, data.prepare(data.train.x[: cfg.trainer.batch_size]))
+    for role, model in (("student", student), ("teacher", teacher)):  # names the training loop will hook: checked now, not after the teacher trained
+        named_layers(model, getattr(loss, f"{role}_features", ()), role, f"the loss's {role}_features")
 
 
 def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -50,6 +51,16 @@ USER_CODE = {
                     x = layer(x)
                 return x
 
+        class BadForward(nn.Module):  # builds, then fails inside torch at the first batch of training
+            def __init__(self, input_shape, num_classes):
+                super().__init__()
+                self.net = make_net(input_shape, num_classes)
+
+            def forward(self, x):
+                if self.training:
+                    return self.net[3](x)  # the last layer on the inputs: torch raises
+                return self.net(x)
+
         def library_style(*, weights=None, **kwargs):
             # like torchvision.models.resnet18(weights=None, num_classes=...): no input_shape
             assert weights is None and set(kwargs) == {"num_classes"}, kwargs
@@ -63,6 +74,12 @@ USER_CODE = {
             y = torch.arange(n) % classes
             x = (torch.rand(n, 1, 6, 6, generator=generator) * 100 + 30 * y.view(-1, 1, 1, 1)).to(torch.uint8)
             return {"train": (x, y)}
+
+        def missing_file():
+            raise FileNotFoundError("/data/blobs.npz")
+
+        def misnamed():
+            return {"training": (torch.zeros(8, 3), torch.zeros(8, dtype=torch.long))}
     """,
     "mylosses.py": """
         import torch.nn.functional as F
@@ -86,6 +103,12 @@ USER_CODE = {
         class NoForward(DistillationLoss):  # forgot forward
             pass
 
+        class TypoFeatures(DistillationLoss):  # a layer name the student does not have
+            student_features = ("network.9",)
+
+            def forward(self, student_logits, teacher_logits, labels, student_features):
+                return F.cross_entropy(student_logits, labels)
+
         class TwoArguments:  # forgot the labels
             def __call__(self, student_logits, teacher_logits):
                 return F.mse_loss(student_logits, teacher_logits)
@@ -101,6 +124,10 @@ CONFIGS = {
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
     "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
     "model/student/plain_list.yaml": "_target_: mypkg.nets.PlainList\n",
+    "model/student/bad_forward.yaml": "_target_: mypkg.nets.BadForward\n",
+    "dataset/missing_file.yaml": "_target_: mypkg.blobs.missing_file\n",
+    "dataset/misnamed.yaml": "_target_: mypkg.blobs.misnamed\n",
+    "loss/typo_features.yaml": "_target_: mypkg.mylosses.TypoFeatures\n",
     "loss/no_call.yaml": "_target_: mypkg.mylosses.NoCall\n",
     "loss/no_forward.yaml": "_target_: mypkg.mylosses.NoForward\n",
     "loss/two_arguments.yaml": "_target_: mypkg.mylosses.TwoArguments\n",
@@ -233,6 +260,27 @@ def test_a_loss_kdrun_cannot_call_is_one_message_before_any_training(user_projec
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("override, code, message", [
+    ("dataset=missing_file", 1, "kdrun ERROR: FileNotFoundError: /data/blobs.npz"),  # was "kdrun ERROR: /data/blobs.npz"
+    ("dataset=misnamed", 2, "and optionally 'test': (x, y), got a dict with keys ['training']"),
+    ("loss=typo_features", 2, "kdrun ERROR: the loss's student_features: the student has no layer network.9; its layers: "),  # before the teacher trains
+])  # fmt: skip
+def test_mistakes_in_a_users_loader_or_loss_say_what_and_where(user_project, override, code, message):
+    result = user_run(user_project, override.replace("=", "-"), override)
+    assert result.returncode == code and not has_traceback(result.stderr), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert "teacher   epoch" not in result.stdout
+
+
+@pytest.mark.slow
+def test_an_error_torch_raises_in_a_users_forward_is_placed_in_the_users_file(user_project):
+    result = user_run(user_project, "bad-forward", "model/student=bad_forward")
+    assert result.returncode == 1
+    message = read_status(user_project / "bad-forward")["message"]
+    assert "RuntimeError" in message and "(raised at " in message and f"mypkg{os.sep}nets.py:" in message, message
+
+
+@pytest.mark.slow
 def test_a_loss_that_needs_labels_refuses_a_transfer_set_without_them(user_project):
     result = user_run(user_project, "no-labels", "loss=logit_mse", "dataset.transfer_labels=false")
     assert result.returncode == 2 and not has_traceback(result.stderr)
@@ -282,6 +330,13 @@ def test_a_misspelt_setting_of_a_users_target_names_the_one_it_takes(user_projec
         "does not take model.teacher.hidden, model.teacher.dropout (it takes input_shape, num_classes, width); "
         "a preset's can be removed with ~model.teacher.hidden ~model.teacher.dropout"
     )
+
+
+def test_a_misspelt_key_of_a_users_config_on_the_command_line_names_the_one_it_has(user_project):
+    result = user_run(user_project, "typo", "loss=logit_mse", "loss.wieght=0.1")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "kdrun ERROR: loss.wieght is not a setting: did you mean loss.weight? the settings here are loss.weight"
+    ], result.stderr
 
 
 @pytest.mark.slow

@@ -207,7 +207,8 @@ def load_data(node: Any) -> DataSplits:
     where = f"dataset {name}"
     loaded = instantiate({k: v for k, v in plain.items() if k not in DATA_KEYS}, "dataset")
     if not isinstance(loaded, dict) or "train" not in loaded:
-        raise DataError(f"{where}: its loader must return a dict with 'train': (x, y) and optionally 'test': (x, y), got {type(loaded).__name__}")
+        got = f"a dict with keys {sorted(map(str, loaded))}" if isinstance(loaded, dict) else type(loaded).__name__
+        raise DataError(f"{where}: its loader must return a dict with 'train': (x, y) and optionally 'test': (x, y), got {got}")
     x, y = _examples(loaded, "train", where)
     if not len(y):
         raise DataError(f"{where}: its loader returned no training examples")
