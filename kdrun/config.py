@@ -826,6 +826,12 @@ def config_error_message(error: BaseException) -> Optional[str]:
         if re.search(r"[=,()\[\]{}\s]", value) and value[:1] not in "'\"[{":  # a sweep's job folder, say
             return f"cannot read {key}={value}: {first}. A value holding = , ( ) [ ] {{ }} or spaces needs quotes: \"{key}='{value}'\""
         return f"cannot read the command line: {first}"
+    pair = re.search(r"In 'model/([^'/]+)': ConfigKeyError .* not in 'ModelPairConf'", text, re.S)
+    if pair:  # a network's config put where the teacher/student pair presets go
+        return (
+            f"model={pair.group(1)}: the model/ folder holds pair presets (model.teacher and model.student); "
+            f"put a network's config in model/student/ or model/teacher/ and choose it with model/student={pair.group(1)}"
+        )
     if isinstance(error, HydraException):
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
     return None

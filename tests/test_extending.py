@@ -124,6 +124,7 @@ CONFIGS = {
     "model/student/missing.yaml": "_target_: mypkg.nowhere.make_net\n",
     "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
     "model/student/plain_list.yaml": "_target_: mypkg.nets.PlainList\n",
+    "model/wrong_place.yaml": "_target_: mypkg.nets.make_net\nwidth: 6\n",  # a network where the pair presets go
     "model/student/bad_forward.yaml": "_target_: mypkg.nets.BadForward\n",
     "dataset/missing_file.yaml": "_target_: mypkg.blobs.missing_file\n",
     "dataset/misnamed.yaml": "_target_: mypkg.blobs.misnamed\n",
@@ -330,6 +331,14 @@ def test_a_misspelt_setting_of_a_users_target_names_the_one_it_takes(user_projec
         "does not take model.teacher.hidden, model.teacher.dropout (it takes input_shape, num_classes, width); "
         "a preset's can be removed with ~model.teacher.hidden ~model.teacher.dropout"
     )
+
+
+def test_a_network_config_in_the_pair_presets_folder_says_where_it_goes(user_project):
+    result = user_run(user_project, "wrong-place", "model=wrong_place")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "kdrun ERROR: model=wrong_place: the model/ folder holds pair presets (model.teacher and model.student); "
+        "put a network's config in model/student/ or model/teacher/ and choose it with model/student=wrong_place"
+    ], result.stderr
 
 
 def test_a_misspelt_key_of_a_users_config_on_the_command_line_names_the_one_it_has(user_project):
