@@ -777,7 +777,7 @@ def not_a_setting(key: str, schema: Any = None, keys_here: Sequence[str] = ()) -
         last = key.rpartition(".")[2]
         owners = [f"loss={name}" for name, owner in LOSS_SCHEMAS.items() if last in {f.name for f in dataclasses.fields(owner)}]
         hint = f"{', '.join(owners)} {'has' if len(owners) == 1 else 'have'} it, not this option; " if prefix == "loss" and owners else ""
-    if key.lstrip("+") == "model.teacher.checkpoint" and not here:
+    if key.lstrip("+") == "model.teacher.checkpoint" and not dataclasses.is_dataclass(schema):
         return f"{key} is not a setting of this model's config (one of your own): add it with +{key.lstrip('+')}=PATH"
     if here and prefix:
         return f"{key} is not a setting: {hint}the settings here are {', '.join(f'{prefix}.{k}' for k in here)}"
