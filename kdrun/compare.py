@@ -117,8 +117,8 @@ def format_value(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
+    if isinstance(value, float):  # 4.0 as 4, and 0.1234567 apart from 0.1234568
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     if isinstance(value, str):  # an override's text: "4" and "[16]" read as YAML, like Hydra does
@@ -230,6 +230,24 @@ def read_run(run_dir: Path, metric: Metric) -> Run:
     return run
 
 
+def _unnamed_differences(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
+    """The settings, outside ``keys``, in which runs that agree on ``keys`` differ (the seed aside,
+    and those that change nothing measured): a config file's value that no override names (the
+    same command with another --config-dir, say), which would otherwise pool them as seeds."""
+    alike: dict[tuple, list[dict]] = {}
+    for run in runs:
+        if run.config is not None:
+            alike.setdefault(tuple(run.settings.get(k) for k in keys), []).append(_flatten(run.config))
+    found = []
+    for flats in alike.values():
+        for key in sorted(set().union(*flats)) if len(flats) > 1 else []:
+            if key == SEED_KEY or key in keys or any(key == u or key.startswith(u + ".") for u in RESULT_UNCHANGED_KEYS):
+                continue
+            if len({format_value(flat.get(key)) for flat in flats}) > 1:
+                found.append(key)
+    return list(dict.fromkeys(found))
+
+
 def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
     """Find and read every run below ``dirs``; work out which settings vary across them."""
     if metric not in METRICS:
@@ -248,6 +266,11 @@ def collect(dirs: Sequence[Path], metric: str = "test_acc") -> Comparison:
     keys = list(dict.fromkeys(k for r in given_by for k in _override_keys(r.path) if k not in RESULT_UNCHANGED_KEYS))
     for run in listed:
         run.settings = read_settings(run.path, list(dict.fromkeys([*keys, SEED_KEY])), run.config)
+    unnamed = _unnamed_differences(given_by, keys)  # runs that read alike, yet were run otherwise
+    if unnamed:
+        keys += unnamed
+        for run in listed:
+            run.settings = read_settings(run.path, list(dict.fromkeys([*keys, SEED_KEY])), run.config)
     if len({r.teacher_sha256 for r in listed if r.teacher_sha256}) > 1:  # one path may have held several teachers
         keys.append(TEACHER_FILE_KEY)
         for run in listed:

@@ -278,6 +278,12 @@ def _latest(cache: dict, key: Any, value: Any, most: int = 16) -> Any:
     return value
 
 
+def signed_label(value: float, metric: Metric) -> str:
+    """A heatmap cell's mean: +1.3 (points) or -0.030; one that rounds to 0 reads +0.0, not -0.0."""
+    text = f"{value:+.1f}" if metric.percent else f"{value:+.3f}"
+    return text.replace("-", "+") if float(text) == 0 else text
+
+
 def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metric: Metric, setup: str = "") -> None:
     """Mean improvement (distilled − baseline) over the alpha × temperature grid of one set-up,
     each cell annotated with its mean over seeds; blue is where distillation helps. With two or
@@ -310,7 +316,7 @@ def draw_heatmap(path: Path, cells: dict[tuple[float, float], list[float]], metr
                 continue
             _, low, high = mean_ci(values)
             star = "*" if len(values) > 1 and (low > 0 or high < 0) else ""
-            text = (f"{value:+.1f}" if metric.percent else f"{value:+.3f}").replace("-0.0", "+0.0").rstrip() + star  # no "-0.0"
+            text = signed_label(value, metric) + star
             ax.text(j, i, text + (f"\nn={len(values)}" if per_cell else ""), ha="center", va="center", fontsize=9,
                     fontweight="bold" if star else "normal", color="white" if abs(value) > 0.6 * limit else "black")  # fmt: skip
     ax.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])

@@ -223,6 +223,26 @@ def test_an_out_folder_it_cannot_use_is_one_message_and_nothing_printed(tmp_path
     assert result.stderr.strip().splitlines() == [f"kdrun compare: error: --out {tmp_path / 'a_file'} cannot be used: a file, not a folder"]
 
 
+def test_runs_that_differ_in_a_setting_no_override_names_are_not_pooled_as_seeds(tmp_path: Path) -> None:
+    """The same command with another --config-dir: trainer.epochs differs only in config.yaml.
+    The column appears, and each setting's seeds form their own group."""
+    for epochs, seed, distilled in ((20, 0, 0.95), (20, 1, 0.94), (5, 0, 0.71), (5, 1, 0.70)):
+        run = make_run(tmp_path / f"e{epochs}s{seed}", seed=seed, distilled=distilled, overrides=[f"trainer.seed={seed}"])
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        config["trainer"]["epochs"] = epochs
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    comparison = compare.collect([tmp_path])
+    assert comparison.varying == ["trainer.seed", "trainer.epochs"]
+    groups = {g["trainer.epochs"]: g for g in compare.config_rows(comparison)}
+    assert {k: (g["n"], round(g["improvement_mean"], 3)) for k, g in groups.items()} == {"20": (2, 0.065), "5": (2, -0.175)}
+
+
+def test_values_apart_beyond_six_digits_are_apart(tmp_path: Path) -> None:
+    make_run(tmp_path / "a", alpha=0.1234567, distilled=0.95)
+    make_run(tmp_path / "b", alpha=0.1234568, distilled=0.70)
+    assert sorted(r.settings["loss.alpha"] for r in compare.collect([tmp_path]).runs) == ["0.1234567", "0.1234568"]
+
+
 def test_sort_and_metric(tmp_path: Path) -> None:
     for alpha, distilled in ((0.1, 0.85), (0.5, 0.95), (0.9, 0.90)):
         make_run(tmp_path / f"a{alpha}", alpha=alpha, distilled=distilled)

@@ -153,3 +153,12 @@ def test_sweep_values_without_multirun_say_to_add_it(tmp_path):
     result = run_kdrun("train", "loss.alpha=0.1,0.5", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2
     assert "--multirun" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_heatmap_cell_keeps_its_sign_and_a_zero_reads_plus():
+    """'-0.030' once read '+0.030': the '-0.0' of a small negative NLL difference was replaced."""
+    from kdrun.run_files import METRICS
+
+    nll, acc = METRICS["test_nll"], METRICS["test_acc"]
+    assert [plots.signed_label(v, nll) for v in (-0.0296, -0.0036, -0.0004, 0.0004, 0.25)] == ["-0.030", "-0.004", "+0.000", "+0.000", "+0.250"]
+    assert [plots.signed_label(v, acc) for v in (-2.04, -0.04, 0.0, 1.25)] == ["-2.0", "+0.0", "+0.0", "+1.2"]
