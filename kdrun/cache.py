@@ -71,17 +71,26 @@ def _load_entry(path: Path, device: torch.device) -> Optional[dict]:
         return None
 
 
+def stacked(key_parts: dict[str, Any]) -> dict[str, Any]:
+    """The key of a model of these parts trained in a stack with others (kdrun.groups): equal to
+    one trained alone up to floating-point rounding, so stored apart from it."""
+    return {**key_parts, "stacked": True}
+
+
 def lookup(kind: str, key_parts: dict[str, Any], model: torch.nn.Module, directory: Optional[Path]) -> Optional[list[dict]]:
-    """Fill ``model`` from the cache entry of this key and return its metrics rows, or None when
-    there is none (or the cache is off: ``directory=None``)."""
+    """Fill ``model`` from the cache entry of this key, else from the one trained in a stack, and
+    return its metrics rows; None when there is neither (or the cache is off: ``directory=None``).
+    The stacked one stands in, so that every job of a sweep and a later run alone get the same
+    teacher and baseline."""
     if directory is None:
         return None
-    path = _entry_path(kind, key_parts, directory)
-    entry = _load_entry(path, next(model.parameters()).device) if path.exists() else None
-    if entry is None:
-        return None
-    model.load_state_dict(entry["state_dict"])
-    return entry["history"]
+    for key in (key_parts, stacked(key_parts)):
+        path = _entry_path(kind, key, directory)
+        entry = _load_entry(path, next(model.parameters()).device) if path.exists() else None
+        if entry is not None:
+            model.load_state_dict(entry["state_dict"])
+            return entry["history"]
+    return None
 
 
 def store(kind: str, key_parts: dict[str, Any], model: torch.nn.Module, history: list[dict], directory: Optional[Path]) -> None:

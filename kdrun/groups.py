@@ -162,7 +162,7 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
         found, todo = {}, []
         for seed, setup in by_seed.items():
             key = keys[seed]
-            rows = _lookup("teacher", key, setup.teacher, setup.cache_dir)
+            rows = cache.lookup("teacher", key, setup.teacher, setup.cache_dir)
             if rows is not None:
                 found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "cached", 0.0)
                 for row in rows:
@@ -189,7 +189,7 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
                 trained.append((rows, error, time.perf_counter() - started))
         for (seed, setup, key), (rows, error, seconds) in zip(todo, trained):
             if error is None:
-                cache.store("teacher", {**key, "stacked": True} if stacked else key, setup.teacher, rows, setup.cache_dir)
+                cache.store("teacher", cache.stacked(key) if stacked else key, setup.teacher, rows, setup.cache_dir)
             found[seed] = TrainedModel(copy_state(setup.teacher.state_dict()), rows, "trained", seconds, error)
         return found
 
@@ -224,7 +224,7 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
         if not with_labels or seed not in logits:
             continue
         keys[seed] = model_key(setup, "student", setup.baseline, epochs, include_transfer=True)
-        rows = _lookup("baseline", keys[seed], setup.baseline, setup.cache_dir)
+        rows = cache.lookup("baseline", keys[seed], setup.baseline, setup.cache_dir)
         if rows is not None:
             baselines[seed] = TrainedModel(copy_state(setup.baseline.state_dict()), rows, "cached", 0.0)
         else:
@@ -248,19 +248,12 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
             seed = who[1]
             baselines[seed] = trained
             if member.error is None:
-                cache.store("baseline", {**keys[seed], "stacked": True}, member.model, member.history, by_seed[seed].cache_dir)
+                cache.store("baseline", cache.stacked(keys[seed]), member.model, member.history, by_seed[seed].cache_dir)
     for index, cfg in enumerate(cfgs):
         seed = int(cfg.trainer.seed)
         if seed in baselines:
             results[index]["baseline"] = baselines[seed]
     return results
-
-
-def _lookup(kind: str, key: dict[str, Any], model: torch.nn.Module, directory: Optional[Path]) -> Optional[list[dict]]:
-    """A cached model trained alone, else one trained in a stack. Those are stored under their own
-    key (``stacked``): equal up to rounding, they never stand in for a run alone's bit-exact model."""
-    rows = cache.lookup(kind, key, model, directory)
-    return rows if rows is not None else cache.lookup(kind, {**key, "stacked": True}, model, directory)
 
 
 def _fit_stacked(members: Sequence[Member], train: Split, data: DataSplits, settings: FitSettings, cfg: DictConfig) -> None:

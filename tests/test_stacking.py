@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 
 from kdrun.data import Split
@@ -280,9 +281,32 @@ def _metrics(job: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _summary(job: Path) -> dict[str, dict]:
+    with open(job / "summary.csv", newline="") as handle:
+        return {row["model"]: row for row in csv.DictReader(handle)}
+
+
 def _jobs(sweep: Path) -> list[Path]:
-    found = {p.parent for p in sweep.rglob("status.json")}  # a "/" in an override (model/student=cnn) nests the job's folder
-    return sorted(found, key=lambda p: int(p.relative_to(sweep).parts[0].split("_")[0]))
+    return sorted((p.parent for p in sweep.glob("*/status.json")), key=lambda p: int(p.name.split("_")[0]))
+
+
+def test_jobs_that_train_alone_reuse_the_teacher_and_baseline_their_seed_trained_in_a_stack(tmp_path: Path, monkeypatch) -> None:
+    """loss=kd stacks (both seeds' teachers, then the students), loss=at trains alone: each seed's
+    at job gets the very teacher and baseline the stack trained, from the cache, so the methods
+    are compared against the same ones."""
+    from kdrun import app
+
+    monkeypatch.chdir(tmp_path)
+    cnn = [o for o in TINY_CNN if not o.startswith("model.teacher.channels")] + ["model.teacher.channels=[4,6]"]
+    assert app.main(["-m", *cnn, f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache.dir={tmp_path / 'cache'}", "loss=kd,at", "trainer.seed=0,1"]) == 0
+    jobs = {tuple(o.split("=")[1] for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) if o.startswith(("loss=", "trainer.seed="))): job
+            for job in _jobs(tmp_path / "sweep")}  # fmt: skip
+    for seed in ("0", "1"):
+        stacked, alone = (_summary(jobs[(loss, seed)]) for loss in ("kd", "at"))
+        for model in ("teacher", "baseline"):
+            assert alone[model]["source"] == "cached" and alone[model]["test_acc"] == stacked[model]["test_acc"], (seed, model)
+        curves = [[(r["epoch"], r["train_loss"], r["val_loss"]) for r in _metrics(jobs[(loss, seed)]) if r["model"] == "baseline"] for loss in ("kd", "at")]
+        assert curves[0] == curves[1] and len(curves[0]) == 3
 
 
 @pytest.mark.parametrize("base, stack_mb", [(TINY, 0.3), (TINY_CNN, 0.5)], ids=["mlp", "cnn"])
