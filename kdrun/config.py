@@ -274,8 +274,8 @@ class DKDLossConf:
 @dataclass
 class DISTLossConf:
     _target_: str = "kdrun.losses.DISTLoss"
-    beta: float = _setting(1.0, "weight of the inter-class relation (per example)")
-    gamma: float = _setting(1.0, "weight of the intra-class relation (per class, across the batch)")
+    beta: float = _setting(2.0, "weight of the inter-class relation (per example)")
+    gamma: float = _setting(2.0, "weight of the intra-class relation (per class, across the batch)")
     temperature: float = _setting(1.0, "softmax temperature T > 0")
     ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels (0: learns without labels)")
 

@@ -443,7 +443,7 @@ def test_the_benchmark_recipe_and_each_pair_preset_compose():
     assert (trainer.optimizer, trainer.lr, trainer.momentum, trainer.weight_decay, trainer.batch_size, trainer.epochs) == ("sgd", 0.05, 0.9, 5e-4, 64, 240)
     assert (trainer.scheduler, list(trainer.milestones), trainer.gamma) == ("multistep", [150, 180, 210], 0.1)
     assert (cfg.loss.alpha, cfg.loss.temperature) == (0.9, 4)
-    for method, defaults in (("dkd", {"alpha": 1.0, "beta": 8.0}), ("dist", {"beta": 1.0}), ("dist_cifar", {"beta": 2.0, "gamma": 2.0, "temperature": 4.0})):
+    for method, defaults in (("dkd", {"alpha": 1.0, "beta": 8.0}), ("dist", {"beta": 2.0, "gamma": 2.0, "temperature": 1.0}), ("dist_cifar", {"beta": 2.0, "gamma": 2.0, "temperature": 4.0})):
         loss = compose(["experiment=cifar100_kd", f"loss={method}"]).loss
         assert {key: loss[key] for key in defaults} == defaults, method
     assert len(PAIRS) == 13
