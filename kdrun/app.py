@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from kdrun.config import (
     compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, searchpath, suggest_key, teacher_file_digest,
-    validate, without_hydra,
+    user_config_dirs, validate, without_hydra,
 )  # fmt: skip
 from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, JobFailed, failure_of
 from kdrun.interrupts import signal_of, signals_held, sigterm_interrupts
@@ -86,27 +86,29 @@ def _unwritable(path: Path) -> Optional[str]:
     return None
 
 
-def _make_folder(path: Path, key: str) -> None:
-    """Create the run or sweep folder ``path``; whatever stops it is one ConfigError naming it."""
+def _created(path: Path) -> Optional[str]:
+    """Create the folder ``path`` (and those above it); None, or why kdrun cannot create or write it
+    (access() tells most; the mkdir the rest: /proc takes no folders, a read-only mount)."""
     problem = _unwritable(path)
     if problem is None:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             problem = error.strerror or str(error)
+    return problem
+
+
+def _make_folder(path: Path, key: str) -> None:
+    """Create the run or sweep folder ``path``; whatever stops it is one ConfigError naming it."""
+    problem = _created(path)
     if problem is not None:
         raise ConfigError(f"{key}={path} cannot be used as the output folder: {problem}. Choose a folder kdrun can create and write.")
 
 
 def _check_cache_dir(cfg: DictConfig) -> None:
-    """Fail before any training if the model cache is on and its folder cannot be written."""
+    """Fail before any training if the model cache is on and its folder cannot be created or written."""
     directory = model_cache_dir(cfg)
-    problem = _unwritable(directory) if directory is not None else None
-    if problem is None and directory is not None:
-        try:  # what access() cannot tell: /proc takes no folders, a read-only mount
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            problem = error.strerror or str(error)
+    problem = _created(directory) if directory is not None else None
     if problem is not None:
         shown = repr(cfg.cache.dir) if cfg.cache.dir else f"null (the default, {directory})"
         raise ConfigError(f"cache.dir={shown} is not allowed: {problem}. Set cache.dir to a folder kdrun can write, or cache.enabled=false")
@@ -367,9 +369,10 @@ def _forget_refused_sweep() -> None:
     if _earlier_multirun is None:
         return
     record, earlier, started = _earlier_multirun
-    if any(status.stat().st_mtime >= started for status in record.parent.rglob(STATUS_FILE)):
-        return  # some job ran: the record is this sweep's
-    if _created_run_dir == record.parent:
+    created = _created_run_dir == record.parent
+    if any(created or status.stat().st_mtime >= started for status in record.parent.rglob(STATUS_FILE)):
+        return  # some job ran (an earlier batch of this sweep): the record is this sweep's
+    if created:
         _remove_created_folders()
     elif earlier is not None:
         replace_atomically(record, lambda tmp: tmp.write_bytes(earlier))
@@ -537,7 +540,7 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as stop:  # --help, a sweep's exit code
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else _printed(stop.code)
     except Exception as error:
-        message = config_error_message(error)  # a mistake Hydra found on the command line
+        message = config_error_message(error, user_config_dirs(argv))  # a mistake Hydra found on the command line
         message = _before_the_sweep(argv, message) or message
         failure = (EXIT_USAGE, message) if message is not None else failure_of(error) or _search_stopped(error)
         if _show_tracebacks or failure is None:  # a bug in kdrun, or asked for
@@ -565,6 +568,18 @@ def _search_stopped(error: Exception) -> Optional[tuple[int, str]]:
     return EXIT_FAILED, f"the Optuna search stopped: {error} Each trial's status.json says how it ended (kdrun compare lists them)"
 
 
+def _an_option_has(group: str, options: Sequence[str], setting: str, argv: Sequence[str]) -> bool:
+    """Whether one of the group's ``options`` (with the command's --config-dir) has ``setting``."""
+    absent = object()
+    for option in options:
+        try:
+            if OmegaConf.select(compose([*searchpath(user_config_dirs(argv)), f"{group}={option}"]), setting, default=absent) is not absent:
+                return True
+        except ConfigError:  # not an option: the sweep says so when it gets there
+            continue
+    return False
+
+
 def _before_the_sweep(argv: Sequence[str], message: Optional[str]) -> Optional[str]:
     """For a setting that only the swept options of a group have (-m dataset=mnist,fashion_mnist
     dataset.root=DIR): Hydra checks the command's settings against the group's default option
@@ -576,7 +591,7 @@ def _before_the_sweep(argv: Sequence[str], message: Optional[str]) -> Optional[s
         if "," not in values or "." in group or group[:1] in "+~" or group.startswith("hydra"):
             continue
         found = re.match(rf"({re.escape(group.replace('/', '.'))}\.\S+) is not a setting", message)
-        if found:
+        if found and _an_option_has(group, values.split(","), found.group(1), argv):
             setting = found.group(1)
             value = next((a.split("=", 1)[1] for a in argv if a.startswith(f"{setting}=")), "VALUE")
             return (

@@ -586,16 +586,16 @@ def compare(dirs: Sequence[Path], out: Optional[Path] = None, metric: str = "tes
     """The whole command: collect, print, and write files into ``out`` (none without it: viewing
     never overwrites a sweep's own files). Raises CompareError on bad input."""
     comparison = collect([Path(d) for d in dirs], metric)
+    rows = sort_rows(run_rows(comparison), comparison, sort)
+    groups = config_rows(comparison) if has_seed_groups(comparison) else None
+    if groups is not None and sort is not None:
+        groups = _sort_groups(groups, comparison, sort)
     if out is not None:  # before anything is printed: a folder that cannot be used is the one message
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             reason = "a file, not a folder" if Path(out).is_file() else error.strerror or str(error)
             raise CompareError(f"--out {out} cannot be used: {reason}") from None
-    rows = sort_rows(run_rows(comparison), comparison, sort)
-    groups = config_rows(comparison) if has_seed_groups(comparison) else None
-    if groups is not None and sort is not None:
-        groups = _sort_groups(groups, comparison, sort)
     render(comparison, rows, groups, fmt, console)
     for line in closing_lines(comparison):
         print(line, file=sys.stderr)

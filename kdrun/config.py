@@ -472,6 +472,11 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
+def user_config_dirs(argv: Sequence[str]) -> list[Path]:
+    """The folders a command line adds with ``--config-dir DIR`` (or ``-cd DIR``)."""
+    return [Path(argv[i + 1]).expanduser() for i, arg in enumerate(argv[:-1]) if arg in ("--config-dir", "-cd")]
+
+
 def searchpath(config_dirs: Sequence[Union[str, Path]]) -> list[str]:
     """The override that adds a user's config folders (``--config-dir DIR``) to those Hydra searches."""
     return [f"hydra.searchpath=[{','.join(f'file://{Path(d).expanduser().absolute()}' for d in config_dirs)}]"] if config_dirs else []
@@ -646,7 +651,7 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         if signature is not None:
             (signature.bind_partial if plain.get("_partial_") else signature.bind)(**arguments)
     except TypeError as error:
-        raise ConfigError(_cannot_call(key, str(target), arguments, signature, error)) from None
+        raise ConfigError(_cannot_call(key, str(target), arguments, signature, error, given_by_kdrun=tuple(extra))) from None
     try:
         return hydra_instantiate(node, **extra, _convert_="all")
     except InstantiationException as error:  # what the target itself raised, unwrapped
@@ -658,11 +663,16 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         raise cause from None
 
 
-def _cannot_call(key: str, target: str, arguments: dict[str, Any], signature: inspect.Signature, error: TypeError) -> str:
-    """Why ``target`` cannot be called with ``arguments``: the settings it does not take (a typo's
-    likely meaning, else how to remove a preset's), or the one it needs."""
+def _cannot_call(key: str, target: str, arguments: dict[str, Any], signature: inspect.Signature, error: TypeError,
+                 given_by_kdrun: Sequence[str] = ()) -> str:  # fmt: skip
+    """Why ``target`` cannot be called with ``arguments``: an argument kdrun passes itself that it
+    lacks, the settings it does not take (a typo's likely meaning, else how to remove a preset's),
+    or the one it needs."""
     params = signature.parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        lacking = [name for name in given_by_kdrun if name not in params]
+        if lacking:
+            return f"{key}: kdrun passes {', '.join(lacking)} (from the data) to {target}, which takes no such parameter: add it to {target}'s signature"
         unknown = [name for name in arguments if name not in params]
         if unknown:
             takes = ", ".join(n for n, p in params.items() if p.kind != p.VAR_POSITIONAL) or "no settings"
@@ -787,9 +797,10 @@ def not_a_setting(key: str, schema: Any = None, keys_here: Sequence[str] = ()) -
 _SWEEP_EXTRA = "The parallel and cluster launchers and the Optuna sweeper need: pip install 'kdrun[sweep]'"
 
 
-def config_error_message(error: BaseException) -> Optional[str]:
+def config_error_message(error: BaseException, user_dirs: Sequence[Path] = ()) -> Optional[str]:
     """One line for a mistake Hydra finds while composing the config (an unknown key or option,
-    a value of the wrong type, an override it cannot read); None for any other error."""
+    a value of the wrong type, an override it cannot read); None for any other error. ``user_dirs``:
+    the command's --config-dir folders, whose options count too."""
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
@@ -800,8 +811,9 @@ def config_error_message(error: BaseException) -> Optional[str]:
         if "Available options" in text:
             listed = text.split("Available options in", 1)[1].split("Config search path", 1)[0]
             options = re.findall(r"^\t(\S+)$", listed, re.M)
-        else:  # an option in a list (logger=[tensorboard,foo]): Hydra lists none; kdrun's own are these
-            options = sorted(path.stem for path in (config_dir() / group).glob("*.yaml")) if group and not group.startswith("hydra/") else []
+        else:  # an option in a list (logger=[tensorboard,foo]): Hydra lists none; the config folders' are these
+            folders = [config_dir(), *user_dirs] if group and not group.startswith("hydra/") else []
+            options = sorted({path.stem for folder in folders for path in (Path(folder) / group).glob("*.yaml")})
         if not options:
             line = text.splitlines()[0]
             if re.search(r"Could not load 'hydra/(launcher|sweeper)/", line):  # a preset whose plugin is not installed
@@ -823,7 +835,7 @@ def config_error_message(error: BaseException) -> Optional[str]:
         if "=~" in first:  # the shell expands ~ only at a word's start: not in key=~/path
             return f"cannot read the command line: {first}. Write the path with $HOME (dataset.root=$HOME/data), or spell it out"
         key, _, value = str(getattr(error, "override", None) or "").partition("=")
-        if re.search(r"[=,()\[\]{}\s]", value) and value[:1] not in "'\"[{":  # a sweep's job folder, say
+        if re.search(r"[=/]", value) and re.search(r"[=,()\[\]{}\s]", value) and value[:1] not in "'\"[{":  # a path: a sweep job's folder, say
             return f"cannot read {key}={value}: {first}. A value holding = , ( ) [ ] {{ }} or spaces needs quotes: \"{key}='{value}'\""
         return f"cannot read the command line: {first}"
     pair = re.search(r"In 'model/([^'/]+)': ConfigKeyError .* not in 'ModelPairConf'", text, re.S)

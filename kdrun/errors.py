@@ -38,9 +38,12 @@ class JobFailed(RuntimeError):
     """A sweep's job that failed (its status.json says why), raised to a sweeper that chooses the
     next settings by the results (Optuna), which then counts the trial as failed, not as a value."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple:  # both arguments, when a worker process sends it back
+        return type(self), (str(self), self.exit_code)
 
 
 def describe_os_error(error: OSError) -> str:

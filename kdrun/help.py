@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from kdrun.config import compose, searchpath
+from kdrun.config import compose, searchpath, user_config_dirs
 from kdrun.run_files import natural_order
 
 # Groups a user chooses from, in the order shown (trainer has one option; sweeps is plumbing).
@@ -58,7 +58,7 @@ def _settings(node: DictConfig, prefix: str = "") -> list[tuple[str, str, str]]:
 
 def train_help(argv: Sequence[str], config_dir: Path) -> str:
     """The help page for ``kdrun train ARGV`` (its overrides choose what it shows)."""
-    user_dirs = [Path(argv[i + 1]).expanduser() for i, arg in enumerate(argv[:-1]) if arg in ("--config-dir", "-cd")]
+    user_dirs = user_config_dirs(argv)
     overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
     note = ""
     try:

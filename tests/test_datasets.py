@@ -204,6 +204,8 @@ def test_a_sweep_over_datasets_that_take_a_root_says_how_to_give_it(tmp_path):
         "kdrun ERROR: dataset.root is not a setting of the default dataset option, which Hydra composes before the sweep over "
         "dataset=mnist,fashion_mnist begins: write ++dataset.root=data to set it in every job"
     ], refused.stderr
+    misspelt = run_cli([*common, "dataset.rooot=data"], tmp_path)  # no swept option has it: the typo's own message
+    assert misspelt.returncode == 2 and "dataset.rooot is not a setting: did you mean dataset.root?" in misspelt.stderr, misspelt.stderr
     swept = run_cli([*common, "++dataset.root=data"], tmp_path)
     assert swept.returncode == 0, swept.stderr
     assert sorted(read_summary(run / "summary.csv")["distilled"]["dataset"] for run in (tmp_path / "sweep").glob("*_*")) == ["fashion_mnist", "mnist"]

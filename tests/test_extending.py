@@ -125,6 +125,7 @@ CONFIGS = {
     "model/student/library.yaml": "_target_: mypkg.nets.library_style\nweights: null\n",
     "model/student/plain_list.yaml": "_target_: mypkg.nets.PlainList\n",
     "model/wrong_place.yaml": "_target_: mypkg.nets.make_net\nwidth: 6\n",  # a network where the pair presets go
+    "logger/quiet.yaml": "_target_: mypkg.nets.make_net\n",  # an option of one's own (never built here)
     "model/student/bad_forward.yaml": "_target_: mypkg.nets.BadForward\n",
     "dataset/missing_file.yaml": "_target_: mypkg.blobs.missing_file\n",
     "dataset/misnamed.yaml": "_target_: mypkg.blobs.misnamed\n",
@@ -325,12 +326,22 @@ def test_a_misspelt_setting_of_a_users_target_names_the_one_it_takes(user_projec
         "model.student: mypkg.nets.make_net does not take model.student.widht (it takes input_shape, num_classes, width); "
         "did you mean model.student.width (not widht)?"
     )
+    with pytest.raises(ConfigError) as caught:  # what kdrun passes itself cannot be removed with ~: say so
+        instantiate(OmegaConf.create({"_target_": "mypkg.blobs.load"}), "model.student", num_classes=3)  # no num_classes parameter
+    assert str(caught.value).startswith("model.student: kdrun passes num_classes (from the data) to mypkg.blobs.load, which takes no such")
     with pytest.raises(ConfigError) as caught:  # a preset's MLP settings on one's own model
         instantiate(OmegaConf.create({"_target_": "mypkg.nets.make_net", "hidden": [8], "dropout": 0.1}), "model.teacher", input_shape=(4,), num_classes=3)
     assert str(caught.value).endswith(
         "does not take model.teacher.hidden, model.teacher.dropout (it takes input_shape, num_classes, width); "
         "a preset's can be removed with ~model.teacher.hidden ~model.teacher.dropout"
     )
+
+
+def test_a_misspelt_option_of_ones_own_in_a_list_is_named_with_its_folders_options(user_project):
+    result = user_run(user_project, "list-typo", "logger=[csv,quiett]")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "kdrun ERROR: logger=quiett is not an option: did you mean logger=quiet? choose from csv, mlflow, quiet, tensorboard"
+    ], result.stderr
 
 
 def test_a_network_config_in_the_pair_presets_folder_says_where_it_goes(user_project):

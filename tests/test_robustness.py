@@ -290,6 +290,12 @@ def test_a_rejected_command_leaves_no_folder_behind(tmp_path):
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("override", ["loss.alpha=0.5)", "loss.alpha=0.1,,0.2"])
+def test_a_typo_in_a_number_is_not_told_to_be_quoted(tmp_path, override):
+    result = run_kdrun("train", override, cwd=tmp_path)
+    assert result.returncode == 2 and "cannot read the command line" in result.stderr and "quotes" not in result.stderr, result.stderr
+
+
 def test_a_setting_one_swept_option_lacks_names_that_job(tmp_path):
     result = run_kdrun("train", "-m", "loss=kd,dist", "loss.alpha=0.5", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     lines = result.stderr.strip().splitlines()

@@ -197,6 +197,16 @@ def test_optuna_search_maximises_val_accuracy(tmp_path: Path) -> None:
     assert len(read_csv(sweep / "comparison.csv")) == 3
 
 
+def test_a_failed_job_reaches_a_sweeper_from_a_worker_process_whole() -> None:
+    """Worker processes (joblib, submitit) send a job's exception back pickled."""
+    import pickle
+
+    from kdrun.errors import EXIT_USAGE, JobFailed
+
+    back = pickle.loads(pickle.dumps(JobFailed("loss.alpha=2 is not allowed", EXIT_USAGE)))
+    assert (str(back), back.exit_code) == ("loss.alpha=2 is not allowed", EXIT_USAGE)
+
+
 def test_an_optuna_trial_that_fails_is_a_failed_trial_and_the_search_goes_on(tmp_path: Path) -> None:
     """A NaN loss ends its trial (failed, in the study and in status.json), not the search; a
     search with no completed trial, or with no trials, is one message."""
