@@ -132,28 +132,28 @@ def _still_running(status: dict) -> bool:
     return True
 
 
-def _resumable(run_dir: Path, digest: str) -> bool:
-    """Whether ``run_dir`` holds an unfinished run of this config to continue from its
-    checkpoints. Raises ConfigError if a live process is running there, or if the unfinished run
-    there is of other settings."""
+def _check_not_taken(run_dir: Path, digest: str) -> None:
+    """Refuse ``run_dir`` (ConfigError) if a live kdrun process runs there, or if it holds an
+    unfinished run of other settings (checkpoints to continue): that run's files stay untouched."""
     previous = read_status(run_dir) or {}
     if _still_running(previous):
         raise ConfigError(
             f"{run_dir} is in use: kdrun process {previous['pid']} has been running there since {previous.get('time')}; "
             "wait for it, stop it, or choose another folder"
         )
-    if not has_checkpoints(run_dir) or previous.get("status") == "completed":
-        return False
-    if previous.get("config_hash") != digest:
+    if has_checkpoints(run_dir) and previous.get("status") != "completed" and previous.get("config_hash") != digest:
         settings = " ".join(previous.get("overrides") or []) or "the defaults"
-        message = (
+        raise ConfigError(
             f"{run_dir} holds an unfinished run of other settings ({settings}), with checkpoints to continue it: "
             f"run that command again to continue it, choose another folder, or delete {run_dir / 'checkpoints'} to start this run there"
         )
-        kept = {key: value for key, value in previous.items() if key not in ("status", "time", "exit_code", "message")}
-        write_status(run_dir, "failed", **kept, exit_code=EXIT_USAGE, message=message)  # its config_hash: still resumable
-        raise ConfigError(message)
-    return True
+
+
+def _resumable(run_dir: Path, digest: str) -> bool:
+    """Whether ``run_dir`` holds an unfinished run of this config to continue from its
+    checkpoints; refuses it as ``_check_not_taken`` does."""
+    _check_not_taken(run_dir, digest)
+    return has_checkpoints(run_dir) and (read_status(run_dir) or {}).get("status") != "completed"
 
 
 def _how_stopped(interruption: BaseException) -> tuple[str, dict[str, Any]]:
@@ -411,6 +411,8 @@ class BeforeRun(Callback):
             run_dir = Path(str(config.hydra.run.dir))
             if any(str(o).startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
                 _make_folder(run_dir, "hydra.run.dir")  # the user's folder: a rerun may reuse it (and continue it)
+                if not _show_tracebacks:  # before Hydra writes .hydra/ there: a folder another run holds stays as it is
+                    _check_not_taken(run_dir, config_hash(task))
             else:
                 global _created_run_dir, _created_parents
                 _created_parents = [p.absolute() for p in run_dir.parents if not p.exists()]
@@ -657,6 +659,7 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None, co
     hydra_node, cfg = full.hydra, without_hydra(full)
     run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     _make_folder(run_dir, "run_dir")
+    _check_not_taken(run_dir, config_hash(cfg))  # before .hydra/ is written: another run's folder stays as it is
     (run_dir / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": hydra_node.runtime.choices}}}), run_dir / ".hydra" / "hydra.yaml")

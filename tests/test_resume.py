@@ -155,9 +155,12 @@ def test_a_folder_in_use_by_a_live_process_is_refused(tmp_path):
     run.mkdir()
     live = {"status": "running", "pid": os.getpid(), "host": socket.gethostname(), "config_hash": "x", "time": "now"}
     (run / "status.json").write_text(json.dumps(live))
-    result = run_kdrun("train", f"hydra.run.dir={run}", cwd=tmp_path)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("- loss.temperature=8\n")
+    result = run_kdrun("train", f"hydra.run.dir={run}", "loss.temperature=2", cwd=tmp_path)
     assert result.returncode == 2 and "in use" in result.stderr and str(os.getpid()) in result.stderr, result.stderr
-    assert json.loads((run / "status.json").read_text()) == live  # the live run's status is left alone
+    assert json.loads((run / "status.json").read_text()) == live  # the live run's files are left alone
+    assert (run / ".hydra" / "overrides.yaml").read_text() == "- loss.temperature=8\n" and not (run / ".hydra" / "config.yaml").exists()
 
 
 def test_an_unfinished_run_of_other_settings_is_refused_and_stays_resumable(tmp_path):
@@ -168,10 +171,12 @@ def test_an_unfinished_run_of_other_settings_is_refused_and_stays_resumable(tmp_
     (run / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))  # as if stopped at the end
     (run / "summary.csv").unlink()
 
+    before = {name: (run / name).read_bytes() for name in ("status.json", ".hydra/config.yaml", ".hydra/overrides.yaml")}
     other = run_kdrun("train", *args, "loss.alpha=0.2", cwd=tmp_path)
     assert other.returncode == 2, other.stderr
     lines = other.stderr.strip().splitlines()
     assert len(lines) == 1 and "other settings" in lines[0] and "trainer.epochs=3" in lines[0] and "checkpoints" in lines[0], other.stderr
+    assert {name: (run / name).read_bytes() for name in before} == before  # its record stays its own (compare reads it)
     same = run_kdrun("train", *args, cwd=tmp_path, check=True)  # its own settings: continued, not refused
     assert "continuing" in same.stdout and read_status(run)["status"] == "completed"
 
