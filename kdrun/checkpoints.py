@@ -8,6 +8,7 @@ where it stopped, so a resumed run ends bit for bit where an uninterrupted one w
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -26,6 +27,16 @@ FORMAT = 2  # of the files written; a file of a format not in READABLE is not re
 READABLE = (1, 2)  # 1: Adam's moments of channels-last weights in memory order (kdrun.train reads them)
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of the model's weights and buffers: by it a student's checkpoint knows the teacher
+    it learnt from (a teacher equal up to rounding is another teacher)."""
+    hashed = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        hashed.update(name.encode())
+        hashed.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return hashed.hexdigest()[:16]
+
+
 @dataclass
 class Checkpoint:
     """Where one model's training state lives, and when ``fit`` writes it. ``every``: epochs
@@ -35,6 +46,7 @@ class Checkpoint:
     path: Path
     every: Optional[int]
     title: str  # "the distilled student", for messages
+    teacher: Optional[str] = None  # weights_digest of the teacher a distilled student learns from
     _last_write: float = field(default_factory=time.monotonic)
     _written: bool = False
 
@@ -47,7 +59,7 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
-                torch.save({"format": FORMAT, **state}, handle)
+                torch.save({"format": FORMAT, **state, **({"teacher": self.teacher} if self.teacher else {})}, handle)
                 handle.flush()
                 os.fsync(handle.fileno())  # a machine that goes away keeps the whole file or the old one
 
@@ -66,6 +78,12 @@ class Checkpoint:
                 raise ValueError(f"not a kdrun checkpoint of format {' or '.join(map(str, READABLE))}")
         except Exception as error:
             log.warning("%s: cannot read %s (%s); training it from the first epoch", self.title, self.path, error)
+            return None
+        if self.teacher and state.get("teacher") not in (None, self.teacher):
+            log.warning(
+                "%s: %s was trained against another teacher than this run's (one trained again, as when a sweep's stacked "
+                "teacher was not cached); training it from the first epoch", self.title, self.path,
+            )  # fmt: skip
             return None
         self._last_write, self._written = time.monotonic(), True
         return state

@@ -33,7 +33,7 @@ from rich.console import Console
 from torch import nn
 
 from kdrun.cache import load_or_train, model_fingerprint, save_atomic
-from kdrun.checkpoints import Checkpoint
+from kdrun.checkpoints import Checkpoint, weights_digest
 from kdrun.config import file_digest, instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
@@ -372,7 +372,6 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
     """Train one model (or fill it from the cache), its rows going to metrics.csv and the screen."""
     trainer = run.cfg.trainer
     settings = fit_settings(run.cfg, epochs, batch_seed)
-    checkpoint = Checkpoint(run.run_dir / CHECKPOINTS_DIR / f"{name}.pt", trainer.checkpoint_every, TITLES[name])
     started = time.perf_counter()
     given = run.trained.get(name)
     with Progress(run.console, name, epochs) as progress:
@@ -382,6 +381,8 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
             progress.update(row)
 
         def train() -> list[dict]:
+            teacher = weights_digest(distillation.teacher) if distillation is not None else None  # a checkpoint of another teacher's student is not resumed
+            checkpoint = Checkpoint(run.run_dir / CHECKPOINTS_DIR / f"{name}.pt", trainer.checkpoint_every, TITLES[name], teacher)
             return fit(model, split, run.data.val, settings, name, distillation, on_epoch, checkpoint, run.data.prepare, run.augment)
 
         if given is not None:  # trained with other jobs' models (kdrun.groups)

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from kdrun import cache
-from kdrun.checkpoints import Checkpoint
+from kdrun.checkpoints import Checkpoint, weights_digest
 from kdrun.config import digest, phase_epochs, to_plain
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import NonFiniteLossError
@@ -203,11 +203,12 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
     epochs = phase_epochs(first, "student")
     with_labels = bool(first.dataset.transfer_labels)
     transfer = data.transfer
-    logits = {}
+    logits, teacher_digest = {}, {}
     for seed, setup in by_seed.items():
         if seed in teachers and teachers[seed].error is not None:
             continue  # its jobs fail with the teacher's error
         logits[seed] = predict(setup.teacher, transfer.x, data.prepare)
+        teacher_digest[seed] = weights_digest(setup.teacher)
     members: list[Member] = []
     owner: list[Any] = []  # per member: the job index (distilled) or ("baseline", seed)
     for index, (cfg, run_dir, (loss, student)) in enumerate(zip(cfgs, run_dirs, jobs)):
@@ -215,7 +216,7 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
         if seed not in logits:
             continue
         targets = getattr(loss, "teacher_targets", lambda z: z)(logits[seed])
-        checkpoint = Checkpoint(run_dir / CHECKPOINTS_DIR / "distilled.pt", cfg.trainer.checkpoint_every, TITLES["distilled"])
+        checkpoint = Checkpoint(run_dir / CHECKPOINTS_DIR / "distilled.pt", cfg.trainer.checkpoint_every, TITLES["distilled"], teacher_digest[seed])
         members.append(Member("distilled", student, seed + 1, _seeded_state(seed + 2), loss, targets, with_labels, checkpoint, _writer([logs[index]])))
         owner.append(index)
     baselines: dict[int, TrainedModel] = {}

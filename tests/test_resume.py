@@ -264,6 +264,39 @@ def test_fit_continues_exactly_where_it_stopped(tmp_path, optimizer):
     assert all(torch.equal(a, b) for a, b in zip(student_again.state_dict().values(), reference.state_dict().values()))
 
 
+def test_a_students_checkpoint_is_not_continued_against_another_teacher(tmp_path, caplog):
+    """A sweep's stacked teacher that was not cached is trained again, alone, when the sweep is
+    rerun: equal only up to rounding. A distilled student stopped against the first teacher would
+    end as a mix of two; it trains from its first epoch instead, with a warning."""
+    from kdrun.checkpoints import weights_digest
+    from kdrun.losses import KDLoss
+    from kdrun.models import MLP
+
+    train, val = Split(torch.randn(48, 6), torch.randint(0, 3, (48,))), Split(torch.randn(16, 6), torch.randint(0, 3, (16,)))
+    torch.manual_seed(0)
+    teacher = MLP((6,), 3, hidden=[8])
+    other = MLP((6,), 3, hidden=[8])
+    other.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        other.network[-1].bias.add_(1e-6)  # another teacher, by rounding
+    settings = FitSettings(4, 16, "adam", 1e-2, 0.0, batch_seed=3)
+
+    def stop_at_epoch_2(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(MLP((6,), 3, hidden=[4]), train, val, settings, "distilled", Distillation(KDLoss(), teacher), on_epoch=stop_at_epoch_2,
+            checkpoint=Checkpoint(tmp_path / "d.pt", 1, "the distilled student", weights_digest(teacher)))  # fmt: skip
+    assert weights_digest(other) != weights_digest(teacher)
+    replayed = []
+    fit(MLP((6,), 3, hidden=[4]), train, val, settings, "distilled", Distillation(KDLoss(), other), on_epoch=replayed.append,
+        checkpoint=Checkpoint(tmp_path / "d.pt", 1, "the distilled student", weights_digest(other)))  # fmt: skip
+    assert [row["epoch"] for row in replayed] == [1, 2, 3, 4] and "trained against another teacher" in caplog.text
+    assert "resuming" not in caplog.text
+
+
 # --------------------------------------------------------------------------- trainer.report
 
 
