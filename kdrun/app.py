@@ -132,9 +132,10 @@ def _still_running(status: dict) -> bool:
     return True
 
 
-def _check_not_taken(run_dir: Path, digest: str) -> None:
+def _check_not_taken(run_dir: Path, digest: str) -> dict:
     """Refuse ``run_dir`` (ConfigError) if a live kdrun process runs there, or if it holds an
-    unfinished run of other settings (checkpoints to continue): that run's files stay untouched."""
+    unfinished run of other settings (checkpoints to continue): that run's files stay untouched.
+    Returns the status.json there (empty if none)."""
     previous = read_status(run_dir) or {}
     if _still_running(previous):
         raise ConfigError(
@@ -147,13 +148,14 @@ def _check_not_taken(run_dir: Path, digest: str) -> None:
             f"{run_dir} holds an unfinished run of other settings ({settings}), with checkpoints to continue it: "
             f"run that command again to continue it, choose another folder, or delete {run_dir / 'checkpoints'} to start this run there"
         )
+    return previous
 
 
 def _resumable(run_dir: Path, digest: str) -> bool:
     """Whether ``run_dir`` holds an unfinished run of this config to continue from its
     checkpoints; refuses it as ``_check_not_taken`` does."""
-    _check_not_taken(run_dir, digest)
-    return has_checkpoints(run_dir) and (read_status(run_dir) or {}).get("status") != "completed"
+    previous = _check_not_taken(run_dir, digest)
+    return has_checkpoints(run_dir) and previous.get("status") != "completed"
 
 
 def _how_stopped(interruption: BaseException) -> tuple[str, dict[str, Any]]:
