@@ -252,6 +252,18 @@ def stop_trained_jobs(stop: BaseException, sweep_dir: Path) -> None:
             _mark_interrupted(Path(run_dir), read_status(Path(run_dir)) or {}, fields, message)
 
 
+def stop_jobs_not_started(stop: BaseException, sweep_dir: Path, jobs: Sequence[tuple[DictConfig, Path, Sequence[str]]]) -> None:
+    """After a sweep stopped (``stop``) before some of ``jobs`` (task config, folder, overrides)
+    started: each whose folder holds no status.json says interrupted, so that kdrun compare lists
+    it; the same command again runs it."""
+    how, fields = _how_stopped(stop)
+    message = f"{how} before this job started; to run it, run the same command again with hydra.sweep.dir={sweep_dir}"
+    with signals_held():
+        for task, run_dir, overrides in jobs:
+            if not (run_dir / STATUS_FILE).exists():
+                _mark_interrupted(run_dir, _settings_record(task, overrides), fields, message)
+
+
 def stop_jobs_left_running(sweep_dir: Path, stop: BaseException, wait_s: float = 10.0) -> None:
     """After a sweep whose jobs ran in other processes (a launcher's workers) stopped (``stop``),
     and those processes with it: every job below ``sweep_dir`` whose status still says running in

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, TINY_SYNTHETIC, has_traceback, kdrun_env, killed_if_left, run_kdrun, start_kdrun
+from conftest import TINY, TINY_SYNTHETIC, has_traceback, interrupt, kdrun_env, killed_if_left, run_kdrun, start_kdrun
 
 from kdrun.checkpoints import AUTO_SECONDS, Checkpoint
 from kdrun.data import Split
@@ -341,6 +341,20 @@ def test_a_rerun_sweep_continues_its_unfinished_job_from_its_checkpoints(tmp_pat
     for model in ("teacher", "distilled", "baseline"):
         assert [int(row["epoch"]) for row in rows if row["model"] == model] == list(range(1, 301))
     assert read_status(sweep / "job1")["status"] == "completed" and (sweep / "comparison.csv").is_file()
+
+
+def test_ctrl_c_in_a_sweep_of_jobs_one_by_one_marks_the_jobs_not_started_interrupted(tmp_path):
+    """They had a folder and no status.json: kdrun compare did not list them."""
+    sweep = tmp_path / "sweep"
+    command = ("train", "-m", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}", "hydra.launcher.stack=false", "loss.alpha=0.3,0.5,0.9", *LONG)
+    with killed_if_left(start_kdrun(*command, cwd=tmp_path)) as proc:
+        _wait_for_rows(proc, sweep / "job0" / "metrics.csv", "teacher", 5)
+        interrupt(proc, signal.SIGINT)
+    statuses = {job: read_status(sweep / job) for job in ("job0", "job1", "job2")}
+    assert [s["status"] for s in statuses.values()] == ["interrupted"] * 3, statuses
+    assert "before this job started" in statuses["job2"]["message"] and "loss.alpha=0.9" in statuses["job2"]["overrides"]
+    listed = subprocess.run([sys.executable, "-m", "kdrun", "compare", str(sweep), "--format", "csv"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 1 and "left out: 3 interrupted" in listed.stderr, listed.stderr
 
 
 def test_a_checkpoint_of_format_1_resumes_where_it_stopped(tmp_path: Path) -> None:

@@ -111,9 +111,13 @@ def run_jobs_here(
             )
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     except BaseException as stop:  # Ctrl-C, SIGTERM, a scheduler's exit: the jobs still to run say so
+        from kdrun.app import stop_jobs_not_started
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
         if together:
-            stop_trained_jobs(stop, Path(str(config.hydra.sweep.dir)))
-            _record_jobs_not_run(configs, tasks, job_dirs)
+            stop_trained_jobs(stop, sweep_dir)
+        stop_jobs_not_started(stop, sweep_dir, [(task, job_dir, list(job.hydra.overrides.task)) for task, job_dir, job in zip(tasks, job_dirs, configs)])
+        _record_jobs_not_run(configs, tasks, job_dirs)
         raise
     return returns
 
