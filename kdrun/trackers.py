@@ -14,12 +14,14 @@ once (a tracker's server may be slow to answer).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from kdrun.errors import ConfigError
 from kdrun.interrupts import signals_held
@@ -134,7 +136,8 @@ class MLflowTracker(Tracker):
             raise ConfigError(f"logger.mlflow.experiment_name={self.experiment_name!r} is not allowed: the MLflow experiment's name, e.g. kdrun")
         try:
             self.client = mlflow.MlflowClient(tracking_uri=uri)
-            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            with _few_retries():  # a server that does not answer: one message in seconds, not after MLflow's 4 minutes of retries
+                experiment = self.client.get_experiment_by_name(self.experiment_name)
             if experiment is not None:
                 experiment_id = experiment.experiment_id
             else:
@@ -176,6 +179,22 @@ class MLflowTracker(Tracker):
 
     def finish(self, status: str) -> None:
         self.client.set_terminated(self.run_id, {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
+
+
+# For the first request to an MLflow server only, unless the user set them: later calls keep
+# MLflow's own patience (7 retries, 120 s timeouts) for a server that hiccups mid-run.
+_FIRST_REQUEST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+@contextlib.contextmanager
+def _few_retries() -> Iterator[None]:
+    added = [name for name in _FIRST_REQUEST if name not in os.environ]
+    os.environ.update({name: _FIRST_REQUEST[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 class Trackers:

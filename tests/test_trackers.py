@@ -137,10 +137,11 @@ def test_a_tracker_whose_package_is_missing_is_one_message(tmp_path):
     ("logger.mlflow.tracking_uri=bogus://store", "logger.mlflow.tracking_uri='bogus://store'"),  # no such scheme
     ("logger.mlflow.tracking_uri={tmp}/a_file.pt", "logger.mlflow.tracking_uri="),  # a file: MLflow's retired file store
     ("logger.mlflow.experiment_name=", "logger.mlflow.experiment_name=''"),
+    ("logger.mlflow.tracking_uri=http://127.0.0.1:9", "logger.mlflow.tracking_uri='http://127.0.0.1:9'"),  # no server: in seconds, not minutes
 ])
 def test_an_mlflow_setting_it_cannot_use_is_one_message(tmp_path, setting, named):
     (tmp_path / "a_file.pt").write_text("not a store")
-    result = run_kdrun("train", "trainer.epochs=1", "logger=mlflow", setting.format(tmp=tmp_path), cwd=tmp_path)
+    result = run_kdrun("train", "trainer.epochs=1", "logger=mlflow", setting.format(tmp=tmp_path), cwd=tmp_path, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], result.stderr
