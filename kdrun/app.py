@@ -341,6 +341,10 @@ def _raised_at(error: BaseException) -> str:
     return f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "unknown"
 
 
+# Sweepers that run a fixed grid: a failed job returns NaN to them, and the sweep goes on.
+_SWEEPERS_THAT_IGNORE_RESULTS = ("hydra_plugins.kdrun_sweeps.sweeps.KdrunSweeper", "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
+
+
 def train_task(cfg: DictConfig) -> float:
     """The Hydra task behind ``kdrun train``: one job; returns the distilled student's val
     accuracy, the number sweepers optimise (if the job failed: NaN to a sweep over a fixed grid,
@@ -392,10 +396,6 @@ def _forget_refused_sweep() -> None:
         replace_atomically(record, lambda tmp: tmp.write_bytes(earlier))
     else:
         record.unlink(missing_ok=True)
-
-
-# Sweepers that run a fixed grid: a failed job returns NaN to them, and the sweep goes on.
-_SWEEPERS_THAT_IGNORE_RESULTS = ("hydra_plugins.kdrun_sweeps.sweeps.KdrunSweeper", "hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
 
 
 def _remove_created_folders() -> None:
