@@ -311,7 +311,7 @@ class ATLossConf:
     _target_: str = "kdrun.losses.ATLoss"
     student_layers: Any = _setting("auto", "the student's layers to pair, a list (auto: its stages, in order)")
     teacher_layers: Any = _setting("auto", "the teacher's layers, as many (auto: its stages)")
-    beta: float = _setting(1000.0, "weight of the attention term (the paper's 1000, halved in the loss)")
+    beta: float = _setting(1000.0, "weight of the attention term (the paper's 1000)")
     p: float = _setting(2.0, "the power of |activation| averaged over channels, >= 1 (below, NaN gradients where activations are 0)")
     ce_weight: float = _setting(1.0, "weight of the cross-entropy with the labels (0: learns without labels)")
 
@@ -589,10 +589,25 @@ def validate(cfg: DictConfig) -> None:
     if not dataset.transfer_labels and isinstance(plain.loss, DKDLossConf):
         raise ConfigError("loss=dkd needs labels (TCKD and NCKD split each row at its target class); dataset.transfer_labels=false leaves none")
     plain.trainer.check("trainer")
+    _check_warmups(plain)
     if isinstance(getattr(plain.model.teacher, "checkpoint", None), str) and not plain.model.teacher.checkpoint.strip():  # an unset shell variable
         _fail("model.teacher.checkpoint", plain.model.teacher.checkpoint, "a weights file, or null to train the teacher")
     if getattr(plain.model.student, "checkpoint", None) is not None:
         _fail("model.student.checkpoint", plain.model.student.checkpoint, "null: the students train from the same initial weights (a checkpoint is for model.teacher)")
+
+
+def _check_warmups(plain: Any) -> None:
+    """A warm-up longer than the epochs it ramps over would never reach its full value."""
+    trained = ["student"] + ([] if getattr(plain.model.teacher, "checkpoint", None) else ["teacher"])
+    for phase in trained:
+        epochs, whose = phase_epochs(plain, phase), "teacher's" if phase == "teacher" else "students'"
+        if plain.trainer.warmup_epochs > epochs:
+            _fail("trainer.warmup_epochs", plain.trainer.warmup_epochs,
+                  f"at most {epochs}, the {whose} epochs (longer, the learning rate would never reach trainer.lr)")
+    dkd_warmup = plain.loss.warmup_epochs if isinstance(plain.loss, DKDLossConf) else None
+    if dkd_warmup is not None and dkd_warmup > phase_epochs(plain, "student"):
+        _fail("loss.warmup_epochs", dkd_warmup,
+              f"null, or at most {phase_epochs(plain, 'student')}, the students' epochs (longer, the DKD term would never reach its full weight)")
 
 
 def _import(path: str, key: str) -> Any:

@@ -92,11 +92,13 @@ def test_compiled_training_matches_eager_training():
         ("trainer.milestones=[180,150]", ["trainer.milestones", "increasing"]),
         ("trainer.scheduler=multistep", ["trainer.milestones=[]", "with scheduler=multistep"]),  # would never drop
         ("trainer.momentum=1.5", ["trainer.momentum", "[0, 1)"]),
+        ("trainer.warmup_epochs=21", ["trainer.warmup_epochs=21", "the students' epochs", "never reach"]),  # the lr would never reach lr
+        ("loss=dkd loss.warmup_epochs=3 trainer.student_epochs=2", ["loss.warmup_epochs=3", "at most 2, the students' epochs"]),
         ("dataset.augment=true", ["dataset.augment", "images"]),
     ],
 )
 def test_bad_training_settings_are_one_message(tmp_path, override, words):
-    result = run_kdrun("train", override, cwd=tmp_path)
+    result = run_kdrun("train", *override.split(), cwd=tmp_path)
     assert result.returncode == 2 and not has_traceback(result.stderr), result.stderr
     assert all(word in result.stderr for word in words), result.stderr
     assert not (tmp_path / "outputs").exists()
