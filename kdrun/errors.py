@@ -23,13 +23,14 @@ class DataError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A model's training loss became NaN or infinite."""
+    """A model's training loss (or a part of it) became NaN or infinite, or its loss on held-out
+    data did (``split``): its weights or outputs are no longer finite."""
 
-    def __init__(self, model_name: str, epoch: int, epochs: int, value: float, part: str = "") -> None:
-        what = f"the training loss's part {part!r}" if part else "training loss"
+    def __init__(self, model_name: str, epoch: int, epochs: int, value: float, part: str = "", split: str = "training") -> None:
+        what = f"the training loss's part {part!r}" if part else f"{split} loss"
         super().__init__(
             f"{model_name}: {what} is {value} at epoch {epoch} of {epochs}; the run stopped. "
-            "Lower trainer.lr, or check the data for NaN or huge values."
+            "Lower trainer.lr, check the loss's settings, or check the data for NaN or huge values."
         )
         self.model_name, self.epoch = model_name, epoch
 

@@ -449,12 +449,15 @@ def _end_epoch(members: Sequence[Member], stack: StackedModels, losses: _Losses,
         if m.error is not None:
             continue
         train_loss = sums[i][0] / n
+        broken = [(name, value / n) for name, value in zip(names[i], sums[i][1:]) if not math.isfinite(value)]
+        if broken:  # named before the total it makes non-finite
+            m.error = NonFiniteLossError(m.name, epoch, settings.epochs, broken[0][1], part=broken[0][0])
+            continue
         if not math.isfinite(train_loss):
             m.error = NonFiniteLossError(m.name, epoch, settings.epochs, train_loss)
             continue
-        broken = [(name, value / n) for name, value in zip(names[i], sums[i][1:]) if not math.isfinite(value)]
-        if broken:
-            m.error = NonFiniteLossError(m.name, epoch, settings.epochs, broken[0][1], part=broken[0][0])
+        if len(val) and not math.isfinite(val_values[i]):  # the epoch's last steps broke the weights
+            m.error = NonFiniteLossError(m.name, epoch, settings.epochs, val_values[i], split="validation")
             continue
         row = {"model": m.name, "epoch": epoch, "train_loss": train_loss}
         row.update((name, value / n) for name, value in zip(names[i], sums[i][1:]))

@@ -326,12 +326,14 @@ def fit(
                 stats.append((val_logits.argmax(-1) == val.y).sum().to(per_batch.dtype).reshape(1))
             values = torch.cat(stats).tolist()
             train_loss = values[0] / n
-            if not math.isfinite(train_loss):
-                raise NonFiniteLossError(model_name, epoch, settings.epochs, train_loss)
             width = per_batch.shape[1]
             for name, value in zip(parts or [], values[1:width]):  # else written as an empty cell
-                if not math.isfinite(value):
+                if not math.isfinite(value):  # named before the total it makes non-finite
                     raise NonFiniteLossError(model_name, epoch, settings.epochs, value / n, part=name)
+            if not math.isfinite(train_loss):
+                raise NonFiniteLossError(model_name, epoch, settings.epochs, train_loss)
+            if len(val) and not math.isfinite(values[width + 1]):  # the epoch's last steps broke the weights
+                raise NonFiniteLossError(model_name, epoch, settings.epochs, values[width + 1], split="validation")
             row = {"model": model_name, "epoch": epoch, "train_loss": train_loss}
             row.update((name, value / n) for name, value in zip(parts or [], values[1:width]))
             row.update(

@@ -438,6 +438,9 @@ def loader_with(flaw: str) -> dict:
         xt[4, 2] = float("nan")
     if flaw == "inf-in-train":
         x[7, 0] = float("inf")
+    if flaw == "float64-beyond-float32":
+        xt = xt.double()
+        xt[3, 1] = 1e300  # finite in float64, inf as the models see it
     loaded = {"train": (x, y if flaw != "one-class" else torch.zeros(60, dtype=torch.long)), "test": (xt, yt if flaw != "one-class" else torch.zeros(12, dtype=torch.long))}
     if flaw == "classes-as-text":
         loaded["num_classes"] = "3"
@@ -445,8 +448,9 @@ def loader_with(flaw: str) -> dict:
 
 
 @pytest.mark.parametrize("flaw, message", [
-    ("nan-in-test", "test inputs hold NaN or inf: row 4 (1 rows in all)"),  # was accepted: its rows argmax-ed into some class
-    ("inf-in-train", "train inputs hold NaN or inf: row 7"),
+    ("nan-in-test", "test inputs hold NaN or inf (or values beyond float32's ±3.4e38): row 4 (1 rows in all)"),  # was accepted
+    ("inf-in-train", "train inputs hold NaN or inf (or values beyond float32's ±3.4e38): row 7"),
+    ("float64-beyond-float32", "test inputs hold NaN or inf (or values beyond float32's ±3.4e38): row 3"),  # was a test NLL of NaN
     ("one-class", "num_classes=1: a classifier needs an integer number of classes >= 2"),  # was 100% everywhere
     ("classes-as-text", "num_classes='3'"),  # was a TypeError
 ])  # fmt: skip

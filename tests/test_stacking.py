@@ -187,6 +187,25 @@ def test_a_nan_stops_that_student_alone() -> None:
     assert members[0].history[-1]["train_loss"] == pytest.approx(members[2].history[-1]["train_loss"], rel=1e-6)
 
 
+def _huge_gradient(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels) * 1e30  # finite, but one SGD step sends the weights to ~1e28
+
+
+def test_weights_broken_by_an_epochs_last_step_stop_that_model_though_its_training_loss_was_finite() -> None:
+    """The training loss is read before each step: a run whose last step broke the weights
+    finished as completed, with an empty val and test NLL. The validation loss now stops it."""
+    train, val = _data()
+    settings = FitSettings(epochs=2, batch_size=len(train), optimizer="sgd", lr=1e-2, weight_decay=0.0, batch_seed=1)  # one step an epoch
+    with pytest.raises(NonFiniteLossError, match="distilled: validation loss is nan at epoch 1 of 2"):
+        fit(MLP((12,), 4, [10]), train, val, settings, "distilled", Distillation(_huge_gradient, MLP((12,), 4, [10])))
+    torch.manual_seed(0)
+    initial, logits = MLP((12,), 4, [10]), torch.zeros(len(train), 4)
+    members = [Member("distilled", copy.deepcopy(initial), 1, _seeded_state(2), loss, logits) for loss in (_NaNFrom(10**9), _huge_gradient)]
+    fit_stacked(members, train, val, settings, lambda x: x)
+    assert members[0].error is None and [r["epoch"] for r in members[0].history] == [1, 2]
+    assert "validation loss is nan at epoch 1 of 2" in str(members[1].error) and members[1].history == []
+
+
 def _no_gradient(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels).detach()
 
@@ -440,3 +459,19 @@ def test_a_nan_in_a_named_part_of_the_loss_stops_that_student_alone_and_names_th
     members = [Member("distilled", MLP((12,), 4, [10]), 1, _seeded_state(2), loss, logits) for loss in (_NaNFrom(10**9), _nan_part)]
     fit_stacked(members, train, val, settings, lambda x: x)
     assert members[0].error is None and "'diagnostic' is nan" in str(members[1].error)
+
+
+def _nan_soft_part(logits: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    hard, soft = F.cross_entropy(logits, labels), logits.sum() * math.inf * 0
+    return {"loss": hard + soft, "soft_loss": soft, "hard_loss": hard}
+
+
+def test_a_part_that_makes_the_total_non_finite_is_named() -> None:
+    """loss.temperature=1e20 overflows the soft term: the message named only the total."""
+    train, val = _data()
+    settings = FitSettings(epochs=2, batch_size=16, optimizer="adam", lr=1e-2, weight_decay=0.0, batch_seed=1)
+    with pytest.raises(NonFiniteLossError, match="the training loss's part 'soft_loss' is nan at epoch 1"):
+        fit(MLP((12,), 4, [10]), train, val, settings, "distilled", Distillation(_nan_soft_part, MLP((12,), 4, [10])))
+    members = [Member("distilled", MLP((12,), 4, [10]), 1, _seeded_state(2), _nan_soft_part, torch.zeros(len(train), 4))]
+    fit_stacked(members, train, val, settings, lambda x: x)
+    assert "part 'soft_loss' is nan at epoch 1" in str(members[0].error)

@@ -166,9 +166,11 @@ def _examples(loaded: Any, part: str, where: str) -> tuple[torch.Tensor, torch.T
     if x.dim() < 2 or len(x) != len(y):
         raise DataError(f"{where}: {part} inputs must be [n, ...] with one row per label: {tuple(x.shape)} for {len(y)} labels")
     if x.dtype.is_floating_point:  # NaN in held-out rows would pass silently, argmax-ed into some class
-        bad = torch.cat([~torch.isfinite(chunk).flatten(1).all(dim=1) for chunk in x.split(4096)])
+        bad = torch.cat([~torch.isfinite(chunk.float()).flatten(1).all(dim=1) for chunk in x.split(4096)])  # as the models see them
         if bad.any():
-            raise DataError(f"{where}: {part} inputs hold NaN or inf: row {int(bad.nonzero()[0])} ({int(bad.sum())} rows in all)")
+            raise DataError(
+                f"{where}: {part} inputs hold NaN or inf (or values beyond float32's ±3.4e38): row {int(bad.nonzero()[0])} ({int(bad.sum())} rows in all)"
+            )
     return x, y.long()
 
 
