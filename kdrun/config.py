@@ -44,6 +44,12 @@ def _check_int_at_least(key: str, value: Optional[int], low: int, allow_none: bo
         _fail(key, value, f"an integer >= {low}")
 
 
+def _check_seed(key: str, value: int) -> None:
+    """torch's CPU generator takes 32 bits of a seed: 2**32 would repeat seed 0."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+        _fail(key, value, "an integer in [0, 4294967295] (torch's generator takes 32 bits of a seed)")
+
+
 def _check_fraction(key: str, value: float) -> None:
     if not (_finite(value) and 0 < value < 1):
         _fail(key, value, "a number in (0, 1)")
@@ -84,7 +90,7 @@ class DataConf:
                 self.val_fraction + self.test_fraction,
                 "the two fractions must sum to less than 1, leaving data to train on",
             )
-        _check_int_at_least(f"{key}.split_seed", self.split_seed, 0)
+        _check_seed(f"{key}.split_seed", self.split_seed)
         ts = self.transfer_size
         if ts is not None and not (_finite(ts) and (0 < ts <= 1 or (ts > 1 and float(ts).is_integer()))):
             _fail(f"{key}.transfer_size", ts, "null (the whole training split), a fraction in (0, 1], or a whole count > 1")
@@ -109,6 +115,7 @@ class SyntheticDataConf(DataConf):
         _check_int_at_least(f"{key}.n_samples", self.n_samples, 2)
         _check_int_at_least(f"{key}.input_dim", self.input_dim, 1)
         _check_int_at_least(f"{key}.num_classes", self.num_classes, 2)
+        _check_seed(f"{key}.seed", self.seed)
         if not (_finite(self.signal_scale) and self.signal_scale >= 0):
             _fail(f"{key}.signal_scale", self.signal_scale, "a finite number >= 0")
 
@@ -208,6 +215,11 @@ def _check_weight(key: str, value: float) -> None:
         _fail(key, value, "a finite number >= 0")
 
 
+def _check_some_weight(key: str, names: tuple[str, ...], loss: Any) -> None:
+    if all(getattr(loss, name) == 0 for name in names):  # the loss would be 0 whatever the student does
+        _fail(f"{key}.{names[-1]}", 0, f"above 0, or {' or '.join(f'{key}.{n}' for n in names[:-1])} above 0: with every weight 0 the student learns nothing")
+
+
 def _check_temperature(key: str, value: float) -> None:
     if not (_finite(value) and value > 0):
         _fail(key, value, "a finite number > 0")
@@ -267,6 +279,7 @@ class DKDLossConf:
     def check(self, key: str) -> None:
         for name in ("alpha", "beta", "ce_weight"):
             _check_weight(f"{key}.{name}", getattr(self, name))
+        _check_some_weight(key, ("alpha", "beta", "ce_weight"), self)
         _check_temperature(f"{key}.temperature", self.temperature)
         _check_int_at_least(f"{key}.warmup_epochs", self.warmup_epochs, 0, allow_none=True)
 
@@ -282,6 +295,7 @@ class DISTLossConf:
     def check(self, key: str) -> None:
         for name in ("beta", "gamma", "ce_weight"):
             _check_weight(f"{key}.{name}", getattr(self, name))
+        _check_some_weight(key, ("beta", "gamma", "ce_weight"), self)
         _check_temperature(f"{key}.temperature", self.temperature)
 
 
@@ -318,6 +332,7 @@ class ATLossConf:
     def check(self, key: str) -> None:
         _check_weight(f"{key}.beta", self.beta)
         _check_weight(f"{key}.ce_weight", self.ce_weight)
+        _check_some_weight(key, ("beta", "ce_weight"), self)
         if not (_finite(self.p) and self.p >= 1):
             _fail(f"{key}.p", self.p, "a finite number >= 1 (p < 1 gives NaN gradients where activations are 0)")
         for name in ("student_layers", "teacher_layers"):
@@ -378,6 +393,8 @@ class TrainerConf:
             _fail(f"{key}.optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         if not (_finite(self.momentum) and 0 <= self.momentum < 1):
             _fail(f"{key}.momentum", self.momentum, "a number in [0, 1)")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):  # else ignored, or torch's ValueError
+            _fail(f"{key}.nesterov", self.nesterov, f"true only with optimizer=sgd and a momentum > 0 (here {self.optimizer}, momentum {self.momentum:g})")
         if self.scheduler not in SCHEDULERS:
             _fail(f"{key}.scheduler", self.scheduler, f"one of {', '.join(SCHEDULERS)}")
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
@@ -392,7 +409,7 @@ class TrainerConf:
         if not _DEVICE.match(str(self.device)):
             _fail(f"{key}.device", self.device, "one of auto, cpu, cuda, cuda:N, mps")
         _check_int_at_least(f"{key}.threads", self.threads, 1, allow_none=True)
-        _check_int_at_least(f"{key}.seed", self.seed, 0)
+        _check_seed(f"{key}.seed", self.seed)
         _check_int_at_least(f"{key}.checkpoint_every", self.checkpoint_every, 0, allow_none=True)
         if self.report not in REPORTS:
             _fail(f"{key}.report", self.report, f"one of {', '.join(REPORTS)}")
@@ -577,7 +594,7 @@ def validate(cfg: DictConfig) -> None:
     for key, node in (("model.teacher", plain.model.teacher), ("model.student", plain.model.student), ("loss", plain.loss)):
         if dataclasses.is_dataclass(node) and hasattr(node, "check"):  # a built-in option (a user's checks itself)
             node.check(key)
-    if isinstance(plain.loss, AlphaLossConf):
+    if isinstance(plain.loss, (AlphaLossConf, MSELogitsLossConf, FitNetLossConf)):
         if not dataset.transfer_labels and plain.loss.alpha != 1:
             _fail(
                 "loss.alpha",
@@ -859,6 +876,8 @@ def config_error_message(error: BaseException, user_dirs: Sequence[Path] = ()) -
             f"model={pair.group(1)}: the model/ folder holds pair presets (model.teacher and model.student); "
             f"put a network's config in model/student/ or model/teacher/ and choose it with model/student={pair.group(1)}"
         )
+    if isinstance(error, ValueError) and text.startswith("Config group override must be a string or a list. Got NoneType"):
+        return "a config group cannot be null (logger=null, say): choose one of its options, or [] for none where it takes a list (logger=[])"
     if isinstance(error, HydraException):
         return " ".join(line.strip() for line in text.splitlines() if line.strip())
     return None

@@ -149,6 +149,14 @@ BAD_INPUTS = [
     _value("batch-zero", "trainer.batch_size=0"),
     _value("threads-zero", "trainer.threads=0"),
     _value("seed-negative", "trainer.seed=-1"),
+    _value("seed-beyond-32-bits", "trainer.seed=4294967296", "trainer.seed=4294967296", "[0, 4294967295]"),  # was seed 0 again
+    _value("split-seed-beyond-64-bits", "dataset.split_seed=99999999999999999999"),  # was torch's traceback
+    _value("data-seed-negative", "dataset.seed=-1"),
+    Bad("nesterov-without-momentum", _train("trainer.optimizer=sgd", "trainer.nesterov=true", "trainer.momentum=0"),
+        ("trainer.nesterov", "a momentum > 0")),  # was torch's traceback
+    Bad("nesterov-with-adam", _train("trainer.nesterov=true"), ("trainer.nesterov", "optimizer=sgd")),  # was ignored
+    Bad("dkd-weights-all-zero", _train("loss=dkd", "loss.alpha=0", "loss.beta=0", "loss.ce_weight=0"), ("loss.ce_weight=0", "learns nothing")),
+    Bad("dist-weights-all-zero", _train("loss=dist", "loss.beta=0", "loss.gamma=0", "loss.ce_weight=0"), ("loss.ce_weight=0", "learns nothing")),
     _value("val-fraction-zero", "dataset.val_fraction=0"),
     _value("val-fraction-nan", "dataset.val_fraction=nan"),
     _value("test-fraction-one", "dataset.test_fraction=1"),
@@ -174,6 +182,7 @@ BAD_INPUTS = [
     _value("device", "trainer.device=tpu", "trainer.device", "tpu", "cpu"),
     _value("device-missing-cuda", "trainer.device=cuda:7", "trainer.device", "cuda:7"),
     Bad("labels-off-alpha", _train("dataset.transfer_labels=false"), ("loss.alpha", "transfer_labels=false", "must be 1")),
+    Bad("labels-off-mse-alpha", _train("loss=mse_logits", "dataset.transfer_labels=false", "loss.alpha=0.5"), ("loss.alpha=0.5", "must be 1")),
     _value("empty-teacher-file", "model.teacher.checkpoint=", "model.teacher.checkpoint=''", "or null to train the teacher"),
     Bad("empty-split", _train("dataset.n_samples=3"), ("dataset synthetic", "split is empty", "val_fraction")),
     Bad("empty-split-beside-a-published-test-split", _train("dataset=mnist", "dataset.root={tmp}/data"),
@@ -186,6 +195,7 @@ BAD_INPUTS = [
     Bad("flag-equals", _train("--lr=0.1"), ("--lr=0.1", "trainer.lr=0.1")),
     # unknown group options
     _hydra("unknown-dataset", "dataset=nope", "dataset=nope", "synthetic"),
+    _hydra("null-group", "logger=null", "config group cannot be null", "logger=[]"),  # was Hydra's traceback
     _hydra("unknown-option-in-a-list", "logger=[tensorboard,foo]", "logger=foo is not an option", "csv, mlflow, tensorboard"),
     _hydra("unknown-model", "model=nope", "model=nope", "hinton"),
     _hydra("unknown-student", "model/student=mpl", "model/student=mpl", "did you mean model/student=mlp"),
