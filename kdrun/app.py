@@ -45,7 +45,7 @@ from kdrun.config import (
     compose, config_dir, config_error_message, config_hash, model_cache_dir, register_configs, searchpath, suggest_key, teacher_file_digest,
     user_config_dirs, validate, without_hydra,
 )  # fmt: skip
-from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, JobFailed, failure_of
+from kdrun.errors import EXIT_FAILED, EXIT_USAGE, ConfigError, JobFailed, failure_of, raised_at
 from kdrun.interrupts import signal_of, signals_held, sigterm_interrupts
 from kdrun.run_files import STATUS_FILE, has_checkpoints, read_status, remove_checkpoints, remove_results, replace_atomically, write_status
 
@@ -323,22 +323,13 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
         raise
     except BaseException as error:
         failure = failure_of(error)
-        code, message = failure if failure is not None else (EXIT_FAILED, f"{type(error).__name__}: {error} (raised at {_raised_at(error)})")
+        code, message = failure if failure is not None else (EXIT_FAILED, f"{type(error).__name__}: {error} (raised at {raised_at(error)})")
         with signals_held():
             remove_results(run_dir)
             write_status(run_dir, "failed", **record, exit_code=code, message=message.splitlines()[0] if message else "")
         raise
     write_status(run_dir, "completed", **record, objective=result.objective)
     return result
-
-
-def _raised_at(error: BaseException) -> str:
-    """Where ``error`` was raised: the innermost frame's file and line outside torch (kdrun's, or
-    the user's code that called torch wrongly)."""
-    frames = traceback.extract_tb(error.__traceback__)
-    torch_dir = os.path.dirname(sys.modules["torch"].__file__) + os.sep if "torch" in sys.modules else None
-    ours = [f for f in frames if torch_dir is None or not f.filename.startswith(torch_dir)] or frames
-    return f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "unknown"
 
 
 # Sweepers that run a fixed grid: a failed job returns NaN to them, and the sweep goes on.
@@ -625,12 +616,23 @@ _HYDRA_FLAGS = {
 }  # fmt: skip
 
 
+# Hydra's flags that take a value (the next word).
+_FLAGS_WITH_VALUES = ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-i", "--info")
+
+
 def _flag_mistake(argv: Sequence[str]) -> Optional[str]:
-    """A ``--key value`` (or ``-key=value``) that is not one of Hydra's flags: what to write instead."""
+    """A ``--key value`` (or ``-key=value``) that is not one of Hydra's flags, or a flag between
+    settings (which Hydra's parser cannot read): what to write instead."""
+    is_flag = [arg.split("=", 1)[0] in _HYDRA_FLAGS or (i > 0 and argv[i - 1] in _FLAGS_WITH_VALUES) for i, arg in enumerate(argv)]
+    settings = [i for i, flag in enumerate(is_flag) if not flag]
+    late = [i for i, flag in enumerate(is_flag) if flag and settings and settings[0] < i < settings[-1]]
+    if late:
+        moved = " ".join([arg for arg, flag in zip(argv, is_flag) if flag] + [argv[i] for i in settings])
+        return f"{argv[late[0]]} goes before the settings, which Hydra reads last: kdrun train {moved}"
     for index, arg in enumerate(argv):
         if not arg.startswith("-") or arg.split("=", 1)[0] in _HYDRA_FLAGS or arg.lstrip("-")[:1].isdigit():
             continue
-        if index and argv[index - 1] in ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-i", "--info"):
+        if index and argv[index - 1] in _FLAGS_WITH_VALUES:
             continue  # a flag's value
         name, _, value = arg.lstrip("-").partition("=")
         if not value and index + 1 < len(argv) and not argv[index + 1].startswith("-") and "=" not in argv[index + 1]:

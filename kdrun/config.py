@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib
 import inspect
@@ -684,15 +685,38 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
             (signature.bind_partial if plain.get("_partial_") else signature.bind)(**arguments)
     except TypeError as error:
         raise ConfigError(_cannot_call(key, str(target), arguments, signature, error, given_by_kdrun=tuple(extra))) from None
+    if signature is not None and not str(target).startswith("kdrun."):  # kdrun's own have typed schemas
+        _check_types_of_defaults(key, str(target), {k: v for k, v in arguments.items() if k not in extra}, signature)
     try:
-        return hydra_instantiate(node, **extra, _convert_="all")
-    except InstantiationException as error:  # what the target itself raised, unwrapped
-        cause = error.__cause__
+        # ``extra`` is passed as it is: given to Hydra, a tuple (input_shape) would arrive as a list.
+        build = hydra_instantiate(node, _partial_=True, _convert_="all")
+        return functools.partial(build, **extra) if plain.get("_partial_") else build(**extra)
+    except (InstantiationException, ValueError) as error:  # what the target itself raised, unwrapped
+        cause = error.__cause__ if isinstance(error, InstantiationException) else error
         if cause is None:
             raise
         if isinstance(cause, ValueError) and not isinstance(cause, ConfigError) and str(target).startswith("kdrun."):
             raise ConfigError(f"{key}: {cause}") from None
         raise cause from None
+
+
+def _check_types_of_defaults(key: str, target: str, arguments: dict[str, Any], signature: inspect.Signature) -> None:
+    """A setting of one's own code whose parameter defaults to a number or a bool takes that type
+    (model.student.width=abc, else a traceback from deep inside the code)."""
+    for name, value in arguments.items():
+        parameter = signature.parameters.get(name)
+        default = parameter.default if parameter is not None else None
+        if value is None or not isinstance(default, (bool, int, float)):
+            continue
+        if isinstance(default, bool):
+            fits = isinstance(value, bool)
+        elif isinstance(default, int):
+            fits = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not fits:
+            _fail(f"{key}.{name}", value, f"{'a bool' if isinstance(default, bool) else 'an integer' if isinstance(default, int) else 'a number'}, "
+                                          f"as {target}'s default ({default!r}) is")
 
 
 def _cannot_call(key: str, target: str, arguments: dict[str, Any], signature: inspect.Signature, error: TypeError,

@@ -8,6 +8,9 @@ heavy, so every layer can raise these.
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
 from typing import Optional
 
 EXIT_FAILED = 1  # training went wrong (a non-finite loss, a file that cannot be written)
@@ -65,3 +68,12 @@ def failure_of(error: BaseException) -> Optional[tuple[int, str]]:
     if isinstance(error, OSError):  # a file or folder that cannot be read or written (disk full, ...)
         return EXIT_FAILED, describe_os_error(error)
     return None
+
+
+def raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised: the innermost frame's file and line outside torch (kdrun's, or
+    the user's code that called torch wrongly)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    torch_dir = os.path.dirname(sys.modules["torch"].__file__) + os.sep if "torch" in sys.modules else None
+    ours = [f for f in frames if torch_dir is None or not f.filename.startswith(torch_dir)] or frames
+    return f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "unknown"

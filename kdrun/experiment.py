@@ -37,7 +37,7 @@ from kdrun.checkpoints import Checkpoint, weights_digest
 from kdrun.config import file_digest, instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
-from kdrun.errors import ConfigError
+from kdrun.errors import ConfigError, raised_at
 from kdrun.models import count_parameters, multiply_adds, named_layers
 from kdrun.models.weights import load_weights
 from kdrun.plots import plot_curves, plot_temperature
@@ -311,7 +311,15 @@ def _build_model(cfg: DictConfig, role: str, data: DataSplits) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{key}: {cfg.model[role]._target_} returned {type(model).__name__}; it must return a torch.nn.Module")
     model.to(data.train.x.device)  # the data of a sweep's second seed is on the GPU already (kdrun.groups)
-    output = predict(model, data.train.x[:2], data.prepare)
+    try:
+        output = predict(model, data.train.x[:2], data.prepare)
+    except Exception as error:  # the network does not fit the data: its own code, or its settings
+        where = raised_at(error)
+        place = "" if where.startswith(str(Path(__file__).parent)) else f" (raised at {where})"  # in its own code, not torch's or kdrun's
+        raise ConfigError(
+            f"{key}: {cfg.model[role]._target_} fails on inputs of shape {tuple(data.train.x[:2].shape)}: "
+            f"{type(error).__name__}: {(str(error) or '?').splitlines()[0]}{place}"
+        ) from error
     if not isinstance(output, torch.Tensor) or not output.is_floating_point():  # a tuple, a dict, integer "logits"
         returned = f"a {output.dtype} tensor" if isinstance(output, torch.Tensor) else type(output).__name__
         raise ConfigError(f"{key}: {cfg.model[role]._target_}'s forward returns {returned}; kdrun needs a float tensor of logits [batch, {data.num_classes}]")

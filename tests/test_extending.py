@@ -22,10 +22,14 @@ USER_CODE = {
         from torch import nn
 
         def make_net(input_shape, num_classes, width=8):
+            assert isinstance(input_shape, tuple), input_shape  # as the README says: (1, 8, 8) + ... works
             return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.Tanh(), nn.Linear(width, num_classes))
 
         def not_a_module(input_shape, num_classes):
             return "a string"
+
+        def misfit(input_shape, num_classes):  # written for 64 features
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
 
         def wrong_shape(input_shape, num_classes):
             return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes + 1))
@@ -118,6 +122,7 @@ CONFIGS = {
     "model/student/mynet.yaml": "_target_: mypkg.nets.make_net\nwidth: 6\n",
     "model/student/broken.yaml": "_target_: mypkg.nets.not_a_module\n",
     "model/student/misshapen.yaml": "_target_: mypkg.nets.wrong_shape\n",
+    "model/student/misfit.yaml": "_target_: mypkg.nets.misfit\n",
     "model/student/pair.yaml": "_target_: mypkg.nets.Pair\n",
     "model/teacher/mynet.yaml": "_target_: mypkg.nets.make_net\nwidth: 12\n",
     "model/student/raises.yaml": "_target_: mypkg.nets.raises\n",
@@ -297,6 +302,7 @@ def test_a_loss_that_needs_labels_refuses_a_transfer_set_without_them(user_proje
         ("missing", ["model.student._target_='mypkg.nowhere.make_net' cannot be found: module mypkg has no nowhere.make_net"]),
         ("broken", ["model.student", "returned str", "torch.nn.Module"]),
         ("misshapen", ["model.student", "[batch, 10]"]),
+        ("misfit", ["model.student: mypkg.nets.misfit fails on inputs of shape (2, 784): RuntimeError: mat1 and mat2"]),  # was a traceback
         ("pair", ["model.student", "forward returns tuple", "float tensor of logits"]),  # was an AttributeError's traceback
         ("plain_list", ["model.student", "no trainable parameters", "nn.ModuleList"]),  # was a traceback from the optimiser
     ],
@@ -390,6 +396,9 @@ def test_settings_the_users_code_does_not_take_are_one_message(user_project):
     result = user_run(user_project, "bad-key", "model/student=mynet", "+model.student.depth=3")
     assert result.returncode == 2 and not has_traceback(result.stderr)
     assert "model.student" in result.stderr and "depth" in result.stderr, result.stderr
+    result = user_run(user_project, "bad-type", "model/student=mynet", "model.student.width=abc")  # was a traceback from nn.Linear
+    assert result.returncode == 2 and not has_traceback(result.stderr)
+    assert "model.student.width='abc' is not allowed: an integer, as mypkg.nets.make_net's default (8) is" in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------- the loss contract, through fit

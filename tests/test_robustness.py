@@ -193,6 +193,8 @@ BAD_INPUTS = [
     Bad("alias-T", _train("loss.T=5"), ("loss.T is not a setting", "did you mean loss.temperature?")),
     Bad("flag-epochs", _train("--epochs", "5"), ("--epochs is not an option", "trainer.epochs=5")),
     Bad("flag-equals", _train("--lr=0.1"), ("--lr=0.1", "trainer.lr=0.1")),
+    Bad("flag-between-settings", ("train", "hydra.run.dir={tmp}/run", "-m", "loss.alpha=0.5,0.9"),
+        ("-m goes before the settings, which Hydra reads last: kdrun train -m ", "run loss.alpha=0.5,0.9")),  # was argparse's usage and "unrecognized arguments"
     # unknown group options
     _hydra("unknown-dataset", "dataset=nope", "dataset=nope", "synthetic"),
     _hydra("null-group", "logger=null", "config group cannot be null", "logger=[]"),  # was Hydra's traceback

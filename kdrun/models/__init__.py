@@ -125,10 +125,15 @@ def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu",
     loader returns them (uint8 images scaled to [0, 1], then standardised as the run did, per
     ``ckpt["normalization"]``); ``raw_inputs=False`` gives the bare network, which expects inputs
     as training fed them."""
-    from hydra.utils import instantiate
+    from kdrun.config import instantiate
 
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    model = instantiate(checkpoint["model"], _convert_="all")
+    spec = dict(checkpoint["model"])
+    data_arguments = {"input_shape": tuple(spec.pop("input_shape"))} if "input_shape" in spec else {}  # a tuple, as in training
+    try:
+        model = instantiate(spec, "model", **data_arguments)
+    except ConfigError as error:  # its _target_ cannot be imported here, say
+        raise ConfigError(f"{path}: {error}") from None
     model.load_state_dict(checkpoint["state_dict"])
     normalization = checkpoint.get("normalization") or {"mean": 0.0, "std": 1.0}
     if raw_inputs:
