@@ -331,12 +331,12 @@ class _Losses:
             if group["forward"] is None:
                 (i,) = indices
                 result = group["loss"](logits[i], group["rebuild"](targets), y[0] if y is not None else None)
-                loss, parts, group["parts"] = loss_and_parts(result, group["parts"])
+                loss, parts, group["parts"] = loss_and_parts(result, group["parts"], group["loss"])
                 row = torch.stack([loss, *parts]).unsqueeze(0)
             else:
                 result = group["forward"](logits[indices], group["rebuild"](targets) if group["rebuild"] else None, y)
                 if group["parts"] is None:
-                    loss_and_parts({k: v[0] for k, v in result.items()}, None)  # the same checks as alone
+                    loss_and_parts({k: v[0] for k, v in result.items()}, None, group["loss"])  # the same checks as alone
                     group["parts"] = [name for name in result if name != "loss"]
                 loss = result["loss"]
                 row = torch.stack([loss, *(result[name] for name in group["parts"])], dim=1)

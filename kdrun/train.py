@@ -152,9 +152,11 @@ def _features(model: nn.Module, names: Sequence[str], role: str) -> Iterator[dic
             hook.remove()
 
 
-def loss_and_parts(result: Any, parts: Optional[list[str]]) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
+def loss_and_parts(result: Any, parts: Optional[list[str]], loss_fn: Any = None) -> tuple[torch.Tensor, list[torch.Tensor], list[str]]:
     """A loss's result (a scalar tensor, or a dict with "loss" and other named scalars) as
-    (loss, the other values, their names). ``parts``: the names the first batch returned."""
+    (loss, the other values, their names). ``parts``: the names the first batch returned;
+    ``loss_fn``: the loss, named in messages."""
+    who = f"the loss {_qualified_name(loss_fn)}" if loss_fn is not None else "the loss"
     if isinstance(result, torch.Tensor):
         loss, values, names = result, [], []
     elif isinstance(result, dict) and "loss" in result:
@@ -162,18 +164,28 @@ def loss_and_parts(result: Any, parts: Optional[list[str]]) -> tuple[torch.Tenso
         names = [name for name in result if name != "loss"]
         values = [result[name] for name in names]
     else:
-        raise ConfigError(f"the loss returned {type(result).__name__}; it must return a scalar tensor or a dict holding 'loss'")
+        got = f"a dict with keys {list(result)}" if isinstance(result, dict) else f"a {type(result).__name__}"
+        raise ConfigError(f"{who} returned {got}; it must return a scalar tensor or a dict holding 'loss'")
     if parts is None:  # checked once, on the first batch
-        if not all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in [loss, *values]):
-            raise ConfigError("the loss must return scalar tensors (the batch mean), in its dict too")
+        for name, value in zip(["loss", *names], [loss, *values]):
+            if not (isinstance(value, torch.Tensor) and value.dim() == 0):
+                got = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+                raise ConfigError(f"{who} returned {got} as {name!r}; it must return scalar tensors (the batch mean), in its dict too")
         if torch.is_grad_enabled() and not loss.requires_grad:  # else the student would never learn, silently in a stack
-            raise ConfigError("the loss returned a value with no gradient: compute it from the student's logits, without .detach(), .item() or torch.no_grad()")
+            raise ConfigError(f"{who} returned a value with no gradient: compute it from the student's logits, without .detach(), .item() or torch.no_grad()")
         taken = [name for name in names if name in METRICS_COLUMNS]
         if taken:
-            raise ConfigError(f"the loss names a part {taken[0]!r}, a column metrics.csv has already; choose another name")
+            raise ConfigError(f"{who} names a part {taken[0]!r}, a column metrics.csv has already; choose another name")
     elif names != parts:
-        raise ConfigError(f"the loss returned the parts {names} after {parts}; it must return the same parts every batch")
+        raise ConfigError(f"{who} returned the parts {names} after {parts}; it must return the same parts every batch")
     return loss, values, names
+
+
+def _qualified_name(obj: Any) -> str:
+    """module.Name of a loss: its class, or the function (inside a partial) it is."""
+    target = getattr(obj, "func", obj)
+    named = target if hasattr(target, "__qualname__") else type(target)
+    return f"{named.__module__}.{named.__qualname__}"
 
 
 # --------------------------------------------------------------------------- fit
@@ -301,7 +313,7 @@ def fit(
                         else:
                             teacher_in = rebuild(batch[2:])
                         result = loss_fn(logits, teacher_in, labels if use_labels else None, **feature_kwargs)
-                        loss, values, parts = loss_and_parts(result, parts)
+                        loss, values, parts = loss_and_parts(result, parts, loss_fn)
                         recorded.append(loss.detach())
                         recorded += [value.detach() for value in values]
                 outputs.append(logits.detach())

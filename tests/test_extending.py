@@ -475,9 +475,19 @@ def test_a_losss_setup_and_idle_parameters_leave_the_students_pairing_intact():
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def _per_example(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(s, y, reduction="none")
+
+
+def _total(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> dict:
+    return {"total": torch.nn.functional.cross_entropy(s, y)}
+
+
 @pytest.mark.parametrize("loss, message", [
-    (lambda s, t, y: 1.0, "must return a scalar tensor or a dict holding 'loss'"),
+    (lambda s, t, y: 1.0, "returned a float; it must return a scalar tensor or a dict holding 'loss'"),
     (lambda s, t, y: torch.nn.functional.cross_entropy(s, y).detach(), "no gradient"),  # was torch's traceback at backward()
+    (_per_example, r"the loss test_extending._per_example returned a tensor of shape \[4\] as 'loss'; it must return scalar tensors"),
+    (_total, r"the loss test_extending._total returned a dict with keys \['total'\]"),
 ])  # fmt: skip
 def test_a_loss_returning_something_else_is_one_message(loss, message):
     from kdrun.data import Split
