@@ -671,8 +671,14 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None, co
     import pandas
     import torch
 
+    if isinstance(overrides, (str, bytes)):
+        raise TypeError(f"kdrun.run takes a list of settings, e.g. ['loss.alpha=0.5']; got the string {overrides!r}")
+    mistake = _flag_mistake(list(overrides))
+    if mistake is not None:
+        raise ConfigError(mistake)
     full = compose([*searchpath([config_dir] if config_dir is not None else []), *overrides], with_hydra=True)
     hydra_node, cfg = full.hydra, without_hydra(full)
+    validate(cfg)  # before the folder: a refused run leaves none, as with kdrun train
     run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     _make_folder(run_dir, "run_dir")
     _check_not_taken(run_dir, config_hash(cfg))  # before .hydra/ is written: another run's folder stays as it is

@@ -544,6 +544,7 @@ def test_kdrun_run_takes_a_users_config_folder(user_project, tmp_path, monkeypat
         ("loss.alpha=1.5", "loss.alpha=1.5 is not allowed: a number in [0, 1]"),
         ("loss.alpah=1", "loss.alpah is not a setting: did you mean loss.alpha?"),
         ("dataset=nope", "dataset=nope is not an option: choose from cifar10, cifar100, digits, fashion_mnist, mnist, synthetic"),
+        ("--epochs", "--epochs is not an option of kdrun train: settings are given as key=value"),  # was Hydra's lexer
     ],
 )
 def test_kdrun_run_raises_the_message_the_cli_prints(tmp_path, override, message):
@@ -553,5 +554,13 @@ def test_kdrun_run_raises_the_message_the_cli_prints(tmp_path, override, message
     with pytest.raises(ConfigError) as info:
         kdrun.run([override], run_dir=tmp_path / "run")
     assert str(info.value).startswith(message)
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder, as the CLI's
     printed = run_kdrun("train", override, f"hydra.run.dir={tmp_path / 'cli'}", cwd=tmp_path, tiny=False)
     assert printed.stderr.strip() == f"kdrun ERROR: {info.value}"
+
+
+def test_kdrun_run_takes_a_list_of_settings(tmp_path):
+    import kdrun
+
+    with pytest.raises(TypeError, match=r"a list of settings, e.g. \['loss.alpha=0.5'\]; got the string 'loss.alpha=0.5'"):
+        kdrun.run("loss.alpha=0.5", run_dir=tmp_path / "run")  # was read letter by letter
