@@ -640,7 +640,13 @@ def _flag_mistake(argv: Sequence[str]) -> Optional[str]:
         key = suggest_key(name.replace("-", "_"))
         example = f"{key}={value or '...'}" if key else "trainer.epochs=5"
         return f"{arg} is not an option of kdrun train: settings are given as key=value, e.g. {example} (kdrun train --help lists them)"
-    return None
+    return _config_dir_mistake(user_config_dirs(argv))
+
+
+def _config_dir_mistake(config_dirs: Sequence[Path]) -> Optional[str]:
+    """A --config-dir that is a file (Hydra would say it was not found)."""
+    files = [folder for folder in config_dirs if folder.is_file()]
+    return f"--config-dir {files[0]} is a file: give the folder that holds your config groups (model/, loss/, dataset/, ...)" if files else None
 
 
 def _printed(message: object) -> int:
@@ -673,7 +679,7 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None, co
 
     if isinstance(overrides, (str, bytes)):
         raise TypeError(f"kdrun.run takes a list of settings, e.g. ['loss.alpha=0.5']; got the string {overrides!r}")
-    mistake = _flag_mistake(list(overrides))
+    mistake = _flag_mistake(list(overrides)) or _config_dir_mistake([Path(config_dir)] if config_dir is not None else [])
     if mistake is not None:
         raise ConfigError(mistake)
     full = compose([*searchpath([config_dir] if config_dir is not None else []), *overrides], with_hydra=True)

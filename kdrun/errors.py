@@ -9,6 +9,7 @@ heavy, so every layer can raise these.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from typing import Optional
@@ -67,7 +68,16 @@ def failure_of(error: BaseException) -> Optional[tuple[int, str]]:
         return error.exit_code, str(error)
     if isinstance(error, OSError):  # a file or folder that cannot be read or written (disk full, ...)
         return EXIT_FAILED, describe_os_error(error)
+    if _out_of_memory(error):
+        detail = re.sub(r"^\[enforce fail at [^\]]*\] [^.]*\. ", "", str(error).splitlines()[0] if str(error) else "")
+        return EXIT_FAILED, f"out of memory: {detail or type(error).__name__}; a smaller model or trainer.batch_size, or more memory, would fit"
     return None
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch's failed allocations: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 def raised_at(error: BaseException) -> str:

@@ -216,7 +216,11 @@ BAD_INPUTS = [
     Bad("data-broken-gzip", _train("dataset=mnist", "dataset.root={tmp}/data"), ("train-images-idx3-ubyte.gz", "gzip"), _broken_gzip),
     # folders that cannot be written (under a file: this fails for root too)
     Bad("run-dir-under-file", ("train", "hydra.run.dir={tmp}/afile/run"), ("hydra.run.dir", "{tmp}/afile", "not a folder"), _afile),
+    Bad("joblib-without-workers", ("train", "-m", "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=0", "hydra.sweep.dir={tmp}/sweep", "loss.alpha=0.5,0.9"),
+        ("hydra.launcher.n_jobs=0 is not allowed", ">= 1")),  # was joblib's traceback
     Bad("sweep-dir-under-file", ("train", "-m", "hydra.sweep.dir={tmp}/afile/sweep", "loss.alpha=0.5,0.9"), ("hydra.sweep.dir", "{tmp}/afile", "not a folder"), _afile),
+    Bad("config-dir-is-file", ("train", "--config-dir", "{tmp}/afile", "hydra.run.dir={tmp}/run"),
+        ("--config-dir {tmp}/afile is a file: give the folder",), _afile),  # was "not found"
     Bad("run-dir-is-file", ("train", "hydra.run.dir={tmp}/afile"), ("hydra.run.dir", "{tmp}/afile", "not a folder"), _afile),
     Bad("cache-dir-under-file", _train("cache.dir={tmp}/afile/cache"), ("cache.dir", "{tmp}/afile", "not a folder"), _afile),
     Bad("cache-dir-in-proc", _train("cache.dir=/proc/kdrun-cache"), ("cache.dir='/proc/kdrun-cache'", "not allowed"),
@@ -285,6 +289,19 @@ def test_bad_input(case: Bad, bad_input_results):
     for status_file in tmp.rglob("status.json"):
         assert json.loads(status_file.read_text())["status"] == "failed", status_file.read_text()
     assert "Distillation improvement" not in result.stdout
+
+
+def test_memory_that_cannot_be_allocated_is_one_message():
+    """A model too large for the machine (model.student.hidden=[100000,100000]) was torch's traceback."""
+    import torch
+
+    from kdrun.errors import failure_of
+
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**60, dtype=torch.uint8)
+    code, message = failure_of(info.value)
+    assert code == 1 and message.startswith("out of memory: DefaultCPUAllocator: can't allocate memory: you tried to allocate"), message
+    assert "trainer.batch_size" in message and "enforce fail" not in message
 
 
 def test_hydra_full_error_shows_the_traceback(tmp_path):

@@ -112,6 +112,11 @@ if JoblibLauncher is not None:
             from joblib import Parallel, delayed, effective_n_jobs
 
             settings = {**self.joblib, "backend": "loky"}  # as Hydra's launcher: its threading backend cannot run Hydra jobs
+            n_jobs = settings.get("n_jobs", -1)
+            if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+                from kdrun.errors import ConfigError
+
+                raise ConfigError(f"hydra.launcher.n_jobs={n_jobs!r} is not allowed: the worker processes, >= 1, or -1 for one per core (-2: all but one)")
             for key in ("pre_dispatch", "batch_size", "max_nbytes"):  # a number given on the command line arrives as text
                 if isinstance(settings.get(key), str) and settings[key].isdigit():
                     settings[key] = int(settings[key])
