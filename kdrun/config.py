@@ -614,6 +614,24 @@ def validate(cfg: DictConfig) -> None:
         _fail("model.student.checkpoint", plain.model.student.checkpoint, "null: the students train from the same initial weights (a checkpoint is for model.teacher)")
 
 
+def unused_schedule_settings(cfg: DictConfig) -> list[str]:
+    """What of trainer.milestones the schedule never uses (a preset's, with fewer epochs or another
+    scheduler): allowed, for a short trial of a recipe, but said."""
+    trainer, milestones = cfg.trainer, list(cfg.trainer.milestones)
+    if milestones and trainer.scheduler != "multistep":
+        return [f"trainer.milestones={milestones} are used only with trainer.scheduler=multistep, not {trainer.scheduler}"]
+    by_epochs: dict[int, list[str]] = {}  # the models' last epochs, and whose they are
+    by_epochs.setdefault(phase_epochs(cfg, "student"), []).append("students'")
+    if not cfg.model.teacher.get("checkpoint"):
+        by_epochs.setdefault(phase_epochs(cfg, "teacher"), []).append("teacher's")
+    said = []
+    for epochs, whose in by_epochs.items():
+        late = [m for m in milestones if m >= epochs]
+        if late:
+            said.append(f"trainer.milestones {late} are at or after the {' and '.join(whose)} last epoch ({epochs}): the learning rate never drops there")
+    return said
+
+
 def _check_warmups(plain: Any) -> None:
     """A warm-up longer than the epochs it ramps over would never reach its full value."""
     trained = ["student"] + ([] if getattr(plain.model.teacher, "checkpoint", None) else ["teacher"])

@@ -34,7 +34,7 @@ from torch import nn
 
 from kdrun.cache import load_or_train, model_fingerprint, save_atomic
 from kdrun.checkpoints import Checkpoint, weights_digest
-from kdrun.config import file_digest, instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain
+from kdrun.config import file_digest, instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain, unused_schedule_settings
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
 from kdrun.errors import ConfigError, raised_at
@@ -229,6 +229,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path, console: Optional[Console] = 
         "kdrun: dataset %s (train %d, transfer %d, val %d, test %d, %d classes), device %s, %d thread(s) -> %s",
         data.name, len(data.train), len(data.transfer_index), len(data.val), len(data.test), data.num_classes, setup.device, setup.threads, run_dir,
     )  # fmt: skip
+    for unused in unused_schedule_settings(cfg):
+        log.warning("%s", unused)
     trainer = cfg.trainer
     run = _Run(cfg, data, run_dir, console, MetricsLog(run_dir / METRICS_FILE), setup.cache_key, setup.cache_dir, trackers, setup.augment,
                trained=dict(trained or {}))  # fmt: skip

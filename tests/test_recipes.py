@@ -104,6 +104,21 @@ def test_bad_training_settings_are_one_message(tmp_path, override, words):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_milestones_the_schedule_never_uses_are_said(tmp_path, caplog):
+    """A preset's milestones in a shorter trial of its recipe are allowed, but not silently."""
+    import kdrun
+    from kdrun.config import compose, unused_schedule_settings
+
+    assert unused_schedule_settings(compose(["experiment=cifar100_kd"])) == []  # 240 epochs: 150, 180, 210 all apply
+    assert unused_schedule_settings(compose(["trainer.milestones=[2]"])) == [
+        "trainer.milestones=[2] are used only with trainer.scheduler=multistep, not none"]
+    late = ["trainer.scheduler=multistep", "trainer.milestones=[1,10]", "trainer.teacher_epochs=12", "trainer.student_epochs=2"]
+    kdrun.run([*late, "model.teacher.hidden=[16]", "model.student.hidden=[8]", "dataset.n_samples=120", "plots=false",
+               "cache.enabled=false"], run_dir=tmp_path / "run")  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == ["trainer.milestones [10] are at or after the students' last epoch (2): the learning rate never drops there"], said
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
