@@ -429,7 +429,8 @@ def _display_runs(rows: list[dict], comparison: Comparison) -> tuple[list[str], 
     metric, column = comparison.metric, comparison.metric.column
     unit = " (pts)" if metric.percent else ""
     show_status = any(r["status"] != "completed" for r in rows)
-    header = [*comparison.varying, "teacher", "distilled", "baseline", _improvement_header(metric), f"gap{unit}"] + (["status"] if show_status else [])
+    gap = f"gap{unit}" if metric.higher_is_better else "teacher − distilled"  # where lower is better, negative: the teacher's is lower
+    header = [*comparison.varying, "teacher", "distilled", "baseline", _improvement_header(metric), gap] + (["status"] if show_status else [])
     body = []
     for row in rows:
         cells = [row[k] for k in comparison.varying]
@@ -535,6 +536,7 @@ def write_outputs(comparison: Comparison, out_dir: Path, rows: list[dict], group
         written.append(out_dir / name)
         draw_heatmap(written[-1], cells, comparison.metric, setup)
     configurations = (groups if groups is not None else config_rows(comparison)) if plot and not grids else []
+    configurations = [c for c in configurations if not math.isnan(c["improvement_mean"])]  # with no baseline: nothing to draw
     if len(configurations) >= 2:  # not an alpha x T grid: each configuration's improvement, a row each
         from kdrun.plots import draw_forest
 

@@ -52,7 +52,8 @@ def make_run(
     (directory / "status.json").write_text(json.dumps({"status": status, "message": "boom" if status == "failed" else ""}))
     if summary:
         rows = [
-            {"model": model, "test_acc": acc, "val_acc": acc, "test_nll": 1 - acc, "agreement": 1.0, "dataset": "synthetic", "alpha": alpha, "temperature": temperature, "seed": seed}
+            {"model": model, "test_acc": acc, "val_acc": acc, "test_nll": 1 - acc, "agreement": 1.0, "dataset": "synthetic", "alpha": alpha, "temperature": temperature, "seed": seed,
+             "source": "not_trained" if math.isnan(acc) else "trained"}
             for model, acc in (("teacher", teacher), ("distilled", distilled), ("baseline", baseline))
         ]
         write_csv_atomic(directory / "summary.csv", rows, SUMMARY_COLUMNS)
@@ -255,8 +256,19 @@ def test_sort_and_metric(tmp_path: Path) -> None:
     wide = {**os.environ, "COLUMNS": "200"}  # the header on one line
     table = subprocess.run([sys.executable, "-m", "kdrun.cli", "compare", str(tmp_path), "--metric", "test_nll"], capture_output=True, text=True, env=wide).stdout
     assert "distilled − baseline (lower is better)" in table and "improvement" not in table  # a positive NLL difference is worse
+    assert "teacher − distilled" in table and "gap" not in table  # negative: the teacher's NLL is lower
     result = run_cli(str(tmp_path), "--sort", "nonsense")
     assert result.returncode == 2 and result.stderr.startswith("kdrun compare: error: cannot sort by 'nonsense'")
+
+
+def test_runs_without_a_baseline_draw_no_empty_forest(tmp_path: Path) -> None:
+    """dataset.transfer_labels=false trains no baseline: no improvement to draw, and no figure."""
+    for alpha in (0.1, 0.5):
+        make_run(tmp_path / "runs" / f"a{alpha}", alpha=alpha, baseline=math.nan)
+    result = run_cli(str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "report" / "forest.png").exists() and "forest.png" not in result.stdout
+    assert (tmp_path / "report" / "comparison.csv").is_file()
 
 
 @pytest.mark.parametrize("make_input, message", [
