@@ -614,18 +614,26 @@ def validate(cfg: DictConfig) -> None:
         _fail("model.student.checkpoint", plain.model.student.checkpoint, "null: the students train from the same initial weights (a checkpoint is for model.teacher)")
 
 
+def _trained_epochs(cfg: Any) -> dict[str, int]:
+    """Each trained model's epochs, by whose they are: the students', and the teacher's unless it
+    comes from model.teacher.checkpoint (``cfg``: a DictConfig or its plain objects)."""
+    epochs = {"students'": phase_epochs(cfg, "student")}
+    if not getattr(cfg.model.teacher, "checkpoint", None):
+        epochs["teacher's"] = phase_epochs(cfg, "teacher")
+    return epochs
+
+
 def unused_schedule_settings(cfg: DictConfig) -> list[str]:
     """What of trainer.milestones the schedule never uses (a preset's, with fewer epochs or another
     scheduler): allowed, for a short trial of a recipe, but said."""
     trainer, milestones = cfg.trainer, list(cfg.trainer.milestones)
     if milestones and trainer.scheduler != "multistep":
         return [f"trainer.milestones={milestones} are used only with trainer.scheduler=multistep, not {trainer.scheduler}"]
-    by_epochs: dict[int, list[str]] = {}  # the models' last epochs, and whose they are
-    by_epochs.setdefault(phase_epochs(cfg, "student"), []).append("students'")
-    if not cfg.model.teacher.get("checkpoint"):
-        by_epochs.setdefault(phase_epochs(cfg, "teacher"), []).append("teacher's")
+    models_of: dict[int, list[str]] = {}  # a last epoch, and whose it is
+    for whose, epochs in _trained_epochs(cfg).items():
+        models_of.setdefault(epochs, []).append(whose)
     said = []
-    for epochs, whose in by_epochs.items():
+    for epochs, whose in models_of.items():
         late = [m for m in milestones if m >= epochs]
         if late:
             said.append(f"trainer.milestones {late} are at or after the {' and '.join(whose)} last epoch ({epochs}): the learning rate never drops there")
@@ -634,9 +642,7 @@ def unused_schedule_settings(cfg: DictConfig) -> list[str]:
 
 def _check_warmups(plain: Any) -> None:
     """A warm-up longer than the epochs it ramps over would never reach its full value."""
-    trained = ["student"] + ([] if getattr(plain.model.teacher, "checkpoint", None) else ["teacher"])
-    for phase in trained:
-        epochs, whose = phase_epochs(plain, phase), "teacher's" if phase == "teacher" else "students'"
+    for whose, epochs in _trained_epochs(plain).items():
         if plain.trainer.warmup_epochs > epochs:
             _fail("trainer.warmup_epochs", plain.trainer.warmup_epochs,
                   f"at most {epochs}, the {whose} epochs (longer, the learning rate would never reach trainer.lr)")
