@@ -617,18 +617,13 @@ _HYDRA_FLAGS = {
 
 
 # Hydra's flags that take a value (the next word).
-_FLAGS_WITH_VALUES = ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-i", "--info")
+_FLAGS_WITH_VALUES = ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "-i", "--info",
+                      "--experimental-rerun")  # fmt: skip
 
 
 def _flag_mistake(argv: Sequence[str]) -> Optional[str]:
     """A ``--key value`` (or ``-key=value``) that is not one of Hydra's flags, or a flag between
     settings (which Hydra's parser cannot read): what to write instead."""
-    is_flag = [arg.split("=", 1)[0] in _HYDRA_FLAGS or (i > 0 and argv[i - 1] in _FLAGS_WITH_VALUES) for i, arg in enumerate(argv)]
-    settings = [i for i, flag in enumerate(is_flag) if not flag]
-    late = [i for i, flag in enumerate(is_flag) if flag and settings and settings[0] < i < settings[-1]]
-    if late:
-        moved = " ".join([arg for arg, flag in zip(argv, is_flag) if flag] + [argv[i] for i in settings])
-        return f"{argv[late[0]]} goes before the settings, which Hydra reads last: kdrun train {moved}"
     for index, arg in enumerate(argv):
         if not arg.startswith("-") or arg.split("=", 1)[0] in _HYDRA_FLAGS or arg.lstrip("-")[:1].isdigit():
             continue
@@ -640,6 +635,12 @@ def _flag_mistake(argv: Sequence[str]) -> Optional[str]:
         key = suggest_key(name.replace("-", "_"))
         example = f"{key}={value or '...'}" if key else "trainer.epochs=5"
         return f"{arg} is not an option of kdrun train: settings are given as key=value, e.g. {example} (kdrun train --help lists them)"
+    is_flag = [arg.split("=", 1)[0] in _HYDRA_FLAGS or (i > 0 and argv[i - 1] in _FLAGS_WITH_VALUES) for i, arg in enumerate(argv)]
+    settings = [i for i, flag in enumerate(is_flag) if not flag]
+    late = [i for i, flag in enumerate(is_flag) if flag and settings and settings[0] < i < settings[-1]]
+    if late:
+        moved = " ".join([arg for arg, flag in zip(argv, is_flag) if flag] + [argv[i] for i in settings])
+        return f"{argv[late[0]]} goes before the settings, which Hydra reads last: kdrun train {moved}"
     return _config_dir_mistake(user_config_dirs(argv))
 
 
@@ -679,7 +680,8 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None, co
 
     if isinstance(overrides, (str, bytes)):
         raise TypeError(f"kdrun.run takes a list of settings, e.g. ['loss.alpha=0.5']; got the string {overrides!r}")
-    mistake = _flag_mistake(list(overrides)) or _config_dir_mistake([Path(config_dir)] if config_dir is not None else [])
+    overrides = list(overrides)  # an iterator is read once
+    mistake = _flag_mistake(overrides) or _config_dir_mistake([Path(config_dir)] if config_dir is not None else [])
     if mistake is not None:
         raise ConfigError(mistake)
     full = compose([*searchpath([config_dir] if config_dir is not None else []), *overrides], with_hydra=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import functools
 import hashlib
 import importlib
 import inspect
@@ -492,7 +491,9 @@ def config_dir() -> Path:
 
 def user_config_dirs(argv: Sequence[str]) -> list[Path]:
     """The folders a command line adds with ``--config-dir DIR`` (or ``-cd DIR``)."""
-    return [Path(argv[i + 1]).expanduser() for i, arg in enumerate(argv[:-1]) if arg in ("--config-dir", "-cd")]
+    spaced = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--config-dir", "-cd")]
+    joined = [arg.split("=", 1)[1] for arg in argv if arg.startswith(("--config-dir=", "-cd="))]
+    return [Path(folder).expanduser() for folder in spaced + joined]
 
 
 def searchpath(config_dirs: Sequence[Union[str, Path]]) -> list[str]:
@@ -618,7 +619,8 @@ def _trained_epochs(cfg: Any) -> dict[str, int]:
     """Each trained model's epochs, by whose they are: the students', and the teacher's unless it
     comes from model.teacher.checkpoint (``cfg``: a DictConfig or its plain objects)."""
     epochs = {"students'": phase_epochs(cfg, "student")}
-    if not getattr(cfg.model.teacher, "checkpoint", None):
+    teacher = cfg.model.teacher
+    if not (teacher.get("checkpoint") if hasattr(teacher, "get") else getattr(teacher, "checkpoint", None)):  # a user's own: a dict
         epochs["teacher's"] = phase_epochs(cfg, "teacher")
     return epochs
 
@@ -713,8 +715,9 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
         _check_types_of_defaults(key, str(target), {k: v for k, v in arguments.items() if k not in extra}, signature)
     try:
         # ``extra`` is passed as it is: given to Hydra, a tuple (input_shape) would arrive as a list.
-        build = hydra_instantiate(node, _partial_=True, _convert_="all")
-        return functools.partial(build, **extra) if plain.get("_partial_") else build(**extra)
+        if plain.get("_partial_"):  # a partial asked for: Hydra's own
+            return hydra_instantiate(node, **extra, _convert_="all")
+        return hydra_instantiate(node, _partial_=True, _convert_="all")(**extra)
     except (InstantiationException, ValueError) as error:  # what the target itself raised, unwrapped
         cause = error.__cause__ if isinstance(error, InstantiationException) else error
         if cause is None:
@@ -725,22 +728,16 @@ def instantiate(node: Any, key: str, **extra: Any) -> Any:
 
 
 def _check_types_of_defaults(key: str, target: str, arguments: dict[str, Any], signature: inspect.Signature) -> None:
-    """A setting of one's own code whose parameter defaults to a number or a bool takes that type
-    (model.student.width=abc, else a traceback from deep inside the code)."""
+    """Text given to a parameter of one's own code that defaults to a number or a bool, with no
+    annotation to say otherwise (model.student.width=abc): else a traceback from deep inside it."""
     for name, value in arguments.items():
         parameter = signature.parameters.get(name)
-        default = parameter.default if parameter is not None else None
-        if value is None or not isinstance(default, (bool, int, float)):
+        if parameter is None or parameter.annotation is not parameter.empty or not isinstance(value, str):
             continue
-        if isinstance(default, bool):
-            fits = isinstance(value, bool)
-        elif isinstance(default, int):
-            fits = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            fits = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not fits:
-            _fail(f"{key}.{name}", value, f"{'a bool' if isinstance(default, bool) else 'an integer' if isinstance(default, int) else 'a number'}, "
-                                          f"as {target}'s default ({default!r}) is")
+        default = parameter.default
+        if isinstance(default, (bool, int, float)):
+            kind = "a bool" if isinstance(default, bool) else "an integer" if isinstance(default, int) else "a number"
+            _fail(f"{key}.{name}", value, f"{kind}, as {target}'s default ({default!r}) is")
 
 
 def _cannot_call(key: str, target: str, arguments: dict[str, Any], signature: inspect.Signature, error: TypeError,

@@ -22,7 +22,9 @@ import copy
 import inspect
 import logging
 import math
+import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -37,7 +39,7 @@ from kdrun.checkpoints import Checkpoint, weights_digest
 from kdrun.config import file_digest, instantiate, model_cache_dir, names_parameter, phase_epochs, to_plain, unused_schedule_settings
 from kdrun.console import Progress, make_console, print_summary
 from kdrun.data import DataSplits, Split, load_data
-from kdrun.errors import ConfigError, raised_at
+from kdrun.errors import ConfigError, failure_of, raised_at
 from kdrun.models import count_parameters, multiply_adds, named_layers
 from kdrun.models.weights import load_weights
 from kdrun.plots import plot_curves, plot_temperature
@@ -307,6 +309,9 @@ def _data_arguments(cfg: DictConfig, role: str, data: DataSplits) -> dict[str, A
     return arguments
 
 
+_MODULE_CALL = os.path.join("torch", "nn", "modules", "module.py")  # where torch calls a network's forward
+
+
 def _build_model(cfg: DictConfig, role: str, data: DataSplits) -> nn.Module:
     key = f"model.{role}"
     model = instantiate(_model_spec(cfg, role), key, **_data_arguments(cfg, role, data))
@@ -316,8 +321,11 @@ def _build_model(cfg: DictConfig, role: str, data: DataSplits) -> nn.Module:
     try:
         output = predict(model, data.train.x[:2], data.prepare)
     except Exception as error:  # the network does not fit the data: its own code, or its settings
+        frames = traceback.extract_tb(error.__traceback__)
+        if failure_of(error) is not None or not any(f.filename.endswith(_MODULE_CALL) for f in frames):
+            raise  # out of memory, or raised before the network was called: not the network's
         where = raised_at(error)
-        place = "" if where.startswith(str(Path(__file__).parent)) else f" (raised at {where})"  # in its own code, not torch's or kdrun's
+        place = "" if where.startswith(str(Path(__file__).parent) + os.sep) else f" (raised at {where})"  # in its own code, not torch's or kdrun's
         raise ConfigError(
             f"{key}: {cfg.model[role]._target_} fails on inputs of shape {tuple(data.train.x[:2].shape)}: "
             f"{type(error).__name__}: {(str(error) or '?').splitlines()[0]}{place}"

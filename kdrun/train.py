@@ -13,6 +13,7 @@ writes its resumable state now and then and, finding one, continues from it (kdr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -164,13 +165,12 @@ def loss_and_parts(result: Any, parts: Optional[list[str]], loss_fn: Any = None)
         names = [name for name in result if name != "loss"]
         values = [result[name] for name in names]
     else:
-        got = f"a dict with keys {list(result)}" if isinstance(result, dict) else f"a {type(result).__name__}"
+        got = f"a dict with keys {list(result)}" if isinstance(result, dict) else _described(result)
         raise ConfigError(f"{who} returned {got}; it must return a scalar tensor or a dict holding 'loss'")
     if parts is None:  # checked once, on the first batch
         for name, value in zip(["loss", *names], [loss, *values]):
             if not (isinstance(value, torch.Tensor) and value.dim() == 0):
-                got = f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
-                raise ConfigError(f"{who} returned {got} as {name!r}; it must return scalar tensors (the batch mean), in its dict too")
+                raise ConfigError(f"{who} returned {_described(value)} as {name!r}; it must return scalar tensors (the batch mean), in its dict too")
         if torch.is_grad_enabled() and not loss.requires_grad:  # else the student would never learn, silently in a stack
             raise ConfigError(f"{who} returned a value with no gradient: compute it from the student's logits, without .detach(), .item() or torch.no_grad()")
         taken = [name for name in names if name in METRICS_COLUMNS]
@@ -181,9 +181,18 @@ def loss_and_parts(result: Any, parts: Optional[list[str]], loss_fn: Any = None)
     return loss, values, names
 
 
+def _described(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _qualified_name(obj: Any) -> str:
     """module.Name of a loss: its class, or the function (inside a partial) it is."""
-    target = getattr(obj, "func", obj)
+    target = obj
+    while isinstance(target, functools.partial):  # Hydra's partial, or one around it
+        target = target.func
     named = target if hasattr(target, "__qualname__") else type(target)
     return f"{named.__module__}.{named.__qualname__}"
 

@@ -392,6 +392,37 @@ def test_a_checkpoint_on_the_users_teacher_config_says_to_add_it_with_plus(user_
 
 
 @pytest.mark.slow
+def test_a_users_teacher_from_a_checkpoint_is_not_held_to_its_training_settings(user_project):
+    """It does not train, so a warm-up longer than trainer.teacher_epochs is no mistake (it was
+    refused: the check read no checkpoint on a user's teacher, a plain dict)."""
+    common = ["train", "--config-dir", str(user_project / "my_conf"), "model/teacher=mynet", "model/student=mynet", "plots=false",
+              "dataset.n_samples=120", "trainer.teacher_epochs=1", "trainer.student_epochs=3"]  # fmt: skip
+    env = {"PYTHONPATH": str(user_project)}
+    first = run_kdrun(*common, f"hydra.run.dir={user_project / 'own-teacher'}", cwd=user_project, tiny=False, env=env)
+    assert first.returncode == 0, first.stderr
+    loaded = run_kdrun(*common, f"hydra.run.dir={user_project / 'own-teacher-loaded'}", "trainer.warmup_epochs=2",
+                       f"+model.teacher.checkpoint={user_project / 'own-teacher' / 'teacher.pt'}", cwd=user_project, tiny=False, env=env)  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+
+
+def _annotated(width: float = 1, hidden=8) -> tuple:
+    return width, hidden
+
+
+def _plain(width=8) -> int:
+    return width
+
+
+def test_text_for_a_number_of_ones_own_code_is_refused_unless_an_annotation_allows_it():
+    from kdrun.config import instantiate
+    from kdrun.errors import ConfigError
+
+    assert instantiate({"_target_": "test_extending._annotated", "width": 0.5, "hidden": [8, 4]}, "model.student") == (0.5, [8, 4])
+    with pytest.raises(ConfigError, match=r"model.student.width='abc' is not allowed: an integer, as test_extending._plain's default \(8\) is"):
+        instantiate({"_target_": "test_extending._plain", "width": "abc"}, "model.student")
+
+
+@pytest.mark.slow
 def test_settings_the_users_code_does_not_take_are_one_message(user_project):
     result = user_run(user_project, "bad-key", "model/student=mynet", "+model.student.depth=3")
     assert result.returncode == 2 and not has_traceback(result.stderr)
@@ -564,3 +595,20 @@ def test_kdrun_run_takes_a_list_of_settings(tmp_path):
 
     with pytest.raises(TypeError, match=r"a list of settings, e.g. \['loss.alpha=0.5'\]; got the string 'loss.alpha=0.5'"):
         kdrun.run("loss.alpha=0.5", run_dir=tmp_path / "run")  # was read letter by letter
+    settings = ["loss.alpha=0.5", "trainer.epochs=1", "model.teacher.hidden=[16]", "model.student.hidden=[8]", "dataset.n_samples=120",
+                "plots=false", "cache.enabled=false"]  # fmt: skip
+    results = kdrun.run(iter(settings), run_dir=tmp_path / "from-an-iterator")  # read once, not dropped after a first look
+    assert results.summary.loc[1, "alpha"] == 0.5
+
+
+def test_a_hydra_partial_loss_is_named_by_its_function():
+    from kdrun.config import instantiate
+    from kdrun.data import Split
+    from kdrun.errors import ConfigError
+    from kdrun.models import MLP
+    from kdrun.train import Distillation, FitSettings, fit
+
+    loss = instantiate({"_target_": "test_extending._per_example", "_partial_": True}, "loss")
+    split = Split(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    with pytest.raises(ConfigError, match=r"the loss test_extending._per_example returned a tensor of shape \[4\]"):
+        fit(MLP((3,), 2), split, split, FitSettings(1, 4, "adam", 1e-3, 0.0, 0), "distilled", Distillation(loss, MLP((3,), 2)))

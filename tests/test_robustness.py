@@ -221,6 +221,9 @@ BAD_INPUTS = [
     Bad("sweep-dir-under-file", ("train", "-m", "hydra.sweep.dir={tmp}/afile/sweep", "loss.alpha=0.5,0.9"), ("hydra.sweep.dir", "{tmp}/afile", "not a folder"), _afile),
     Bad("config-dir-is-file", ("train", "--config-dir", "{tmp}/afile", "hydra.run.dir={tmp}/run"),
         ("--config-dir {tmp}/afile is a file: give the folder",), _afile),  # was "not found"
+    Bad("config-dir-joined-is-file", ("train", "--config-dir={tmp}/afile", "hydra.run.dir={tmp}/run"),
+        ("--config-dir {tmp}/afile is a file: give the folder",), _afile),
+    Bad("unknown-flag-between-settings", _train("--epochs", "5", "-m", "loss.alpha=0.5,0.9"), ("--epochs is not an option", "trainer.epochs=5")),
     Bad("run-dir-is-file", ("train", "hydra.run.dir={tmp}/afile"), ("hydra.run.dir", "{tmp}/afile", "not a folder"), _afile),
     Bad("cache-dir-under-file", _train("cache.dir={tmp}/afile/cache"), ("cache.dir", "{tmp}/afile", "not a folder"), _afile),
     Bad("cache-dir-in-proc", _train("cache.dir=/proc/kdrun-cache"), ("cache.dir='/proc/kdrun-cache'", "not allowed"),
