@@ -181,9 +181,20 @@ def _settings_record(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any
     return record
 
 
+_SETTINGS_FIELDS = ("config_hash", "overrides", "teacher_sha256")  # of status.json: see _settings_record
+
+
+def _mark_failed(run_dir: Path, previous: dict, error: Exception) -> None:
+    """status.json says failed, as ``_run_job`` records a failure, keeping the settings its
+    previous status recorded."""
+    kept = {key: previous[key] for key in _SETTINGS_FIELDS if key in previous}
+    code, message = failure_of(error) or (EXIT_FAILED, f"{type(error).__name__}: {error}")
+    write_status(run_dir, "failed", **kept, exit_code=code, message=message.splitlines()[0] if message else "")
+
+
 def _mark_interrupted(run_dir: Path, previous: dict, fields: dict[str, Any], message: str) -> None:
     """status.json says interrupted, keeping the settings its previous status recorded."""
-    kept = {key: previous[key] for key in ("config_hash", "overrides", "teacher_sha256") if key in previous}
+    kept = {key: previous[key] for key in _SETTINGS_FIELDS if key in previous}
     write_status(run_dir, "interrupted", **kept, **fields, message=message)
 
 
@@ -215,16 +226,20 @@ def train_together(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], r
         records = {i: _settings_record(tasks[i], configs[i].hydra.overrides.task) for i in jobs}
         for i in jobs:
             write_status(run_dirs[i], "running", **records[i], pid=os.getpid(), host=socket.gethostname())
+        failed: dict[int, Exception] = {}  # by position in jobs
         try:
             with sigterm_interrupts():
-                setups, trained = groups.train_group([tasks[i] for i in jobs], [run_dirs[i] for i in jobs], memory_mb)
+                setups, trained = groups.train_group([tasks[i] for i in jobs], [run_dirs[i] for i in jobs], memory_mb, failed)
         except (KeyboardInterrupt, SystemExit) as interruption:
             how, fields = _how_stopped(interruption)
             message = f"{how} while it trained with other jobs of the sweep; to continue, run the same command again with hydra.sweep.dir={configs[jobs[0]].hydra.sweep.dir}"
             with signals_held():
-                for i in jobs:
+                for position, i in enumerate(jobs):
                     remove_results(run_dirs[i])
-                    _mark_interrupted(run_dirs[i], records[i], fields, message)
+                    if position in failed:  # a NaN before the interruption: the job failed, as it would have said
+                        _mark_failed(run_dirs[i], records[i], failed[position])
+                    else:
+                        _mark_interrupted(run_dirs[i], records[i], fields, message)
             raise
         except Exception as error:
             if _show_tracebacks and not isinstance(error, groups.Unstackable):
@@ -248,8 +263,13 @@ def stop_trained_jobs(stop: BaseException, sweep_dir: Path) -> None:
     message = f"{how} before this job wrote its results; to continue, run the same command again with hydra.sweep.dir={sweep_dir}"
     with signals_held():
         for run_dir in list(_trained_before):
-            del _trained_before[run_dir]
-            _mark_interrupted(Path(run_dir), read_status(Path(run_dir)) or {}, fields, message)
+            _, models = _trained_before.pop(run_dir)
+            previous = read_status(Path(run_dir)) or {}
+            error = next((model.error for model in models.values() if model.error is not None), None)
+            if error is not None:  # its models failed (a NaN): so did the job
+                _mark_failed(Path(run_dir), previous, error)
+            else:
+                _mark_interrupted(Path(run_dir), previous, fields, message)
 
 
 def stop_jobs_not_started(stop: BaseException, sweep_dir: Path, jobs: Sequence[tuple[DictConfig, Path, Sequence[str]]]) -> None:

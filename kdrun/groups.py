@@ -108,10 +108,13 @@ def _member_bytes(model: torch.nn.Module, batch_size: int, data: DataSplits) -> 
     return 4 * (5 * params + 2 * batch_size * sum(sizes) + 4 * rows * data.num_classes)
 
 
-def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float) -> tuple[list[Prepared], list[dict[str, TrainedModel]]]:
+def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb: float,
+                failed: Optional[dict[int, Exception]] = None) -> tuple[list[Prepared], list[dict[str, TrainedModel]]]:  # fmt: skip
     """Train the models of a group of jobs (``plan``) together; return, per job, what its run
     needs (its data, loss and models: ``Prepared``) and its trained models by name. Raises
-    ``Unstackable`` if they cannot train together."""
+    ``Unstackable`` if they cannot train together. ``failed`` gets, by position in ``cfgs``,
+    what stopped a job's models (a NaN) once the students' training ends, however it ends: an
+    interruption then does not hide a failure."""
     data = load_data(cfgs[0].dataset)
     by_seed: dict[int, Prepared] = {}
     jobs = []  # per job: its loss and its distilled student, built before any training
@@ -135,7 +138,7 @@ def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb:
     logs = [MetricsLog(run_dir / METRICS_FILE) for run_dir in run_dirs]
     of_seed = {seed: [log for cfg, log in zip(cfgs, logs) if int(cfg.trainer.seed) == seed] for seed in by_seed}
     teachers = _teachers(cfgs[0], by_seed, data, of_seed)
-    students = _students(cfgs, run_dirs, jobs, by_seed, teachers, data, memory_mb, logs, of_seed)
+    students = _students(cfgs, run_dirs, jobs, by_seed, teachers, data, memory_mb, logs, of_seed, {} if failed is None else failed)
     setups = []
     for cfg, (loss, student) in zip(cfgs, jobs):
         setup = by_seed[int(cfg.trainer.seed)]
@@ -196,9 +199,10 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
 
 def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequence[tuple[Any, torch.nn.Module]], by_seed: dict[int, Prepared],
               teachers: dict[int, TrainedModel], data: DataSplits, memory_mb: float, logs: Sequence[MetricsLog],
-              of_seed: dict[int, list[MetricsLog]]) -> list[dict[str, TrainedModel]]:  # fmt: skip
+              of_seed: dict[int, list[MetricsLog]], failed: dict[int, Exception]) -> list[dict[str, TrainedModel]]:  # fmt: skip
     """Every job's distilled student and each seed's baseline (unless cached), trained in stacks
-    that fit ``memory_mb``; per job, its distilled student and its seed's baseline."""
+    that fit ``memory_mb``; per job, its distilled student and its seed's baseline. ``failed``:
+    see ``train_group``."""
     first = cfgs[0]
     epochs = phase_epochs(first, "student")
     with_labels = bool(first.dataset.transfer_labels)
@@ -238,8 +242,17 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
             "kdrun: training %d students together (%d distilled, %d baseline)%s", len(members), sum(isinstance(o, int) for o in owner),
             sum(not isinstance(o, int) for o in owner), f" in {len(chunks)} stacks of at most {per_chunk} (hydra.launcher.stack_mb={memory_mb:g})" if len(chunks) > 1 else "",
         )  # fmt: skip
-    for chunk in chunks:
-        _fit_stacked([members[i] for i in chunk], transfer, data, fit_settings(first, epochs, 0), first)
+    try:
+        for chunk in chunks:
+            _fit_stacked([members[i] for i in chunk], transfer, data, fit_settings(first, epochs, 0), first)
+    finally:  # also when interrupted: a job whose teacher, student or baseline failed has failed
+        seed_errors = {seed: t.error for seed, t in teachers.items() if t.error is not None}
+        seed_errors.update((who[1], m.error) for m, who in zip(members, owner) if not isinstance(who, int) and m.error is not None)
+        for index, cfg in enumerate(cfgs):
+            error = seed_errors.get(int(cfg.trainer.seed))
+            if error is not None:
+                failed[index] = error
+        failed.update((who, m.error) for m, who in zip(members, owner) if isinstance(who, int) and m.error is not None)
     results: list[dict[str, TrainedModel]] = [{} for _ in cfgs]
     for member, who in zip(members, owner):
         trained = TrainedModel(copy_state(member.model.state_dict()), member.history, "trained", member.seconds, member.error)

@@ -411,6 +411,45 @@ def test_a_sweep_stopped_after_its_students_trained_together_marks_every_job_lef
         assert [float(r["val_loss"]) for r in rows] == pytest.approx([float(r["val_loss"]) for r in expected], rel=1e-5)  # another stack: rounding
 
 
+def test_a_student_that_failed_before_ctrl_c_says_failed_not_interrupted(tmp_path: Path, monkeypatch) -> None:
+    """T=1e20 makes one student's loss NaN at its first epoch; Ctrl-C comes in the second, while
+    the other trains on. The failed job said interrupted, its NaN message lost until a rerun."""
+    from kdrun import app
+    from kdrun.run_files import MetricsLog
+
+    monkeypatch.chdir(tmp_path)
+    appended = []
+    real_append = MetricsLog.append
+
+    def append(log, rows):
+        appended.append(1)
+        if len(appended) == 12:  # 2 jobs x 3 teacher epochs, then 3 rows of the students' first epoch: in the second
+            raise KeyboardInterrupt
+        real_append(log, rows)
+
+    monkeypatch.setattr(MetricsLog, "append", append)
+    code = app.main(["-m", *TINY, "trainer.student_epochs=6", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache.dir={tmp_path / 'cache'}",
+                     "loss.temperature=1,1e20"])  # fmt: skip
+    assert code == 130
+    healthy, broken = (read_status(job) for job in _jobs(tmp_path / "sweep"))
+    assert healthy["status"] == "interrupted" and healthy["signal"] == "SIGINT", healthy
+    assert broken["status"] == "failed" and broken["exit_code"] == 1, broken
+    assert "distilled: the training loss's part 'soft_loss' is nan at epoch 1 of 6" in broken["message"], broken
+    assert broken["config_hash"] and "loss.temperature=1e+20" in broken["overrides"], broken
+
+
+def test_a_job_whose_stacked_student_failed_says_failed_when_ctrl_c_comes_before_it_runs(tmp_path: Path, monkeypatch) -> None:
+    from kdrun import app, experiment
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(experiment, "_write_run_files", _ctrl_c_at_second_call(experiment._write_run_files))  # in the second job
+    code = app.main(["-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache.dir={tmp_path / 'cache'}", "loss.temperature=1,3,1e20"])
+    assert code == 130
+    statuses = [read_status(job) for job in _jobs(tmp_path / "sweep")]
+    assert [s["status"] for s in statuses] == ["completed", "interrupted", "failed"], statuses
+    assert "'soft_loss' is nan at epoch 1 of 3" in statuses[2]["message"] and statuses[2]["config_hash"], statuses[2]
+
+
 def test_jobs_stopped_in_a_sweep_keep_the_digest_of_their_teacher_file(tmp_path: Path, monkeypatch) -> None:
     """kdrun compare keeps runs of different teacher files apart by status.json's teacher_sha256;
     a job left interrupted must keep it, or it would stand apart from its own configuration."""
