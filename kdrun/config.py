@@ -866,6 +866,11 @@ def not_a_setting(key: str, schema: Any = None, keys_here: Sequence[str] = ()) -
         hint = f"{', '.join(owners)} {'has' if len(owners) == 1 else 'have'} it, not this option; " if prefix == "loss" and owners else ""
     if key.lstrip("+") == "model.teacher.checkpoint" and not dataclasses.is_dataclass(schema):
         return f"{key} is not a setting of this model's config (one of your own): add it with +{key.lstrip('+')}=PATH"
+    group, _, option = key.lstrip("+").partition(".")
+    if group == "logger" and option in LOGGER_SCHEMAS:  # the node of a tracker not chosen (logger.mlflow.tracking_uri=...)
+        return f"{key} is not a setting until its tracker is chosen: add logger={option} (or logger=[tensorboard,mlflow]) to the command"
+    if key.lstrip("+") in ("trainer.stack", "trainer.stack_mb"):
+        return f"{key} is not a setting: the launcher's is hydra.launcher.{key.rpartition('.')[2]} (kdrun train -m hydra.launcher.stack=false ...)"
     if here and prefix:
         return f"{key} is not a setting: {hint}the settings here are {', '.join(f'{prefix}.{k}' for k in here)}"
     return f"{key} is not a setting: {hint}kdrun train --help lists them" if hint else f"{key} is not a setting; kdrun train --help lists them"
