@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+import pkgutil
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -668,10 +669,16 @@ def _import(path: str, key: str) -> Any:
                 continue  # try a shorter module path
             raise  # the module exists but fails to import: its own traceback
         try:
-            for attribute in parts[split:]:
-                found = getattr(found, attribute)
+            for position in range(split, len(parts)):
+                holder = found
+                found = getattr(holder, parts[position])
         except AttributeError:
-            raise ConfigError(f"{key}._target_={path!r} cannot be found: module {module_name} has no {'.'.join(parts[split:])}") from None
+            names = [n for n in dir(holder) if not n.startswith("_")]
+            if hasattr(holder, "__path__"):  # a package: its modules not imported yet count too
+                names += [m.name for m in pkgutil.iter_modules(holder.__path__)]
+            close = difflib.get_close_matches(parts[position], names, n=1)
+            hint = f"; did you mean {'.'.join([*parts[:position], close[0], *parts[position + 1:]])}?" if close else ""
+            raise ConfigError(f"{key}._target_={path!r} cannot be found: module {module_name} has no {'.'.join(parts[split:])}{hint}") from None
         return found
     raise ConfigError(
         f"{key}._target_={path!r} cannot be imported: no module {parts[0]!r}; "

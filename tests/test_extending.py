@@ -422,6 +422,16 @@ def test_text_for_a_number_of_ones_own_code_is_refused_unless_an_annotation_allo
         instantiate({"_target_": "test_extending._plain", "width": "abc"}, "model.student")
 
 
+@pytest.mark.parametrize("target, meant", [("kdrun.models.MPL", "kdrun.models.MLP"), ("kdrun.model.MLP", "kdrun.models.MLP"),
+                                           ("kdrun.losses.KDlos", "kdrun.losses.KDLoss")])  # fmt: skip
+def test_a_misspelt_target_gets_the_name_it_likely_meant(target, meant):
+    from kdrun.config import instantiate
+    from kdrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"_target_='{target}' cannot be found: .*; did you mean {meant}\?$"):
+        instantiate({"_target_": target}, "model.student")
+
+
 @pytest.mark.slow
 def test_settings_the_users_code_does_not_take_are_one_message(user_project):
     result = user_run(user_project, "bad-key", "model/student=mynet", "+model.student.depth=3")
