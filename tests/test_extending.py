@@ -268,7 +268,8 @@ def test_a_loss_kdrun_cannot_call_is_one_message_before_any_training(user_projec
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override, code, message", [
-    ("dataset=missing_file", 1, "kdrun ERROR: FileNotFoundError: /data/blobs.npz"),  # was "kdrun ERROR: /data/blobs.npz"
+    ("dataset=missing_file", 2, "kdrun ERROR: dataset mypkg.blobs.missing_file: its loader cannot read a file: FileNotFoundError: /data/blobs.npz "
+                                "(relative paths start at "),  # was "kdrun ERROR: /data/blobs.npz", exit 1
     ("dataset=misnamed", 2, "and optionally 'test': (x, y), got a dict with keys ['training']"),
     ("loss=typo_features", 2, "kdrun ERROR: the loss's student_features: the student has no layer network.9; its layers: "),  # before the teacher trains
 ])  # fmt: skip

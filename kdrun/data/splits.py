@@ -15,13 +15,14 @@ images ``[C, H, W]``). Float inputs are standardised once, when loaded.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from kdrun.config import DATA_KEYS, DataConf, instantiate, to_plain
-from kdrun.errors import DataError
+from kdrun.errors import DataError, describe_os_error
 
 
 @dataclass
@@ -207,7 +208,10 @@ def load_data(node: Any) -> DataSplits:
     settings = DataConf(**{k: plain[k] for k in DATA_KEYS if k in plain})
     name = settings.name or str(plain.get("_target_"))
     where = f"dataset {name}"
-    loaded = instantiate({k: v for k, v in plain.items() if k not in DATA_KEYS}, "dataset")
+    try:
+        loaded = instantiate({k: v for k, v in plain.items() if k not in DATA_KEYS}, "dataset")
+    except OSError as error:  # a data file the loader cannot read: where to look, as kdrun's own loaders say
+        raise DataError(f"{where}: its loader cannot read a file: {describe_os_error(error)} (relative paths start at {os.getcwd()})") from None
     if not isinstance(loaded, dict) or "train" not in loaded:
         got = f"a dict with keys {sorted(map(str, loaded))}" if isinstance(loaded, dict) else type(loaded).__name__
         raise DataError(f"{where}: its loader must return a dict with 'train': (x, y) and optionally 'test': (x, y), got {got}")
