@@ -760,7 +760,7 @@ def _cannot_call(key: str, target: str, arguments: dict[str, Any], signature: in
         unknown = [name for name in arguments if name not in params]
         if unknown:
             takes = ", ".join(n for n, p in params.items() if p.kind != p.VAR_POSITIONAL) or "no settings"
-            hint = _meant(arguments, signature, key) or f"; a preset's can be removed with {' '.join(f'~{key}.{n}' for n in unknown)}"
+            hint = _meant(arguments, signature, key) or f"; remove {'it' if len(unknown) == 1 else 'them'} from the config that sets {'it' if len(unknown) == 1 else 'them'}, or with {' '.join(f'~{key}.{n}' for n in unknown)}"
             return f"{key}: {target} does not take {', '.join(f'{key}.{n}' for n in unknown)} (it takes {takes}){hint}"
     missing = re.search(r"missing a required argument: '(\w+)'", str(error))
     if missing:

@@ -340,7 +340,7 @@ def test_a_misspelt_setting_of_a_users_target_names_the_one_it_takes(user_projec
         instantiate(OmegaConf.create({"_target_": "mypkg.nets.make_net", "hidden": [8], "dropout": 0.1}), "model.teacher", input_shape=(4,), num_classes=3)
     assert str(caught.value).endswith(
         "does not take model.teacher.hidden, model.teacher.dropout (it takes input_shape, num_classes, width); "
-        "a preset's can be removed with ~model.teacher.hidden ~model.teacher.dropout"
+        "remove them from the config that sets them, or with ~model.teacher.hidden ~model.teacher.dropout"
     )
 
 
