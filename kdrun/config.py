@@ -933,6 +933,10 @@ def config_error_message(error: BaseException, user_dirs: Sequence[Path] = ()) -
             f"model={pair.group(1)}: the model/ folder holds pair presets (model.teacher and model.student); "
             f"put a network's config in model/student/ or model/teacher/ and choose it with model/student={pair.group(1)}"
         )
+    searched = re.search(r"Sweeping over Hydra's configuration is not supported : 'hydra\.sweeper\.params\.([^=']+)=([^']*)'", text)
+    if searched:  # Optuna's search space on the command line is the setting's own sweep
+        return (f"hydra.sweeper.params.{searched.group(1)} is set in a config file; on the command line the search space "
+                f"is the setting's own: '{searched.group(1)}={searched.group(2)}'")
     if isinstance(error, ValueError) and text.startswith("Config group override must be a string or a list. Got NoneType"):
         return "a config group cannot be null (logger=null, say): choose one of its options, or [] for none where it takes a list (logger=[])"
     if isinstance(error, HydraException):

@@ -218,6 +218,8 @@ BAD_INPUTS = [
     Bad("data-broken-gzip", _train("dataset=mnist", "dataset.root={tmp}/data"), ("train-images-idx3-ubyte.gz", "gzip"), _broken_gzip),
     # folders that cannot be written (under a file: this fails for root too)
     Bad("run-dir-under-file", ("train", "hydra.run.dir={tmp}/afile/run"), ("hydra.run.dir", "{tmp}/afile", "not a folder"), _afile),
+    Bad("optuna-space-as-hydra-key", ("train", "hparams_search=kd_optuna", "hydra.sweeper.params.loss.alpha=interval(0.5,0.6)", "hydra.sweep.dir={tmp}/sweep"),
+        ("the search space is the setting's own: 'loss.alpha=interval(0.5,0.6)'",)),  # was Hydra's "not supported"
     Bad("joblib-without-workers", ("train", "-m", "hydra/launcher=kd_joblib", "hydra.launcher.n_jobs=0", "hydra.sweep.dir={tmp}/sweep", "loss.alpha=0.5,0.9"),
         ("hydra.launcher.n_jobs=0 is not allowed", ">= 1")),  # was joblib's traceback
     Bad("sweep-dir-under-file", ("train", "-m", "hydra.sweep.dir={tmp}/afile/sweep", "loss.alpha=0.5,0.9"), ("hydra.sweep.dir", "{tmp}/afile", "not a folder"), _afile),
