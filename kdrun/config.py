@@ -584,11 +584,27 @@ def _missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 def validate(cfg: DictConfig) -> None:
     """Check that every key is known and every value in range. Raises ConfigError naming the
-    first bad key."""
+    first bad key, and the key its value comes from where a preset interpolates it."""
     _check_known_keys(cfg)
     missing = _missing_keys(cfg)
     if missing:
         raise ConfigError(f"{missing[0]} has no value (???): give it one, e.g. {missing[0]}=...")
+    try:
+        _check_values(cfg)
+    except ConfigError as error:
+        key = str(error).partition("=")[0]
+        parent, _, leaf = key.rpartition(".")
+        try:
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            source = OmegaConf.to_container(node, resolve=False).get(leaf) if isinstance(node, DictConfig) else None
+        except Exception:  # a message about several keys ("a + b=...")
+            source = None
+        if isinstance(source, str) and re.fullmatch(r"\$\{[\w.]+\}", source):  # trainer.lr: ${model.recipe_lr}
+            raise ConfigError(f"{error} ({key} is {source} here: the value to change is {source[2:-1]})") from None
+        raise
+
+
+def _check_values(cfg: DictConfig) -> None:
     plain = OmegaConf.to_object(cfg)
     dataset = plain.dataset
     if not isinstance(dataset, DataConf):  # a user's dataset: its split settings are still kdrun's

@@ -455,6 +455,18 @@ def test_the_benchmark_recipe_and_each_pair_preset_compose():
         assert composed.trainer.lr == (0.01 if low else 0.05), pair
 
 
+def test_a_bad_value_a_preset_interpolates_names_the_setting_to_change():
+    """trainer.lr is ${model.recipe_lr} in the recipe: model.recipe_lr=-1 named only trainer.lr."""
+    from kdrun.config import compose, validate
+    from kdrun.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        validate(compose(["experiment=cifar100_kd", "model.recipe_lr=-1"]))
+    assert str(error.value) == (
+        "trainer.lr=-1.0 is not allowed: a finite number > 0 (trainer.lr is ${model.recipe_lr} here: the value to change is model.recipe_lr)"
+    )
+
+
 def test_a_cifar_run_through_the_cli_with_augmentation(tmp_path):
     from conftest import has_traceback, run_kdrun
 
