@@ -447,6 +447,16 @@ def loader_with(flaw: str) -> dict:
     return loaded
 
 
+def test_a_test_fraction_the_data_does_not_use_is_said(caplog):
+    """A loader that publishes its test split decides it: dataset.test_fraction is not used."""
+    load_data({"_target_": "test_datasets.loader_with", "flaw": "none"})
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    split = load_data({"_target_": "test_datasets.loader_with", "flaw": "none", "test_fraction": 0.3})
+    assert len(split.test) == 12
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == ["dataset.test_fraction=0.3 is not used: dataset test_datasets.loader_with has its own test split (12 examples)"], said
+
+
 @pytest.mark.parametrize("flaw, message", [
     ("nan-in-test", "test inputs hold NaN or inf (or values beyond float32's ±3.4e38): row 4 (1 rows in all)"),  # was accepted
     ("inf-in-train", "train inputs hold NaN or inf (or values beyond float32's ±3.4e38): row 7"),

@@ -15,6 +15,7 @@ images ``[C, H, W]``). Float inputs are standardised once, when loaded.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -23,6 +24,8 @@ import torch
 
 from kdrun.config import DATA_KEYS, DataConf, instantiate, to_plain
 from kdrun.errors import DataError, describe_os_error
+
+log = logging.getLogger("kdrun")
 
 
 @dataclass
@@ -231,6 +234,8 @@ def load_data(node: Any) -> DataSplits:
         train_idx, val_idx, test_idx = stratified_split(y, (settings.val_fraction, settings.test_fraction), settings.split_seed)
         train, val, test_split = (Split(_stored(x[i]), y[i]) for i in (train_idx, val_idx, test_idx))
     else:
+        if settings.test_fraction != DataConf.test_fraction:  # set, but the data decides its test split
+            log.warning("dataset.test_fraction=%g is not used: %s has its own test split (%d examples)", settings.test_fraction, where, len(test[1]))
         _check_labels(test[1], num_classes, f"{where} (test split)")
         train_idx, val_idx = stratified_split(y, (settings.val_fraction,), settings.split_seed)
         train, val = Split(_stored(x[train_idx]), y[train_idx]), Split(_stored(x[val_idx]), y[val_idx])
