@@ -447,6 +447,16 @@ def loader_with(flaw: str) -> dict:
     return loaded
 
 
+def test_classes_the_training_split_lacks_are_said(caplog):
+    """dataset.n_samples=5 with 10 classes trained on 3 examples, reporting +0.0 points, without a word."""
+    load_data({"_target_": "kdrun.data.synthetic.make_synthetic", "name": "synthetic", "n_samples": 5})
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == ["dataset synthetic: 7 of its 10 classes (0, 2, 3, 5, 6, 7, 8) have no example in the training split: no model can learn them"], said
+    caplog.clear()
+    load_data({"_target_": "kdrun.data.synthetic.make_synthetic"})  # 500 examples: every class
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_a_test_fraction_the_data_does_not_use_is_said(caplog):
     """A loader that publishes its test split decides it: dataset.test_fraction is not used."""
     load_data({"_target_": "test_datasets.loader_with", "flaw": "none"})

@@ -254,6 +254,10 @@ def load_data(node: Any) -> DataSplits:
                 f"{where}: the {part} split is empty: {carved} examples split with {fractions} "
                 f"(each part gets round(fraction x {carved})); use more data or larger fractions"
             )
+    unseen = (torch.bincount(train.y, minlength=num_classes) == 0).nonzero().flatten().tolist()
+    if unseen:  # allowed (a class only the test split has, say), but no model can learn it
+        listed = ", ".join(map(str, unseen[:10])) + (", ..." if len(unseen) > 10 else "")
+        log.warning("%s: %d of its %d classes (%s) have no example in the training split: no model can learn them", where, len(unseen), num_classes, listed)
     normalization, prepare = None, Inputs()
     if settings.normalize:
         mean, std = _statistics(train.x)
