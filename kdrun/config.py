@@ -22,7 +22,7 @@ import pkgutil
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -81,11 +81,12 @@ class DataConf:
     )
     transfer_labels: bool = _setting(True, "false: the distilled student learns from the teacher alone, no baseline")
     augment: bool = _setting(False, "random crops (4-pixel padding) and horizontal flips of training images; both students get the same draws")
+    published_test: ClassVar[bool] = False  # the data has its own test split, so test_fraction is unused
 
     def check(self, key: str) -> None:
         _check_fraction(f"{key}.val_fraction", self.val_fraction)
         _check_fraction(f"{key}.test_fraction", self.test_fraction)
-        if self.val_fraction + self.test_fraction >= 1:
+        if self.val_fraction + self.test_fraction >= 1 and not self.published_test:
             _fail(
                 f"{key}.val_fraction + {key}.test_fraction",
                 self.val_fraction + self.test_fraction,
@@ -131,6 +132,8 @@ class DigitsDataConf(DataConf):
 class IdxDataConf(DataConf):
     """MNIST-format IDX files with a published train/test split: val is carved from train."""
 
+    published_test: ClassVar[bool] = True
+
     _target_: str = "kdrun.data.idx.load_mnist"
     name: Optional[str] = _setting("mnist", "shown in logs and summary.csv")
     root: str = _setting("data", "the folder holding the IDX files (or <root>/MNIST/raw/)")
@@ -140,6 +143,8 @@ class IdxDataConf(DataConf):
 @dataclass
 class CifarDataConf(DataConf):
     """CIFAR-10 / CIFAR-100's python-version files with the published train/test split: val is carved from train."""
+
+    published_test: ClassVar[bool] = True
 
     _target_: str = "kdrun.data.cifar.load_cifar100"
     name: Optional[str] = _setting("cifar100", "shown in logs and summary.csv")
@@ -599,7 +604,7 @@ def validate(cfg: DictConfig) -> None:
             source = OmegaConf.to_container(node, resolve=False).get(leaf) if isinstance(node, DictConfig) else None
         except Exception:  # a message about several keys ("a + b=...")
             source = None
-        if isinstance(source, str) and re.fullmatch(r"\$\{[\w.]+\}", source):  # trainer.lr: ${model.recipe_lr}
+        if isinstance(source, str) and re.fullmatch(r"\$\{\w[\w.]*\}", source):  # an absolute key: one that can be set  # trainer.lr: ${model.recipe_lr}
             raise ConfigError(f"{error} ({key} is {source} here: the value to change is {source[2:-1]})") from None
         raise
 
@@ -684,22 +689,40 @@ def _import(path: str, key: str) -> Any:
             if error.name is not None and module_name.startswith(error.name):
                 continue  # try a shorter module path
             raise  # the module exists but fails to import: its own traceback
+        module = found
         try:
-            for position in range(split, len(parts)):
-                holder = found
-                found = getattr(holder, parts[position])
+            for attribute in parts[split:]:
+                found = getattr(found, attribute)
         except AttributeError:
-            names = [n for n in dir(holder) if not n.startswith("_")]
-            if hasattr(holder, "__path__"):  # a package: its modules not imported yet count too
-                names += [m.name for m in pkgutil.iter_modules(holder.__path__)]
-            close = difflib.get_close_matches(parts[position], names, n=1)
-            hint = f"; did you mean {'.'.join([*parts[:position], close[0], *parts[position + 1:]])}?" if close else ""
+            meant = _closest_path(parts, split, module)
+            hint = f"; did you mean {meant}?" if meant else ""
             raise ConfigError(f"{key}._target_={path!r} cannot be found: module {module_name} has no {'.'.join(parts[split:])}{hint}") from None
         return found
     raise ConfigError(
         f"{key}._target_={path!r} cannot be imported: no module {parts[0]!r}; "
         "its module must be importable, e.g. from a folder on PYTHONPATH"
     )
+
+
+def _closest_path(parts: Sequence[str], split: int, module: Any) -> Optional[str]:
+    """``parts`` (a dotted path whose first ``split`` name ``module``) with each name that is not
+    there replaced by the closest one that is (a package's modules count), if that leads to an
+    object; else None."""
+    parts, found = list(parts), module
+    try:
+        for position in range(split, len(parts)):
+            if not hasattr(found, parts[position]):
+                names = [n for n in dir(found) if not n.startswith("_")]
+                if hasattr(found, "__path__"):  # a package: its modules not imported yet count too
+                    names += [m.name for m in pkgutil.iter_modules(list(found.__path__))]
+                close = difflib.get_close_matches(parts[position], names, n=1)
+                if not close:
+                    return None
+                parts[position] = close[0]
+            found = getattr(found, parts[position]) if hasattr(found, parts[position]) else importlib.import_module(".".join(parts[: position + 1]))
+    except Exception:  # a module that fails to import, or lists no names: no suggestion
+        return None
+    return ".".join(parts)
 
 
 def names_parameter(node: Any, key: str, name: str) -> bool:
@@ -893,7 +916,8 @@ def not_a_setting(key: str, schema: Any = None, keys_here: Sequence[str] = ()) -
     if group == "logger" and option in LOGGER_SCHEMAS:  # the node of a tracker not chosen (logger.mlflow.tracking_uri=...)
         return f"{key} is not a setting until its tracker is chosen: add logger={option} (or logger=[tensorboard,mlflow]) to the command"
     if key.lstrip("+") in ("trainer.stack", "trainer.stack_mb"):
-        return f"{key} is not a setting: the launcher's is hydra.launcher.{key.rpartition('.')[2]} (kdrun train -m hydra.launcher.stack=false ...)"
+        name = key.rpartition(".")[2]
+        return f"{key} is not a setting: the launcher's is hydra.launcher.{name} (kdrun train -m hydra.launcher.{name}={'false' if name == 'stack' else '1024'} ...)"
     if here and prefix:
         return f"{key} is not a setting: {hint}the settings here are {', '.join(f'{prefix}.{k}' for k in here)}"
     return f"{key} is not a setting: {hint}kdrun train --help lists them" if hint else f"{key} is not a setting; kdrun train --help lists them"

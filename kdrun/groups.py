@@ -113,8 +113,8 @@ def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb:
     """Train the models of a group of jobs (``plan``) together; return, per job, what its run
     needs (its data, loss and models: ``Prepared``) and its trained models by name. Raises
     ``Unstackable`` if they cannot train together. ``failed`` gets, by position in ``cfgs``,
-    what stopped a job's models (a NaN) once the students' training ends, however it ends: an
-    interruption then does not hide a failure."""
+    what stopped a job's models (a NaN) however the training ends: an interruption then does not
+    hide a failure."""
     data = load_data(cfgs[0].dataset)
     by_seed: dict[int, Prepared] = {}
     jobs = []  # per job: its loss and its distilled student, built before any training
@@ -137,8 +137,15 @@ def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb:
     # writes it again, in its usual order, when it runs.
     logs = [MetricsLog(run_dir / METRICS_FILE) for run_dir in run_dirs]
     of_seed = {seed: [log for cfg, log in zip(cfgs, logs) if int(cfg.trainer.seed) == seed] for seed in by_seed}
-    teachers = _teachers(cfgs[0], by_seed, data, of_seed)
-    students = _students(cfgs, run_dirs, jobs, by_seed, teachers, data, memory_mb, logs, of_seed, {} if failed is None else failed)
+    failed = {} if failed is None else failed
+    failed_teachers: dict[int, Exception] = {}  # by seed
+    try:
+        teachers = _teachers(cfgs[0], by_seed, data, of_seed, failed_teachers)
+        students = _students(cfgs, run_dirs, jobs, by_seed, teachers, data, memory_mb, logs, of_seed, failed)
+    finally:  # also when interrupted: a job whose teacher failed has failed
+        for index, cfg in enumerate(cfgs):
+            if int(cfg.trainer.seed) in failed_teachers:
+                failed[index] = failed_teachers[int(cfg.trainer.seed)]
     setups = []
     for cfg, (loss, student) in zip(cfgs, jobs):
         setup = by_seed[int(cfg.trainer.seed)]
@@ -150,11 +157,12 @@ def _writer(logs: Sequence[MetricsLog]) -> Callable[[dict], None]:
     return lambda row: [log.append([row]) for log in logs]
 
 
-def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, of_seed: dict[int, list[MetricsLog]]) -> dict[int, TrainedModel]:
+def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, of_seed: dict[int, list[MetricsLog]],
+              failed: dict[int, Exception]) -> dict[int, TrainedModel]:  # fmt: skip
     """Each seed's trained teacher, from the cache or trained (stacked where there are several);
     none when the teacher comes from model.teacher.checkpoint (each job loads that file). Their
     cache entries stay locked meanwhile: the tasks of a parallel sweep that need the same teacher
-    train it once."""
+    train it once. ``failed`` gets, by seed, what stopped a teacher, as soon as it is known."""
     if cfg.model.teacher.get("checkpoint"):
         return {}
     epochs = phase_epochs(cfg, "teacher")
@@ -176,7 +184,10 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
         if stacked:
             log.info("kdrun: training the teachers of seeds %s together", ", ".join(str(seed) for seed, _, _ in todo))
             members = [Member("teacher", setup.teacher, seed, setup.teacher_rng, on_epoch=_writer(of_seed[seed])) for seed, setup, _ in todo]
-            _fit_stacked(members, data.train, data, fit_settings(cfg, epochs, 0), cfg)
+            try:
+                _fit_stacked(members, data.train, data, fit_settings(cfg, epochs, 0), cfg)
+            finally:
+                failed.update((seed, m.error) for (seed, _, _), m in zip(todo, members) if m.error is not None)
             trained = [(m.history, m.error, m.seconds) for m in members]
         else:
             trained = []
@@ -189,6 +200,7 @@ def _teachers(cfg: DictConfig, by_seed: dict[int, Prepared], data: DataSplits, o
                         rows, error = fit(setup.teacher, data.train, data.val, settings, "teacher", on_epoch=_writer(of_seed[seed]), prepare=data.prepare), None
                     except NonFiniteLossError as stopped:
                         rows, error = [], stopped
+                        failed[seed] = stopped
                 trained.append((rows, error, time.perf_counter() - started))
         for (seed, setup, key), (rows, error, seconds) in zip(todo, trained):
             if error is None:
@@ -245,9 +257,8 @@ def _students(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], jobs: Sequen
     try:
         for chunk in chunks:
             _fit_stacked([members[i] for i in chunk], transfer, data, fit_settings(first, epochs, 0), first)
-    finally:  # also when interrupted: a job whose teacher, student or baseline failed has failed
-        seed_errors = {seed: t.error for seed, t in teachers.items() if t.error is not None}
-        seed_errors.update((who[1], m.error) for m, who in zip(members, owner) if not isinstance(who, int) and m.error is not None)
+    finally:  # also when interrupted: a job whose student or baseline failed has failed
+        seed_errors = {who[1]: m.error for m, who in zip(members, owner) if not isinstance(who, int) and m.error is not None}
         for index, cfg in enumerate(cfgs):
             error = seed_errors.get(int(cfg.trainer.seed))
             if error is not None:

@@ -467,6 +467,18 @@ def test_a_bad_value_a_preset_interpolates_names_the_setting_to_change():
     )
 
 
+def test_data_with_a_published_test_split_is_not_held_to_test_fraction():
+    """dataset.val_fraction=0.9 of CIFAR's training split was refused for summing to 1.05 with a
+    test_fraction the published test split leaves unused."""
+    from kdrun.config import compose, validate
+    from kdrun.errors import ConfigError
+
+    for dataset in ("cifar10", "mnist"):
+        validate(compose([f"dataset={dataset}", "dataset.val_fraction=0.9"]))
+    with pytest.raises(ConfigError, match="dataset.val_fraction \\+ dataset.test_fraction=1.05 is not allowed"):
+        validate(compose(["dataset=digits", "dataset.val_fraction=0.9"]))  # one pool: kdrun carves the test split
+
+
 def test_a_cifar_run_through_the_cli_with_augmentation(tmp_path):
     from conftest import has_traceback, run_kdrun
 

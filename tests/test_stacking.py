@@ -438,6 +438,29 @@ def test_a_student_that_failed_before_ctrl_c_says_failed_not_interrupted(tmp_pat
     assert broken["config_hash"] and "loss.temperature=1e+20" in broken["overrides"], broken
 
 
+def test_a_teacher_that_failed_before_ctrl_c_fails_its_seeds_jobs(tmp_path: Path, monkeypatch) -> None:
+    """Two seeds' teachers train stacked; seed 0's stops with a NaN at epoch 1 (set here: no setting
+    makes one seed's teacher alone diverge), Ctrl-C comes at epoch 2."""
+    from kdrun import app, stacking
+
+    real_end_epoch = stacking._end_epoch
+
+    def end_epoch(members, stack, losses, epoch, settings, *args, **kwargs):
+        real_end_epoch(members, stack, losses, epoch, settings, *args, **kwargs)
+        if members[0].name == "teacher" and epoch == 1:
+            members[0].error = NonFiniteLossError("teacher", epoch, settings.epochs, math.nan)
+        if members[0].name == "teacher" and epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stacking, "_end_epoch", end_epoch)
+    code = app.main(["-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache.dir={tmp_path / 'cache'}", "trainer.seed=0,1"])
+    assert code == 130
+    statuses = [read_status(job) for job in _jobs(tmp_path / "sweep")]
+    assert [s["status"] for s in statuses] == ["failed", "interrupted"], statuses
+    assert statuses[0]["message"].startswith("teacher: training loss is nan at epoch 1 of 3"), statuses[0]
+
+
 def test_a_job_whose_stacked_student_failed_says_failed_when_ctrl_c_comes_before_it_runs(tmp_path: Path, monkeypatch) -> None:
     from kdrun import app, experiment
 

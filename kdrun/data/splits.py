@@ -213,8 +213,8 @@ def load_data(node: Any) -> DataSplits:
     where = f"dataset {name}"
     try:
         loaded = instantiate({k: v for k, v in plain.items() if k not in DATA_KEYS}, "dataset")
-    except OSError as error:  # a data file the loader cannot read: where to look, as kdrun's own loaders say
-        raise DataError(f"{where}: its loader cannot read a file: {describe_os_error(error)} (relative paths start at {os.getcwd()})") from None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:  # a path to fix, as kdrun's loaders say
+        raise DataError(f"{where}: its loader cannot read a file: {describe_os_error(error)} (relative paths start at {os.getcwd()})") from error
     if not isinstance(loaded, dict) or "train" not in loaded:
         got = f"a dict with keys {sorted(map(str, loaded))}" if isinstance(loaded, dict) else type(loaded).__name__
         raise DataError(f"{where}: its loader must return a dict with 'train': (x, y) and optionally 'test': (x, y), got {got}")
