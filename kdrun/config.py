@@ -610,6 +610,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_values(cfg: DictConfig) -> None:
+    for name, node in cfg.logger.items():  # +logger.mlflow.tracking_uri=... makes a node with no tracker
+        if isinstance(node, DictConfig) and "_target_" not in node:
+            chosen = f"add logger={name} to the command (or logger=[tensorboard,mlflow])" if name in LOGGER_SCHEMAS else "give it a _target_"
+            raise ConfigError(f"logger.{name} is set, but no tracker builds it: {chosen}")
     plain = OmegaConf.to_object(cfg)
     dataset = plain.dataset
     if not isinstance(dataset, DataConf):  # a user's dataset: its split settings are still kdrun's

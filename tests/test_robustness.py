@@ -199,6 +199,7 @@ BAD_INPUTS = [
     _hydra("unknown-dataset", "dataset=nope", "dataset=nope", "synthetic"),
     _hydra("null-group", "logger=null", "config group cannot be null", "logger=[]"),  # was Hydra's traceback
     _hydra("tracker-not-chosen", "logger.mlflow.tracking_uri=x", "logger.mlflow is not a setting until its tracker is chosen", "logger=mlflow"),
+    Bad("tracker-not-chosen-appended", _train("+logger.mlflow.tracking_uri=x"), ("logger.mlflow is set, but no tracker builds it: add logger=mlflow",)),
     _hydra("stack-under-trainer", "trainer.stack=false", "trainer.stack is not a setting", "hydra.launcher.stack"),
     _hydra("unknown-option-in-a-list", "logger=[tensorboard,foo]", "logger=foo is not an option", "csv, mlflow, tensorboard"),
     _hydra("unknown-model", "model=nope", "model=nope", "hinton"),
