@@ -604,7 +604,7 @@ def validate(cfg: DictConfig) -> None:
             source = OmegaConf.to_container(node, resolve=False).get(leaf) if isinstance(node, DictConfig) else None
         except Exception:  # a message about several keys ("a + b=...")
             source = None
-        if isinstance(source, str) and re.fullmatch(r"\$\{\w[\w.]*\}", source):  # an absolute key: one that can be set  # trainer.lr: ${model.recipe_lr}
+        if isinstance(source, str) and re.fullmatch(r"\$\{\w[\w.]*\}", source):  # ${model.recipe_lr}: a key one can set, not ${.lr}
             raise ConfigError(f"{error} ({key} is {source} here: the value to change is {source[2:-1]})") from None
         raise
 
@@ -803,7 +803,8 @@ def _cannot_call(key: str, target: str, arguments: dict[str, Any], signature: in
         unknown = [name for name in arguments if name not in params]
         if unknown:
             takes = ", ".join(n for n, p in params.items() if p.kind != p.VAR_POSITIONAL) or "no settings"
-            hint = _meant(arguments, signature, key) or f"; remove {'it' if len(unknown) == 1 else 'them'} from the config that sets {'it' if len(unknown) == 1 else 'them'}, or with {' '.join(f'~{key}.{n}' for n in unknown)}"
+            them = "it" if len(unknown) == 1 else "them"
+            hint = _meant(arguments, signature, key) or f"; remove {them} from the config that sets {them}, or with {' '.join(f'~{key}.{n}' for n in unknown)}"
             return f"{key}: {target} does not take {', '.join(f'{key}.{n}' for n in unknown)} (it takes {takes}){hint}"
     missing = re.search(r"missing a required argument: '(\w+)'", str(error))
     if missing:
