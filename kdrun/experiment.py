@@ -404,22 +404,20 @@ def _train(run: _Run, name: str, model: nn.Module, split: Split, epochs: int, ba
             return fit(model, split, run.data.val, settings, name, distillation, on_epoch, checkpoint, run.data.prepare, run.augment)
 
         if given is not None:  # trained with other jobs' models (kdrun.groups)
-            if given.source == "cached":
-                log.info("%-9s reused from the cache (%s); its epochs as they were:", name, run.cache_dir)
-            for row in given.history:
-                on_epoch(row)
-            if given.error is not None:
-                raise given.error
-            model.load_state_dict(given.state_dict)
             origin, rows = given.source, given.history
         elif cache_kind is None:
             origin, rows = "trained", train()
         else:
             rows, origin = load_or_train(cache_kind, cache_key, model, train, run.cache_dir)
-            if origin == "cached":
-                log.info("%-9s reused from the cache (%s); its epochs as they were:", name, run.cache_dir)
-                for row in rows:
-                    on_epoch(row)
+        if origin == "cached":
+            log.info("%-9s reused from the cache (%s); its epochs as they were:", name, run.cache_dir)
+        if given is not None or origin == "cached":  # epochs that did not go to the screen and metrics.csv yet
+            for row in rows:
+                on_epoch(row)
+        if given is not None:
+            if given.error is not None:
+                raise given.error
+            model.load_state_dict(given.state_dict)
     run.source[name] = origin
     run.history[name] = rows
     run.seconds[name] = given.seconds if given is not None else time.perf_counter() - started
