@@ -184,11 +184,11 @@ def _settings_record(cfg: DictConfig, overrides: Sequence[str]) -> dict[str, Any
 _SETTINGS_FIELDS = ("config_hash", "overrides", "teacher_sha256")  # of status.json: see _settings_record
 
 
-def _mark_failed(run_dir: Path, previous: dict, error: Exception) -> None:
-    """status.json says failed, as ``_run_job`` records a failure, keeping the settings its
-    previous status recorded."""
+def _mark_failed(run_dir: Path, previous: dict, error: BaseException) -> None:
+    """status.json says failed, with ``error``'s exit code and one line of it (where it was raised,
+    for a bug), keeping the settings its previous status recorded."""
     kept = {key: previous[key] for key in _SETTINGS_FIELDS if key in previous}
-    code, message = failure_of(error) or (EXIT_FAILED, f"{type(error).__name__}: {error}")
+    code, message = failure_of(error) or (EXIT_FAILED, f"{type(error).__name__}: {error} (raised at {raised_at(error)})")
     write_status(run_dir, "failed", **kept, exit_code=code, message=message.splitlines()[0] if message else "")
 
 
@@ -342,11 +342,9 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
         log.warning("%s", message)
         raise
     except BaseException as error:
-        failure = failure_of(error)
-        code, message = failure if failure is not None else (EXIT_FAILED, f"{type(error).__name__}: {error} (raised at {raised_at(error)})")
         with signals_held():
             remove_results(run_dir)
-            write_status(run_dir, "failed", **record, exit_code=code, message=message.splitlines()[0] if message else "")
+            _mark_failed(run_dir, record, error)
         raise
     write_status(run_dir, "completed", **record, objective=result.objective)
     return result
