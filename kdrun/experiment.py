@@ -45,7 +45,7 @@ from kdrun.models.weights import load_weights
 from kdrun.plots import plot_curves, plot_temperature
 from kdrun.run_files import CHECKPOINTS_DIR, METRICS_FILE, MODELS, SUMMARY_COLUMNS, MetricsLog, remove_checkpoints, write_csv_atomic
 from kdrun.trackers import TrackedRun, Tracker, Trackers, flatten
-from kdrun.train import Distillation, FitSettings, evaluate, fit, predict, reported_epoch, resolve_device
+from kdrun.train import Distillation, FitSettings, call_loss_once, evaluate, fit, predict, reported_epoch, resolve_device
 
 log = logging.getLogger("kdrun")
 
@@ -166,15 +166,19 @@ def _check_callable_as_a_loss(loss: Any, target: str) -> None:
 
 
 def set_up_loss(cfg: DictConfig, loss: Any, student: nn.Module, teacher: nn.Module, data: DataSplits) -> None:
-    """A loss's ``setup`` on one batch (seed + 4), before any training: its layers are built and
-    its shapes checked, so that a mistake shows at once."""
-    if hasattr(loss, "setup"):
-        device = data.train.x.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.trainer.seed + 4)
-            loss.setup(student, teacher, data.prepare(data.train.x[: cfg.trainer.batch_size]))
-    for role, model in (("student", student), ("teacher", teacher)):  # names the training loop will hook: checked now, not after the teacher trained
-        named_layers(model, getattr(loss, f"{role}_features", ()), role, f"the loss's {role}_features")
+    """A loss's ``setup`` on one batch (seed + 4), then one call of the loss as training makes
+    it, before any training: its layers are built and its shapes and results checked, so that a
+    mistake shows at once rather than after the teacher trained."""
+    device = data.train.x.device
+    x = data.prepare(data.train.x[: cfg.trainer.batch_size])
+    labels = data.train.y[: cfg.trainer.batch_size].long() if cfg.dataset.transfer_labels else None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.trainer.seed + 4)
+        if hasattr(loss, "setup"):
+            loss.setup(student, teacher, x)
+        for role, model in (("student", student), ("teacher", teacher)):  # names the training loop will hook
+            named_layers(model, getattr(loss, f"{role}_features", ()), role, f"the loss's {role}_features")
+        call_loss_once(loss, student, teacher, x, labels, phase_epochs(cfg, "student"), str(cfg.trainer.precision))
 
 
 def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:

@@ -13,6 +13,7 @@ writes its resumable state now and then and, finding one, continues from it (kdr
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -179,6 +180,33 @@ def loss_and_parts(result: Any, parts: Optional[list[str]], loss_fn: Any = None)
     elif names != parts:
         raise ConfigError(f"{who} returned the parts {names} after {parts}; it must return the same parts every batch")
     return loss, values, names
+
+
+def call_loss_once(loss_fn: Any, student: nn.Module, teacher: nn.Module, x: torch.Tensor, labels: Optional[torch.Tensor],
+                   epochs: int, precision: str = "32") -> None:  # fmt: skip
+    """Call ``loss_fn`` on a batch as ``fit`` does, on copies of the student and the loss, and
+    backpropagate: a loss that raises or breaks the contract of kdrun/losses/base.py stops the run
+    before any model trains (before a teacher's hours), not at the distilled student's first batch.
+    The teacher runs in eval mode without gradients; only torch's random state changes."""
+    loss_fn, student = copy.deepcopy(loss_fn), copy.deepcopy(student)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(x.device)
+    if hasattr(loss_fn, "set_epoch"):
+        loss_fn.set_epoch(1, epochs)
+    names = {role: tuple(getattr(loss_fn, f"{role}_features", ())) for role in ("student", "teacher")}
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with _features(student, names["student"], "student") as student_features, \
+                _features(teacher, names["teacher"], "teacher") as teacher_features, autocast(x.device, precision):  # fmt: skip
+            logits = student.train()(x)
+            with torch.no_grad():
+                teacher_in = getattr(loss_fn, "teacher_targets", lambda logits: logits)(teacher(x))
+            features = {f"{role}_features": found for role, found in (("student", student_features), ("teacher", teacher_features)) if names[role]}
+            loss, _, _ = loss_and_parts(loss_fn(logits, teacher_in, labels, **features), None, loss_fn)
+        loss.backward()
+    finally:
+        teacher.train(was_training)
 
 
 def _described(value: Any) -> str:

@@ -116,6 +116,12 @@ USER_CODE = {
         class TwoArguments:  # forgot the labels
             def __call__(self, student_logits, teacher_logits):
                 return F.mse_loss(student_logits, teacher_logits)
+
+        def returns_float(student_logits, teacher_logits, labels):
+            return F.cross_entropy(student_logits, labels).item()
+
+        def raises(student_logits, teacher_logits, labels):
+            return F.mse_loss(student_logits, teacher_logits[:, :3])  # a bug of one's own
     """,
 }
 CONFIGS = {
@@ -138,6 +144,8 @@ CONFIGS = {
     "loss/no_call.yaml": "_target_: mypkg.mylosses.NoCall\n",
     "loss/no_forward.yaml": "_target_: mypkg.mylosses.NoForward\n",
     "loss/two_arguments.yaml": "_target_: mypkg.mylosses.TwoArguments\n",
+    "loss/returns_float.yaml": "_target_: mypkg.mylosses.returns_float\n_partial_: true\n",
+    "loss/raises.yaml": "_target_: mypkg.mylosses.raises\n_partial_: true\n",
     "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
     "loss/logit_mse.yaml": "_target_: mypkg.mylosses.LogitMSE\nweight: 0.5\n",
     "loss/fn_loss.yaml": "_target_: mypkg.mylosses.fn_loss\n_partial_: true\nweight: 0.5\n",
@@ -272,6 +280,7 @@ def test_a_loss_kdrun_cannot_call_is_one_message_before_any_training(user_projec
                                 "(relative paths start at "),  # was "kdrun ERROR: /data/blobs.npz", exit 1
     ("dataset=misnamed", 2, "and optionally 'test': (x, y), got a dict with keys ['training']"),
     ("loss=typo_features", 2, "kdrun ERROR: the loss's student_features: the student has no layer network.9; its layers: "),  # before the teacher trains
+    ("loss=returns_float", 2, "kdrun ERROR: the loss mypkg.mylosses.returns_float returned a float; it must return a scalar tensor"),  # was after the teacher trained
 ])  # fmt: skip
 def test_mistakes_in_a_users_loader_or_loss_say_what_and_where(user_project, override, code, message):
     result = user_run(user_project, override.replace("=", "-"), override)
@@ -286,6 +295,15 @@ def test_an_error_torch_raises_in_a_users_forward_is_placed_in_the_users_file(us
     assert result.returncode == 1
     message = read_status(user_project / "bad-forward")["message"]
     assert "RuntimeError" in message and "(raised at " in message and f"mypkg{os.sep}nets.py:" in message, message
+
+
+@pytest.mark.slow
+def test_an_error_in_a_users_loss_stops_the_run_before_the_teacher_trains(user_project):
+    result = user_run(user_project, "loss-raises", "loss=raises")
+    assert result.returncode == 1 and "teacher   epoch" not in result.stdout, result.stdout
+    message = read_status(user_project / "loss-raises")["message"]
+    assert "RuntimeError" in message and f"mypkg{os.sep}mylosses.py:" in message, message
+    assert not (user_project / "loss-raises" / "teacher.pt").exists()
 
 
 @pytest.mark.slow
