@@ -25,7 +25,7 @@ from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.kdrun_sweeps.sweeps import check_stack_mb, job_groups, run_jobs_here
+from hydra_plugins.kdrun_sweeps.sweeps import check_stack_mb, composed_jobs, job_groups, record_jobs_not_started, run_jobs_here
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class _GroupsAsTasks:
         seeds apart, where it sweeps them outermost) so that every worker has one."""
         check_stack_mb(self.stack_mb)
         setup_globals()
-        parts = _cut(job_groups(self.hydra_context, self.config, job_overrides, self.stack), workers)
+        self._planned = (*composed_jobs(self.hydra_context, self.config, job_overrides), range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        parts = _cut(job_groups(self._planned[1], self.stack), workers)
         for part in parts:
             jobs = "; ".join(f"#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}" for i in part)
             log.info(f"\ttask of {len(part)} job{'s' if len(part) > 1 else ''}: {jobs}")
@@ -79,6 +80,14 @@ class _GroupsAsTasks:
     @property
     def _stack_mb(self) -> Any:
         return self.stack_mb if self.stack else None
+
+    def _record_stop(self, stop: KeyboardInterrupt) -> None:
+        """After Ctrl-C (or SIGTERM) stopped this machine's workers: the jobs they left running, and
+        those no worker started, say interrupted."""
+        from kdrun.app import stop_jobs_left_running
+
+        stop_jobs_left_running(Path(str(self.config.hydra.sweep.dir)), stop)
+        record_jobs_not_started(stop, self.config, *self._planned)
 
 
 def _cut(parts: List[List[int]], at_least: int) -> List[List[int]]:
@@ -90,12 +99,6 @@ def _cut(parts: List[List[int]], at_least: int) -> List[List[int]]:
         size = -(-len(part) // per_part)
         pieces += [part[start : start + size] for start in range(0, len(part), size)]
     return pieces
-
-
-def _record_stop(config: DictConfig, stop: KeyboardInterrupt) -> None:
-    from kdrun.app import stop_jobs_left_running
-
-    stop_jobs_left_running(Path(str(config.hydra.sweep.dir)), stop)
 
 
 def _in_job_order(parts: List[List[int]], results: Sequence[List[JobReturn]]) -> List[JobReturn]:
@@ -126,7 +129,7 @@ if JoblibLauncher is not None:
             try:
                 results = Parallel(**settings)(delayed(run_task)(self.hydra_context, self.task_function, self.config, task, self._stack_mb, state) for task in tasks)
             except KeyboardInterrupt as stop:  # joblib has ended its workers, which may not have recorded their jobs
-                _record_stop(self.config, stop)
+                self._record_stop(stop)
                 raise
             return _in_job_order(parts, results)
 
@@ -152,7 +155,7 @@ if LocalLauncher is not None:
                 if self._EXECUTOR == "local":  # its tasks are this command's processes: they stop with it (a cluster's stay queued)
                     for task in submitted:
                         task.cancel(check=False)
-                    _record_stop(self.config, stop)
+                    self._record_stop(stop)
                 raise
 
         def __call__(self, jobs: Task, singleton_state: Dict[type, Singleton]) -> List[JobReturn]:

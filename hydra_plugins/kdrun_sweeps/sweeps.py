@@ -23,7 +23,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -85,14 +85,8 @@ def run_jobs_here(
     then the jobs one after the other through Hydra's ``run_job``."""
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    configs = _compose(hydra_context, config, job_overrides)
-    tasks = [_checked(job) for job in configs]
-    job_dirs = []
-    for number, job in zip(numbers, configs):
-        with open_dict(job):
-            job.hydra.job.id = job_id if job_id is not None else number
-            job.hydra.job.num = number
-        job_dirs.append(_make_job_dir(job))
+    configs, tasks = composed_jobs(hydra_context, config, job_overrides)
+    job_dirs = _numbered_job_dirs(configs, numbers, job_id)
     together = stack_mb is not None and len(configs) > 1
     if together:
         from kdrun.app import stop_trained_jobs, train_together
@@ -111,15 +105,39 @@ def run_jobs_here(
             )
             configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     except BaseException as stop:  # Ctrl-C, SIGTERM, a scheduler's exit: the jobs still to run say so
-        from kdrun.app import stop_jobs_not_started
-
-        sweep_dir = Path(str(config.hydra.sweep.dir))
         if together:
-            stop_trained_jobs(stop, sweep_dir)
-        stop_jobs_not_started(stop, sweep_dir, [(task, job_dir, list(job.hydra.overrides.task)) for task, job_dir, job in zip(tasks, job_dirs, configs)])
-        _record_jobs_not_run(configs, tasks, job_dirs)
+            stop_trained_jobs(stop, Path(str(config.hydra.sweep.dir)))
+        _record_jobs_not_started(stop, config, configs, tasks, job_dirs)
         raise
     return returns
+
+
+def _numbered_job_dirs(configs: Sequence[DictConfig], numbers: Sequence[int], job_id: Optional[str] = None) -> List[Path]:
+    """Number each job's config as Hydra does and create its folder; return the folders."""
+    job_dirs = []
+    for number, job in zip(numbers, configs):
+        with open_dict(job):
+            job.hydra.job.id = job_id if job_id is not None else number
+            job.hydra.job.num = number
+        job_dirs.append(_make_job_dir(job))
+    return job_dirs
+
+
+def record_jobs_not_started(stop: BaseException, config: DictConfig, configs: Sequence[DictConfig], tasks: Sequence[DictConfig],
+                            numbers: Sequence[int]) -> None:  # fmt: skip
+    """After a launcher whose jobs (``composed_jobs``, numbered ``numbers``) run in other processes
+    stopped: each job that no worker started gets its folder, saying interrupted, as in-process
+    sweeps leave theirs."""
+    _record_jobs_not_started(stop, config, configs, tasks, _numbered_job_dirs(configs, numbers))
+
+
+def _record_jobs_not_started(stop: BaseException, config: DictConfig, configs: Sequence[DictConfig], tasks: Sequence[DictConfig],
+                             job_dirs: Sequence[Path]) -> None:  # fmt: skip
+    from kdrun.app import stop_jobs_not_started
+
+    jobs = [(task, job_dir, list(job.hydra.overrides.task)) for task, job_dir, job in zip(tasks, job_dirs, configs)]
+    stop_jobs_not_started(stop, Path(str(config.hydra.sweep.dir)), jobs)
+    _record_jobs_not_run(configs, tasks, job_dirs)
 
 
 def _record_jobs_not_run(configs: Sequence[DictConfig], tasks: Sequence[DictConfig], job_dirs: Sequence[Path]) -> None:
@@ -138,11 +156,16 @@ def _record_jobs_not_run(configs: Sequence[DictConfig], tasks: Sequence[DictConf
         write_text_atomic(job_dir / str(subdir) / "overrides.yaml", OmegaConf.to_yaml(job.hydra.overrides.task))
 
 
-def job_groups(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]], stack: bool) -> List[List[int]]:
-    """The jobs (positions in ``job_overrides``) to run together, in job order: each group of jobs
-    that can train together (kdrun.groups.plan; none unless ``stack``), and each other job alone.
-    Every job's config is composed and checked first: a bad value anywhere stops the sweep."""
-    tasks = [_checked(job) for job in _compose(hydra_context, config, job_overrides)]
+def composed_jobs(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]]) -> Tuple[List[DictConfig], List[DictConfig]]:
+    """Every job's config and its task config, checked: a bad value anywhere stops the sweep."""
+    configs = _compose(hydra_context, config, job_overrides)
+    return configs, [_checked(job) for job in configs]
+
+
+def job_groups(tasks: Sequence[DictConfig], stack: bool) -> List[List[int]]:
+    """The jobs (positions in ``tasks``, their task configs) to run together, in job order: each
+    group of jobs that can train together (kdrun.groups.plan; none unless ``stack``), and each
+    other job alone."""
     if not stack:
         return [[i] for i in range(len(tasks))]
     from kdrun.groups import plan
