@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import interrupt, killed_if_left, start_kdrun, wait_for_metrics
+from conftest import has_traceback, interrupt, killed_if_left, start_kdrun, wait_for_metrics
 
 from kdrun.run_files import read_status
 
@@ -146,6 +146,24 @@ def test_sigterm_to_kdrun_alone_marks_every_job_its_parallel_workers_ran_interru
     rows = [(job / "metrics.csv").read_text().count("\n") if (job / "metrics.csv").exists() else 0 for job in jobs]
     time.sleep(1)
     assert [(job / "metrics.csv").read_text().count("\n") if (job / "metrics.csv").exists() else 0 for job in jobs] == rows  # no worker trains on
+
+
+def test_ctrl_c_in_a_terminal_stops_a_submitit_local_sweep_with_one_line(tmp_path: Path) -> None:
+    """Ctrl-C reaches kdrun and submitit's local controller processes (one process group): each
+    controller printed a KeyboardInterrupt traceback into the terminal. Now their stderr goes to
+    .submitit/controllers.err, and the terminal shows kdrun's one line."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "hydra/launcher=kd_submitit_local", "trainer.threads=1", "trainer.lr=0.001,0.002", "trainer.student_epochs=5000",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    with killed_if_left(start_kdrun(*args, cwd=tmp_path, start_new_session=True)) as proc:
+        for number in (0, 1):
+            wait_for_metrics(proc, sweep, f"{number}_*/metrics.csv", rows=10)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and not has_traceback(stderr), stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("kdrun: interrupted by SIGINT"), stderr[-3000:]
+    assert [read_status(job)["status"] for job in job_dirs(sweep)] == ["interrupted"] * 2
 
 
 @pytest.mark.parametrize("stack", [True, False])

@@ -14,10 +14,13 @@ only where its plugin is installed (the ``sweep`` extra). (No ``from __future__ 
 annotations``: see sweeps.py.)
 """
 
+import contextlib
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -101,6 +104,27 @@ def _cut(parts: List[List[int]], at_least: int) -> List[List[int]]:
     return pieces
 
 
+@contextlib.contextmanager
+def _stderr_of_controllers(folder: Optional[Path]) -> Iterator[None]:
+    """While submitit starts its local controller processes: their stderr (which they inherit)
+    goes to ``folder``/controllers.err. On Ctrl-C each printed Python's KeyboardInterrupt
+    traceback into the terminal, after kdrun's one line; its tasks log to files of their own."""
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    with open(folder / "controllers.err", "ab") as log_file:
+        os.dup2(log_file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+
+
 def _in_job_order(parts: List[List[int]], results: Sequence[List[JobReturn]]) -> List[JobReturn]:
     returns: Dict[int, JobReturn] = {}
     for part, result in zip(parts, results):
@@ -148,7 +172,8 @@ if LocalLauncher is not None:
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
             parts, tasks = self._tasks(job_overrides, initial_job_idx)
-            submitted = self._executor().map_array(self, tasks, [Singleton.get_state()] * len(tasks))
+            with _stderr_of_controllers(Path(str(self.config.hydra.sweep.dir)) / ".submitit" if self._EXECUTOR == "local" else None):
+                submitted = self._executor().map_array(self, tasks, [Singleton.get_state()] * len(tasks))
             try:
                 return _in_job_order(parts, [task.results()[0] for task in submitted])
             except KeyboardInterrupt as stop:
