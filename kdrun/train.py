@@ -305,8 +305,11 @@ def fit(
         history, best = saved["history"], saved["best"]
         _restore(saved, model, optimizer, loss_fn, generator, draws, scaler, device)
         first_epoch = saved["epoch"] + 1
-        if first_epoch <= settings.epochs:
-            log.info("resuming %s at epoch %d of %d (%s)", checkpoint.title, first_epoch, settings.epochs, checkpoint.path)
+        if first_epoch > settings.epochs:
+            log.info("%s trained all %d epochs before the run stopped (%s); its epochs as they were:", checkpoint.title, settings.epochs, checkpoint.path)
+        else:
+            before = "epoch 1" if first_epoch == 2 else f"epochs 1-{first_epoch - 1}"
+            log.info("resuming %s at epoch %d of %d (%s); %s as they were:", checkpoint.title, first_epoch, settings.epochs, checkpoint.path, before)
         for row in history:
             on_epoch(row)
     with contextlib.ExitStack() as stack:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,8 +74,8 @@ def reference(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(
     ("signum", "phase", "resumed"),
-    [(signal.SIGTERM, "teacher", "the teacher"), (signal.SIGKILL, "distilled", "the distilled student")],
-    ids=["SIGTERM-teacher", "SIGKILL-student"],
+    [(signal.SIGTERM, "teacher", "the teacher"), (signal.SIGKILL, "distilled", "the distilled student"), (signal.SIGINT, "baseline", "the baseline student")],
+    ids=["SIGTERM-teacher", "SIGKILL-student", "SIGINT-baseline"],
 )
 def test_a_stopped_run_continues_to_the_uninterrupted_results(tmp_path, reference, signum, phase, resumed):
     run = tmp_path / "run"
@@ -94,7 +95,11 @@ def test_a_stopped_run_continues_to_the_uninterrupted_results(tmp_path, referenc
     assert (run / "checkpoints" / f"{phase}.pt").is_file()
 
     again = run_kdrun("train", f"hydra.run.dir={run}", *LONG, cwd=tmp_path, check=True)
-    assert f"resuming {resumed} at epoch" in again.stdout, again.stdout
+    assert re.search(f"resuming {resumed} at epoch (\\d+) of 300 \\(.*\\); epochs 1-\\d+ as they were:", again.stdout), again.stdout
+    first = int(re.search(f"resuming {resumed} at epoch (\\d+)", again.stdout).group(1))
+    assert f"epochs 1-{first - 1} as they were:" in again.stdout
+    for finished in {"teacher": [], "distilled": ["the teacher"], "baseline": ["the teacher", "the distilled student"]}[phase]:  # not trained again: said so
+        assert f"{finished} trained all 300 epochs before the run stopped (" in again.stdout, again.stdout
     assert read_status(run)["status"] == "completed"
     _assert_same_results(run, reference)
     assert not (run / "checkpoints").exists()  # trainer.keep_checkpoints=false: only the final models stay
