@@ -567,7 +567,7 @@ def main(argv: Sequence[str]) -> int:
     except Exception as error:
         message = config_error_message(error, user_config_dirs(argv))  # a mistake Hydra found on the command line
         message = _before_the_sweep(argv, message) or message
-        failure = (EXIT_USAGE, message) if message is not None else failure_of(error) or _search_stopped(error)
+        failure = (EXIT_USAGE, message) if message is not None else _sweep_stopped_at(error) or failure_of(error) or _search_stopped(error)
         if _show_tracebacks or failure is None:  # a bug in kdrun, or asked for
             traceback.print_exc()
             return EXIT_FAILED
@@ -582,6 +582,19 @@ def main(argv: Sequence[str]) -> int:
         else:
             os.environ["HYDRA_FULL_ERROR"] = saved_full_error
     return 0
+
+
+def _sweep_stopped_at(error: Exception) -> Optional[tuple[int, str]]:
+    """(exit code, message) for a failed job that a sweeper raised again to end the sweep (kdrun's
+    own go on past it); None for any other error."""
+    if not isinstance(error, JobFailed):
+        return None
+    message = f"the sweeper stopped the sweep at a failed job: {error}"
+    frames = traceback.extract_tb(error.__traceback__)
+    if any(f"{os.sep}hydra_optuna_sweeper{os.sep}" in frame.filename for frame in frames):
+        message += (" Optuna's sweeper stops once more trials fail than hydra.sweeper.max_failure_rate allows (its default, 0, "
+                    "allows none); hydra.sweeper.max_failure_rate=1.0 lets the search go on, as hparams_search=kd_optuna does")  # fmt: skip
+    return error.exit_code, message
 
 
 def _search_stopped(error: Exception) -> Optional[tuple[int, str]]:

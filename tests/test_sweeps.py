@@ -241,6 +241,11 @@ def test_an_optuna_trial_that_fails_is_a_failed_trial_and_the_search_goes_on(tmp
     none_completed = kdrun_train(tmp_path / "none", "hparams_search=kd_optuna", "hydra.sweeper.n_trials=1", "trainer.lr=1e30", multirun=False)
     assert none_completed.returncode == 1 and "kdrun ERROR: the Optuna search stopped: No trials are completed yet." in none_completed.stderr
     assert "Traceback" not in none_completed.stderr, none_completed.stderr
+    # Optuna's own default, max_failure_rate=0: the search stops at the failed trial, and says how not to
+    stops = kdrun_train(tmp_path / "none", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "trainer.lr=choice(1e30)")
+    last = stops.stderr.strip().splitlines()[-1]
+    assert stops.returncode == 1 and last.startswith("kdrun ERROR: the sweeper stopped the sweep at a failed job: teacher: training loss is"), stops.stderr
+    assert "hydra.sweeper.max_failure_rate=1.0 lets the search go on" in last and not has_traceback(stops.stderr)
     no_trials = kdrun_train(tmp_path / "none", "hparams_search=kd_optuna", "hydra.sweeper.n_trials=0", multirun=False)
     assert no_trials.returncode == 2 and no_trials.stderr.strip().splitlines() == [
         "kdrun ERROR: hydra.sweeper.n_trials=0 is not allowed: the number of trials the search runs, at least 1"
