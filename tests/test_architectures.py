@@ -283,12 +283,13 @@ def _fit(student: nn.Module, teacher: nn.Module, loss: nn.Module, epochs: int) -
 
 
 def test_attention_transfer_auto_trains_resnet8x4_from_resnet32x4():
-    """kdrun's training loop with loss=at's auto layers: every stage pair, all of equal size."""
+    """kdrun's training loop with loss=at's auto layers: every stage pair but the stems (as
+    RepDistiller and mdistiller pair them), all of equal size."""
     teacher, student = _build("resnet32x4"), _build("resnet8x4")
     before = student.stages[1].body[0].conv1.weight.detach().clone()
     loss = ATLoss()
     (row,) = _fit(student, teacher, loss, epochs=1)
-    assert loss.student_features == loss.teacher_features == ("stages.0", "stages.1", "stages.2", "stages.3")
+    assert loss.student_features == loss.teacher_features == ("stages.1", "stages.2", "stages.3")
     assert row["at_loss"] > 0 and torch.isfinite(torch.tensor(row["train_loss"]))
     assert not torch.equal(student.stages[1].body[0].conv1.weight, before)
 
@@ -299,6 +300,8 @@ def test_fitnet_auto_hints_wrn_16_2_from_wrn_40_2():
     loss = FitNetLoss()
     rows = _fit(student, teacher, loss, epochs=2)  # the first epoch is the hint stage
     assert (loss.student_features, loss.teacher_features) == (("stages.2",), ("stages.2",))
-    assert isinstance(loss.regressor, nn.Conv2d) and (loss.regressor.in_channels, loss.regressor.out_channels) == (64, 64)
+    conv, norm, relu = loss.regressor  # RepDistiller's and mdistiller's ConvReg
+    assert isinstance(conv, nn.Conv2d) and (conv.in_channels, conv.out_channels, conv.kernel_size) == (64, 64, (1, 1))
+    assert isinstance(norm, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)
     assert rows[0]["train_loss"] == pytest.approx(rows[0]["hint_loss"]) and rows[0]["hint_loss"] > 0
     assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in rows)

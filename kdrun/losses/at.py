@@ -51,8 +51,9 @@ class ATLoss(DistillationLoss):
     the authors' code and RepDistiller's and mdistiller's, whose CIFAR-100 results kdrun quotes
     (the paper writes beta/2 times a p-norm of the difference). p >= 1: below, |x|^p has an
     infinite slope at the many zeros of ReLU features. ``student_layers`` / ``teacher_layers`` name the paired layers (lists of
-    equal length); ``auto`` pairs each network's stages in order (kdrun's CNNs: ``stages.0``,
-    ``stages.1``, ...) and refuses a model without them (an MLP). Needs convolutional features
+    equal length); ``auto`` pairs each network's stages after the first, in order (kdrun's CNNs:
+    ``stages.1``, ``stages.2``, ...: RepDistiller's ``feat[1:-1]``, mdistiller's ``feats[1:]``,
+    which leave out the stem), and refuses a model without them (an MLP). Needs convolutional features
     ``[B, C, H, W]`` of equal spatial size per pair. Returns ``{"loss", "at_loss": the sum over
     pairs, "hard_loss"}``; learns without labels when ``ce_weight = 0`` (then no ``hard_loss``)."""
 
@@ -72,12 +73,13 @@ class ATLoss(DistillationLoss):
     def setup(self, student: nn.Module, teacher: nn.Module, inputs: torch.Tensor) -> None:
         pairs = []
         for role, model, given in (("student", student, self.student_layers), ("teacher", teacher, self.teacher_layers)):
-            if given == "auto" and not conv_stage_names(model):  # an MLP: no [C, H, W] features to pair
+            if given == "auto" and len(conv_stage_names(model)) < 2:  # an MLP, or a CNN of one stage: no features past a stem
                 raise ConfigError(
-                    f"loss=at needs convolutional models: the {role} ({type(model).__name__}) has no stages for loss.{role}_layers=auto "
-                    "to pair; use model/teacher=cnn model/student=cnn, or name [C, H, W] layers in loss.student_layers and loss.teacher_layers"
-                )
-            pairs.append(conv_stage_names(model) if given == "auto" else [given] if isinstance(given, str) else list(given))
+                    f"loss=at needs convolutional models: the {role} ({type(model).__name__}) has no stages after its first for "
+                    f"loss.{role}_layers=auto to pair; use model/teacher=cnn model/student=cnn, or name [C, H, W] layers in "
+                    "loss.student_layers and loss.teacher_layers"
+                )  # fmt: skip
+            pairs.append(conv_stage_names(model)[1:] if given == "auto" else [given] if isinstance(given, str) else list(given))
         if len(pairs[0]) != len(pairs[1]) or not pairs[0]:
             raise ConfigError(f"loss=at pairs the student's layers {pairs[0]} with the teacher's {pairs[1]}: name as many of each (loss.student_layers, loss.teacher_layers)")
         s_shapes = feature_shapes(student, pairs[0], inputs, "student", f"loss.student_layers={self.student_layers}")

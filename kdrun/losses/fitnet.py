@@ -11,7 +11,7 @@ from torch import nn
 
 from kdrun.errors import ConfigError
 from kdrun.losses.base import DistillationLoss
-from kdrun.losses.checks import check_choice, check_fraction
+from kdrun.losses.checks import check_choice, check_fraction, compute_dtype
 from kdrun.losses.features import feature_shapes, stage_names
 from kdrun.losses.kd import KDLoss
 
@@ -25,8 +25,10 @@ class FitNetLoss(DistillationLoss):
         \mathcal{L}_{hint} = \frac{1}{N} \, \| r(g_s(x)) - h_t(x) \|_2^2
 
     (the mean over every element). Then KD (:class:`KDLoss` with ``alpha`` and ``temperature``)
-    for the rest. The regressor is a linear layer for ``[B, D]`` features (MLPs) and a
-    ``kernel_size`` convolution for ``[B, C, H, W]`` ones (equal H and W). ``student_layer`` /
+    for the rest. The regressor is a linear layer for ``[B, D]`` features (MLPs) and, for
+    ``[B, C, H, W]`` ones (equal H and W), a ``kernel_size`` convolution, batch norm and ReLU:
+    RepDistiller's and mdistiller's ``ConvReg`` (the paper gives the regressor the hint layer's
+    non-linearity; the stages ``auto`` picks end in a ReLU). ``student_layer`` /
     ``teacher_layer`` name the layers (``named_modules()``); ``auto`` takes stage number n // 2
     (from 0) of each network's n stages, or of its n hidden ReLUs for an MLP: the middle one when
     n is odd, the later of the two middle ones when n is even. For kdrun's 2-stage CNNs that is
@@ -65,7 +67,8 @@ class FitNetLoss(DistillationLoss):
         if len(s_shape) == 1 and len(t_shape) == 1:
             regressor: nn.Module = nn.Linear(s_shape[0], t_shape[0])
         elif len(s_shape) == 3 and len(t_shape) == 3 and s_shape[1:] == t_shape[1:]:
-            regressor = nn.Conv2d(s_shape[0], t_shape[0], self.kernel_size, padding=self.kernel_size // 2)
+            conv = nn.Conv2d(s_shape[0], t_shape[0], self.kernel_size, padding=self.kernel_size // 2)
+            regressor = nn.Sequential(conv, nn.BatchNorm2d(t_shape[0]), nn.ReLU())
         else:
             raise ConfigError(
                 f"loss=fitnet: the student's {names[0]} gives {list(s_shape)} and the teacher's {names[1]} {list(t_shape)} "
@@ -79,6 +82,7 @@ class FitNetLoss(DistillationLoss):
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: Optional[torch.Tensor],
                 student_features: dict, teacher_features: dict) -> dict[str, torch.Tensor]:  # fmt: skip
         (guided,), (hint,) = student_features.values(), teacher_features.values()
-        hint_loss = F.mse_loss(self.regressor(guided).float(), hint.detach().float())
+        dtype = compute_dtype(hint.dtype)
+        hint_loss = F.mse_loss(self.regressor(guided).to(dtype), hint.detach().to(dtype))
         parts = self.kd(student_logits, teacher_logits, labels)
         return {**parts, "loss": hint_loss if self.hinting else parts["loss"], "hint_loss": hint_loss}
