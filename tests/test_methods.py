@@ -236,6 +236,8 @@ def test_extreme_logits_and_temperatures_stay_finite(scale, temperature):
         (lambda: ATLoss(beta=-1.0), "beta"),
         (lambda: DISTLoss(temperature=-2.0), "temperature"),
         (lambda: DKDLoss()(logits(2, 3), logits(2, 3), None), "DKDLoss needs labels"),
+        (lambda: dkd_loss(logits(2, 1), logits(2, 1), torch.tensor([0, 0])), "at least 2 classes"),
+        (lambda: DKDLoss()(logits(2, 1), logits(2, 1), torch.tensor([0, 0])), "at least 2 classes"),  # was NaN, silently
         (lambda: DISTLoss()(logits(2, 3), logits(2, 3), None), "DISTLoss needs labels.*ce_weight=0"),
     ],
 )

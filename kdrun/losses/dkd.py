@@ -44,6 +44,11 @@ def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     return temperature**2 * tckd.mean(), temperature**2 * nckd.mean()
 
 
+def _check_two_classes(logits: torch.Tensor) -> None:
+    if logits.dim() != 2 or logits.shape[-1] < 2:  # one class: no non-target class, and NaN
+        raise ValueError(f"student_logits must be [batch, num_classes] with at least 2 classes (got shape {tuple(logits.shape)})")
+
+
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -76,8 +81,7 @@ def dkd_loss(
     check_logits("student_logits", student_logits)
     check_logits("teacher_logits", teacher_logits)
     check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
-    if student_logits.dim() != 2 or student_logits.shape[-1] < 2:
-        raise ValueError(f"student_logits must be [batch, num_classes] with at least 2 classes (got shape {tuple(student_logits.shape)})")
+    _check_two_classes(student_logits)
     check_labels(labels, student_logits)
     check_weight("alpha", alpha)
     check_weight("beta", beta)
@@ -90,7 +94,8 @@ class DKDLoss(DistillationLoss):
     r"""``loss=dkd``: :math:`L = w_{ce} \, \mathrm{CE} + \min(e / E_w, 1) \, (\alpha \,
     \mathrm{TCKD} + \beta \, \mathrm{NCKD})`, where e is the epoch and :math:`E_w` the warm-up
     (:func:`dkd_loss` for the rest). The paper's CIFAR-100 settings are the defaults: alpha 1,
-    beta 8, T 4, a 20-epoch warm-up, CE weight 1. Returns ``{"loss", "tckd", "nckd",
+    beta 8 (2 or 6 for some pairs: ``loss=dkd`` takes the pair preset's ``recipe_dkd_beta``),
+    T 4, a 20-epoch warm-up, CE weight 1. Returns ``{"loss", "tckd", "nckd",
     "hard_loss"}`` (TCKD and NCKD times T^2, unweighted). Needs labels: they pick each row's
     target class.
 
@@ -118,6 +123,7 @@ class DKDLoss(DistillationLoss):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
         check_labels_given("DKDLoss", labels, "TCKD and NCKD split each row at its target class")
+        _check_two_classes(student_logits)
         tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, self.temperature)
         distillation = self.warmup * (self.alpha * tckd + self.beta * nckd)
         return with_cross_entropy("DKDLoss", distillation, {"tckd": tckd, "nckd": nckd}, student_logits, labels, self.ce_weight)
