@@ -211,6 +211,10 @@ class ModelPairConf:
     recipe_lr: float = _setting(
         0.05, "the CIFAR benchmark recipe's learning rate for this pair (experiment=cifar100_kd): 0.05, 0.01 for MobileNetV2 and ShuffleNet students"
     )
+    recipe_dkd_beta: float = _setting(
+        8.0, "loss=dkd's beta for this pair in DKD's paper: 8; 2 for resnet56 -> resnet20 and resnet110 -> resnet32, "
+        "6 for wrn_40_2 -> wrn_16_2 or wrn_40_1 and vgg13 -> vgg8 or mobilenetv2"
+    )
 
 
 # --------------------------------------------------------------------------- losses

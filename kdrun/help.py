@@ -51,9 +51,18 @@ def _settings(node: DictConfig, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += _settings(child, f"{prefix}{key}.")
         else:
             value = OmegaConf.to_container(node, resolve=False)[key] if not child._is_missing() else "???"
-            shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value).replace(" ", "")
+            shown = _shown(value)
+            if OmegaConf.is_interpolation(node, str(key)):  # 8.0 (${model.recipe_dkd_beta}): the value, and where it comes from
+                try:
+                    shown = f"{_shown(OmegaConf.to_container(node, resolve=True)[key])} ({shown})"
+                except Exception:  # an interpolation that does not resolve here: shown as written
+                    pass
             rows.append((f"{prefix}{key}", shown, _meaning(node, str(key))))
     return rows
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value).replace(" ", "")
 
 
 def train_help(argv: Sequence[str], config_dir: Path) -> str:

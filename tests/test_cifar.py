@@ -453,6 +453,19 @@ def test_the_benchmark_recipe_and_each_pair_preset_compose():
         assert pair == f"{teacher}_{student}"
         low = student in ("mobilenetv2", "shufflev1", "shufflev2")
         assert composed.trainer.lr == (0.01 if low else 0.05), pair
+        dkd_beta = {"resnet56_resnet20": 2.0, "resnet110_resnet32": 2.0, "wrn_40_2_wrn_16_2": 6.0, "wrn_40_2_wrn_40_1": 6.0, "vgg13_vgg8": 6.0,
+                    "vgg13_mobilenetv2": 6.0}.get(pair, 8.0)  # DKD's paper (mdistiller's configs/cifar100/dkd/)
+        assert compose(["experiment=cifar100_kd", f"model={pair}", "loss=dkd"]).loss.beta == dkd_beta, pair
+
+
+def test_help_shows_an_interpolated_settings_value_and_its_source():
+    from kdrun.app import config_dir
+    from kdrun.help import train_help
+
+    page = train_help(["experiment=cifar100_kd", "model=resnet56_resnet20", "loss=dkd"], config_dir()).splitlines()
+    for key, shown in (("loss.beta", "2.0 (${model.recipe_dkd_beta})"), ("trainer.lr", "0.05 (${model.recipe_lr})")):
+        line = next(line for line in page if line.strip().startswith(key + " "))
+        assert line.split()[1:3] == shown.split(), line  # was the bare ${...}
 
 
 def test_a_bad_value_a_preset_interpolates_names_the_setting_to_change():
