@@ -173,12 +173,12 @@ def set_up_loss(cfg: DictConfig, loss: Any, student: nn.Module, teacher: nn.Modu
     x = data.prepare(data.train.x[: cfg.trainer.batch_size])
     labels = data.train.y[: cfg.trainer.batch_size].long() if cfg.dataset.transfer_labels else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.trainer.seed + 4)
         if hasattr(loss, "setup"):
+            torch.manual_seed(cfg.trainer.seed + 4)
             loss.setup(student, teacher, x)
         for role, model in (("student", student), ("teacher", teacher)):  # names the training loop will hook
             named_layers(model, getattr(loss, f"{role}_features", ()), role, f"the loss's {role}_features")
-        call_loss_once(loss, student, teacher, x, labels, phase_epochs(cfg, "student"), str(cfg.trainer.precision))
+        call_loss_once(loss, student, teacher, x, labels, phase_epochs(cfg, "student"), str(cfg.trainer.precision), bool(cfg.dataset.get("augment")))
 
 
 def prepare(cfg: DictConfig, data: Optional[DataSplits] = None) -> Prepared:

@@ -13,7 +13,6 @@ writes its resumable state now and then and, finding one, continues from it (kdr
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import logging
 import math
@@ -183,30 +182,50 @@ def loss_and_parts(result: Any, parts: Optional[list[str]], loss_fn: Any = None)
 
 
 def call_loss_once(loss_fn: Any, student: nn.Module, teacher: nn.Module, x: torch.Tensor, labels: Optional[torch.Tensor],
-                   epochs: int, precision: str = "32") -> None:  # fmt: skip
-    """Call ``loss_fn`` on a batch as ``fit`` does, on copies of the student and the loss, and
-    backpropagate: a loss that raises or breaks the contract of kdrun/losses/base.py stops the run
-    before any model trains (before a teacher's hours), not at the distilled student's first batch.
-    The teacher runs in eval mode without gradients; only torch's random state changes."""
-    loss_fn, student = copy.deepcopy(loss_fn), copy.deepcopy(student)
+                   epochs: int, precision: str = "32", teacher_per_batch: bool = False) -> None:  # fmt: skip
+    """Call ``loss_fn`` on a batch of model inputs ``x`` as ``fit`` will, and backpropagate, before
+    any model trains: a loss that raises or breaks the contract of kdrun/losses/base.py stops the
+    run then, not at the distilled student's first batch (after a teacher's hours). As in ``fit``:
+    ``set_epoch(1, epochs)`` first, images channels-last, the teacher's targets in full precision
+    unless it runs per batch (``teacher_per_batch``: augmented inputs; or features). The models
+    and the loss run in eval mode, so batch norm's statistics stay as they are, and the gradients
+    are dropped afterwards: the weights and buffers do not change."""
+    modules = [m for m in (student, teacher, loss_fn) if isinstance(m, nn.Module)]
+    modes = [m.training for m in modules]
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(x.device)
     if hasattr(loss_fn, "set_epoch"):
         loss_fn.set_epoch(1, epochs)
     names = {role: tuple(getattr(loss_fn, f"{role}_features", ())) for role in ("student", "teacher")}
-    was_training = teacher.training
-    teacher.eval()
+    targets_of = getattr(loss_fn, "teacher_targets", lambda logits: logits)
+    per_batch = teacher_per_batch or bool(names["teacher"])
+    channels_last = x.dim() == 4 and x.device.type in ("cpu", "cuda")  # as fit lays images and networks out
     try:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            for network in (student, teacher):
+                network.to(memory_format=torch.channels_last)
+        for module in modules:
+            module.eval()
+        teacher_in = None if per_batch else targets_of(predict(teacher, x))
         with _features(student, names["student"], "student") as student_features, \
                 _features(teacher, names["teacher"], "teacher") as teacher_features, autocast(x.device, precision):  # fmt: skip
-            logits = student.train()(x)
-            with torch.no_grad():
-                teacher_in = getattr(loss_fn, "teacher_targets", lambda logits: logits)(teacher(x))
+            logits = student(x)
+            if per_batch:
+                with torch.no_grad():
+                    teacher_in = targets_of(teacher(x))
             features = {f"{role}_features": found for role, found in (("student", student_features), ("teacher", teacher_features)) if names[role]}
             loss, _, _ = loss_and_parts(loss_fn(logits, teacher_in, labels, **features), None, loss_fn)
         loss.backward()
     finally:
-        teacher.train(was_training)
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+        if channels_last:  # fit lays them out so again when each trains
+            for network in (student, teacher):
+                network.to(memory_format=torch.contiguous_format)
+        for module in (student, loss_fn):
+            for parameter in module.parameters() if isinstance(module, nn.Module) else ():
+                parameter.grad = None
 
 
 def _described(value: Any) -> str:
@@ -301,6 +320,10 @@ def fit(
     best: Optional[dict] = None  # report=best_val: the epoch of best val_acc so far and its weights
     first_epoch = 1
     saved = checkpoint.load(device) if checkpoint is not None else None
+    if saved is not None and not _fits(saved, model, loss_fn):
+        log.warning("%s: %s holds weights of other shapes than this run's (written by another kdrun version?); training it from the first epoch",
+                    checkpoint.title, checkpoint.path)  # fmt: skip
+        saved = None
     if saved is not None and saved["epochs"] == settings.epochs:
         history, best = saved["history"], saved["best"]
         _restore(saved, model, optimizer, loss_fn, generator, draws, scaler, device)
@@ -308,8 +331,8 @@ def fit(
         if first_epoch > settings.epochs:
             log.info("%s trained all %d epochs before the run stopped (%s); its epochs as they were:", checkpoint.title, settings.epochs, checkpoint.path)
         else:
-            before = "epoch 1" if first_epoch == 2 else f"epochs 1-{first_epoch - 1}"
-            log.info("resuming %s at epoch %d of %d (%s); %s as they were:", checkpoint.title, first_epoch, settings.epochs, checkpoint.path, before)
+            before = "epoch 1 as it was" if first_epoch == 2 else f"epochs 1-{first_epoch - 1} as they were"
+            log.info("resuming %s at epoch %d of %d (%s); %s:", checkpoint.title, first_epoch, settings.epochs, checkpoint.path, before)
         for row in history:
             on_epoch(row)
     with contextlib.ExitStack() as stack:
@@ -469,6 +492,16 @@ def _format_1_moments(state: dict[str, Any], optimizer: Any) -> dict[str, Any]:
         return moment
 
     return {**state, **{key: [as_updated(m, p) for m, p in zip(state[key], optimizer.params)] for key in ("exp_avgs", "exp_avg_sqs")}}
+
+
+def _fits(saved: dict[str, Any], model: nn.Module, loss_fn: Any) -> bool:
+    """Whether a checkpoint's weights, the model's and the loss's own, have this run's names and
+    shapes (the optimiser's state follows them)."""
+    def same(state: Optional[dict], expected: dict) -> bool:
+        state = state or {}
+        return state.keys() == expected.keys() and all(getattr(state[k], "shape", None) == getattr(v, "shape", None) for k, v in expected.items())
+
+    return same(saved["model"], model.state_dict()) and same(saved["loss"], loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else {})
 
 
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, loss_fn: Any, generator: torch.Generator,

@@ -122,6 +122,28 @@ USER_CODE = {
 
         def raises(student_logits, teacher_logits, labels):
             return F.mse_loss(student_logits, teacher_logits[:, :3])  # a bug of one's own
+
+        class OwnHook(DistillationLoss):  # reads the student's hidden layer through a hook of its own
+            def setup(self, student, teacher, inputs):
+                self.captured = {}
+                student.network[1].register_forward_hook(lambda module, args, output: self.captured.__setitem__("hidden", output))
+
+            def forward(self, student_logits, teacher_logits, labels):
+                return F.cross_entropy(student_logits, labels) + 0.01 * self.captured["hidden"].pow(2).mean()
+
+        class KeepsATensor(DistillationLoss):  # keeps a tensor with a graph from setup: it cannot be deep-copied
+            def setup(self, student, teacher, inputs):
+                self.reference = teacher(inputs).mean(0)
+
+            def forward(self, student_logits, teacher_logits, labels):
+                return F.cross_entropy(student_logits, labels)
+
+        class FlatFeatures(DistillationLoss):  # flattens conv maps with view(), which channels-last maps refuse
+            student_features = ("stages.1",)
+
+            def forward(self, student_logits, teacher_logits, labels, student_features):
+                flat = student_features["stages.1"].view(len(student_logits), -1)
+                return F.cross_entropy(student_logits, labels) + 0.0 * flat.mean()
     """,
 }
 CONFIGS = {
@@ -146,6 +168,9 @@ CONFIGS = {
     "loss/two_arguments.yaml": "_target_: mypkg.mylosses.TwoArguments\n",
     "loss/returns_float.yaml": "_target_: mypkg.mylosses.returns_float\n_partial_: true\n",
     "loss/raises.yaml": "_target_: mypkg.mylosses.raises\n_partial_: true\n",
+    "loss/own_hook.yaml": "_target_: mypkg.mylosses.OwnHook\n",
+    "loss/keeps_a_tensor.yaml": "_target_: mypkg.mylosses.KeepsATensor\n",
+    "loss/flat_features.yaml": "_target_: mypkg.mylosses.FlatFeatures\n",
     "dataset/blobs.yaml": "_target_: mypkg.blobs.load\nn: 200\nclasses: 4\n",
     "loss/logit_mse.yaml": "_target_: mypkg.mylosses.LogitMSE\nweight: 0.5\n",
     "loss/fn_loss.yaml": "_target_: mypkg.mylosses.fn_loss\n_partial_: true\nweight: 0.5\n",
@@ -298,12 +323,24 @@ def test_an_error_torch_raises_in_a_users_forward_is_placed_in_the_users_file(us
 
 
 @pytest.mark.slow
-def test_an_error_in_a_users_loss_stops_the_run_before_the_teacher_trains(user_project):
-    result = user_run(user_project, "loss-raises", "loss=raises")
+@pytest.mark.parametrize("loss, extra, words", [
+    ("raises", (), "The size of tensor a (10) must match"),
+    ("flat_features", ("dataset=digits", "model/student=cnn"), "view size is not compatible"),  # maps are channels-last in training
+])  # fmt: skip
+def test_an_error_in_a_users_loss_stops_the_run_before_the_teacher_trains(user_project, loss, extra, words):
+    result = user_run(user_project, f"loss-{loss}", f"loss={loss}", *extra)
     assert result.returncode == 1 and "teacher   epoch" not in result.stdout, result.stdout
-    message = read_status(user_project / "loss-raises")["message"]
-    assert "RuntimeError" in message and f"mypkg{os.sep}mylosses.py:" in message, message
-    assert not (user_project / "loss-raises" / "teacher.pt").exists()
+    message = read_status(user_project / f"loss-{loss}")["message"]
+    assert "RuntimeError" in message and words in message and f"mypkg{os.sep}mylosses.py:" in message, message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["own_hook", "keeps_a_tensor"])
+def test_losses_with_hooks_or_tensors_of_their_own_train(user_project, loss):
+    """kdrun's call of the loss before training once ran on copies: a loss's own hook wrote into
+    the original, and a tensor with a graph could not be copied."""
+    result = user_run(user_project, f"loss-{loss}", f"loss={loss}")
+    assert result.returncode == 0 and not has_traceback(result.stderr), result.stderr
 
 
 @pytest.mark.slow

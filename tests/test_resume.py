@@ -302,6 +302,31 @@ def test_a_students_checkpoint_is_not_continued_against_another_teacher(tmp_path
     assert "resuming" not in caplog.text
 
 
+def test_a_checkpoint_of_other_shapes_is_not_continued(tmp_path, caplog):
+    """FitNet's regressor gained batch norm: a checkpoint of the old one (written by an earlier
+    kdrun) made resuming a traceback from load_state_dict. It trains from its first epoch instead."""
+    train, val = _images(48, 0), _images(16, 1)
+    torch.manual_seed(0)
+    teacher = CNN((1, 8, 8), 3, channels=[4, 8])
+    settings = FitSettings(4, 16, "adam", 1e-2, 0.0, batch_seed=3)
+
+    def stop_at_epoch_2(row: dict) -> None:
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    old_loss = FitNetLoss()
+    student = CNN((1, 8, 8), 3, channels=[2, 4])
+    old_loss.setup(student, teacher, train.x[:16])
+    old_loss.regressor = old_loss.regressor[0]  # the bare convolution of earlier versions
+    with pytest.raises(KeyboardInterrupt):
+        fit(student, train, val, settings, "distilled", Distillation(old_loss, teacher, set_up=True), on_epoch=stop_at_epoch_2,
+            checkpoint=Checkpoint(tmp_path / "f.pt", 1, "the distilled student"))  # fmt: skip
+    loss, student = FitNetLoss(), CNN((1, 8, 8), 3, channels=[2, 4])
+    loss.setup(student, teacher, train.x[:16])
+    rows = fit(student, train, val, settings, "distilled", Distillation(loss, teacher, set_up=True), checkpoint=Checkpoint(tmp_path / "f.pt", 1, "the distilled student"))
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4] and "holds weights of other shapes than this run's" in caplog.text
+
+
 # --------------------------------------------------------------------------- trainer.report
 
 
