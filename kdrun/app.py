@@ -132,7 +132,7 @@ def _still_running(status: dict) -> bool:
     return True
 
 
-def _check_not_taken(run_dir: Path, digest: str) -> dict:
+def _check_not_taken(run_dir: Path, digest: str, overrides: Optional[Sequence[str]] = None) -> dict:
     """Refuse ``run_dir`` (ConfigError) if a live kdrun process runs there, or if it holds an
     unfinished run of other settings (checkpoints to continue): that run's files stay untouched.
     Returns the status.json there (empty if none)."""
@@ -144,17 +144,23 @@ def _check_not_taken(run_dir: Path, digest: str) -> dict:
         )
     if has_checkpoints(run_dir) and previous.get("status") != "completed" and previous.get("config_hash") != digest:
         settings = " ".join(previous.get("overrides") or []) or "the defaults"
+        delete = f"choose another folder, or delete {run_dir / 'checkpoints'} to start this run there"
+        if overrides is not None and list(previous.get("overrides") or []) == list(overrides):  # the same command, read otherwise
+            raise ConfigError(
+                f"{run_dir} holds an unfinished run of this command ({settings}) that another kdrun version started, whose "
+                f"defaults or losses differ from this one's: continue it with that version, {delete}"
+            )
         raise ConfigError(
             f"{run_dir} holds an unfinished run of other settings ({settings}), with checkpoints to continue it: "
-            f"run that command again to continue it, choose another folder, or delete {run_dir / 'checkpoints'} to start this run there"
+            f"run that command again to continue it, {delete}"
         )
     return previous
 
 
-def _resumable(run_dir: Path, digest: str) -> bool:
+def _resumable(run_dir: Path, digest: str, overrides: Sequence[str]) -> bool:
     """Whether ``run_dir`` holds an unfinished run of this config to continue from its
     checkpoints; refuses it as ``_check_not_taken`` does."""
-    previous = _check_not_taken(run_dir, digest)
+    previous = _check_not_taken(run_dir, digest, overrides)
     return has_checkpoints(run_dir) and previous.get("status") != "completed"
 
 
@@ -317,7 +323,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], again: st
     setup, trained = _trained_before.pop(os.path.abspath(run_dir), (None, None))
     if trained is not None:  # its models trained with other jobs of the sweep, just now
         remove_results(run_dir, metrics=True)
-    elif _resumable(run_dir, digest):
+    elif _resumable(run_dir, digest, record["overrides"]):
         remove_results(run_dir)
         log.info("kdrun: continuing the unfinished run in %s from its checkpoints", run_dir)
     else:
@@ -435,7 +441,7 @@ class BeforeRun(Callback):
             if any(str(o).startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
                 _make_folder(run_dir, "hydra.run.dir")  # the user's folder: a rerun may reuse it (and continue it)
                 if not _show_tracebacks:  # before Hydra writes .hydra/ there: a folder another run holds stays as it is
-                    _check_not_taken(run_dir, config_hash(task))
+                    _check_not_taken(run_dir, config_hash(task), list(config.hydra.overrides.task))
             else:
                 global _created_run_dir, _created_parents
                 _created_parents = [p.absolute() for p in run_dir.parents if not p.exists()]

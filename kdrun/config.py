@@ -885,6 +885,14 @@ def teacher_file_digest(cfg: DictConfig) -> Optional[str]:
         return None
 
 
+# Losses whose computation changed in a kdrun release, and how often: their runs from before are
+# neither continued nor skipped as completed by a rerun. Only these losses' digests changed.
+_LOSS_REVISIONS = {"kdrun.losses.ATLoss": 2, "kdrun.losses.FitNetLoss": 2}  # 2: AT leaves the stem out; FitNet regresses with ConvReg
+# Settings that change results only through others, which the digest covers resolved: left out, so
+# that adding one leaves the digests of earlier runs as they were.
+_HASH_FREE_KEYS = ("model.recipe_dkd_beta",)
+
+
 def config_hash(cfg: DictConfig) -> str:
     """A digest of the settings that change what a run measures: equal digests, equal runs. A
     teacher loaded from a file counts by the file's content, not only its path: a rerun after the
@@ -893,7 +901,10 @@ def config_hash(cfg: DictConfig) -> str:
     teacher = teacher_file_digest(cfg)
     if teacher is not None:
         plain["teacher_weights_sha256"] = teacher
-    for dotted in RESULT_UNCHANGED_KEYS:
+    revision = _LOSS_REVISIONS.get(str(plain.get("loss", {}).get("_target_")))
+    if revision is not None:
+        plain["loss_revision"] = revision
+    for dotted in RESULT_UNCHANGED_KEYS + _HASH_FREE_KEYS:
         *parents, last = dotted.split(".")
         node = plain
         for part in parents:

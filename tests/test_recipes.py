@@ -199,6 +199,17 @@ def test_a_changed_teacher_file_makes_a_run_of_other_settings(tmp_path):
     assert config_hash(cfg) != first
 
 
+def test_run_digests_stay_those_of_earlier_versions_unless_a_run_computes_otherwise():
+    """A run's digest decides whether a rerun continues it or skips it as completed, so a new
+    setting must not change the digests of runs it leaves alone (the values are those of
+    kdrun at c5f1cc1); a loss that computes otherwise than before (AT, FitNet) gets new ones."""
+    from kdrun.config import compose, config_hash
+
+    for overrides, before in (([], "6cb1cd5f4aae8117"), (["experiment=cifar100_kd"], "e4550749474d6d71"), (["loss=dkd"], "014f103329a458a6")):
+        assert config_hash(compose(overrides)) == before, (overrides, "this change makes earlier unfinished runs impossible to continue")
+    assert config_hash(compose(["experiment=digits_methods", "loss=at"])) != "46fbf1b6d411fd38"  # its stage pairs changed
+
+
 def test_a_weights_file_that_does_not_fit_is_one_message(tmp_path):
     wrong = tmp_path / "wrong.pt"
     torch.save({"network.0.weight": torch.zeros(3, 3)}, wrong)
