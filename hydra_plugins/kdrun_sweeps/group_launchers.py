@@ -67,30 +67,32 @@ class _GroupsAsTasks:
         super().__init__(**params)
         self.stack, self.stack_mb = stack, stack_mb
 
-    def _tasks(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, workers: int = 1) -> Tuple[List[List[int]], List[Task]]:
-        """The jobs of each task (positions in ``job_overrides``), and each task's argument. Where
-        there are fewer groups than ``workers``, groups are cut into consecutive parts (a sweep's
-        seeds apart, where it sweeps them outermost) so that every worker has one."""
+    def _tasks(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, workers: int = 1) -> Tuple[List[List[int]], List[Task], tuple]:
+        """The jobs of each task (positions in ``job_overrides``), each task's argument, and the
+        jobs' configs, task configs and numbers (for ``_record_stop``; kept out of ``self``, which
+        submitit sends to every task). Where there are fewer groups than ``workers``, groups are
+        cut into consecutive parts (a sweep's seeds apart, where it sweeps them outermost) so that
+        every worker has one."""
         check_stack_mb(self.stack_mb)
         setup_globals()
-        self._planned = (*composed_jobs(self.hydra_context, self.config, job_overrides), range(initial_job_idx, initial_job_idx + len(job_overrides)))
-        parts = _cut(job_groups(self._planned[1], self.stack), workers)
+        planned = (*composed_jobs(self.hydra_context, self.config, job_overrides), range(initial_job_idx, initial_job_idx + len(job_overrides)))
+        parts = _cut(job_groups(planned[1], self.stack), workers)
         for part in parts:
             jobs = "; ".join(f"#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}" for i in part)
             log.info(f"\ttask of {len(part)} job{'s' if len(part) > 1 else ''}: {jobs}")
-        return parts, [[(list(job_overrides[i]), initial_job_idx + i) for i in part] for part in parts]
+        return parts, [[(list(job_overrides[i]), initial_job_idx + i) for i in part] for part in parts], planned
 
     @property
     def _stack_mb(self) -> Any:
         return self.stack_mb if self.stack else None
 
-    def _record_stop(self, stop: KeyboardInterrupt) -> None:
+    def _record_stop(self, stop: KeyboardInterrupt, planned: tuple) -> None:
         """After Ctrl-C (or SIGTERM) stopped this machine's workers: the jobs they left running, and
-        those no worker started, say interrupted."""
+        those no worker started (of ``planned``, from ``_tasks``), say interrupted."""
         from kdrun.app import stop_jobs_left_running
 
         stop_jobs_left_running(Path(str(self.config.hydra.sweep.dir)), stop)
-        record_jobs_not_started(stop, self.config, *self._planned)
+        record_jobs_not_started(stop, self.config, *planned)
 
 
 def _cut(parts: List[List[int]], at_least: int) -> List[List[int]]:
@@ -147,13 +149,13 @@ if JoblibLauncher is not None:
             for key in ("pre_dispatch", "batch_size", "max_nbytes"):  # a number given on the command line arrives as text
                 if isinstance(settings.get(key), str) and settings[key].isdigit():
                     settings[key] = int(settings[key])
-            parts, tasks = self._tasks(job_overrides, initial_job_idx, workers=effective_n_jobs(settings.get("n_jobs", -1)))
+            parts, tasks, planned = self._tasks(job_overrides, initial_job_idx, workers=effective_n_jobs(settings.get("n_jobs", -1)))
             log.info(f"Joblib.Parallel(n_jobs={settings.get('n_jobs')}) is launching {len(tasks)} tasks")
             state = Singleton.get_state()
             try:
                 results = Parallel(**settings)(delayed(run_task)(self.hydra_context, self.task_function, self.config, task, self._stack_mb, state) for task in tasks)
             except KeyboardInterrupt as stop:  # joblib has ended its workers, which may not have recorded their jobs
-                self._record_stop(stop)
+                self._record_stop(stop, planned)
                 raise
             return _in_job_order(parts, results)
 
@@ -171,7 +173,7 @@ if LocalLauncher is not None:
     class _SubmititGroups(_GroupsAsTasks):
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
             log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {self.config.hydra.sweep.dir}")
-            parts, tasks = self._tasks(job_overrides, initial_job_idx)
+            parts, tasks, planned = self._tasks(job_overrides, initial_job_idx)
             with _stderr_of_controllers(Path(str(self.config.hydra.sweep.dir)) / ".submitit" if self._EXECUTOR == "local" else None):
                 submitted = self._executor().map_array(self, tasks, [Singleton.get_state()] * len(tasks))
             try:
@@ -180,7 +182,7 @@ if LocalLauncher is not None:
                 if self._EXECUTOR == "local":  # its tasks are this command's processes: they stop with it (a cluster's stay queued)
                     for task in submitted:
                         task.cancel(check=False)
-                    self._record_stop(stop)
+                    self._record_stop(stop, planned)
                 raise
 
         def __call__(self, jobs: Task, singleton_state: Dict[type, Singleton]) -> List[JobReturn]:
