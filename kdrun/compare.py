@@ -139,6 +139,16 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _flat_config(config: Any) -> dict[str, Any]:
+    """A run's config.yaml flattened, a value that is another key's (``${model.recipe_dkd_beta}``,
+    as a preset writes it) replaced by that key's value, as the run read it."""
+    flat = _flatten(config or {})
+    for key, value in flat.items():
+        if isinstance(value, str) and value.startswith("${") and value.endswith("}") and value[2:-1] in flat:
+            flat[key] = flat[value[2:-1]]
+    return flat
+
+
 def _override_keys(run_dir: Path) -> list[str]:
     overrides = _load_yaml(run_dir / ".hydra" / "overrides.yaml")
     keys = []
@@ -160,7 +170,7 @@ def _group_choices(run_dir: Path) -> dict[str, Any]:
 def read_settings(run_dir: Path, keys: Iterable[str], config: Optional[dict] = None) -> dict[str, str]:
     """The run's values of ``keys``: from its composed ``.hydra/config.yaml`` (typed, so a default
     and an override spell alike), else, for a config group (``experiment=…``), its choice."""
-    flat = _flatten(config if config is not None else _load_yaml(run_dir / ".hydra" / "config.yaml") or {})
+    flat = _flat_config(config if config is not None else _load_yaml(run_dir / ".hydra" / "config.yaml"))
     settings, choices = {}, None
     for key in keys:
         if key in flat:
@@ -237,7 +247,7 @@ def _unnamed_differences(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
     alike: dict[tuple, list[dict]] = {}
     for run in runs:
         if run.config is not None:
-            alike.setdefault(tuple(run.settings.get(k) for k in keys), []).append(_flatten(run.config))
+            alike.setdefault(tuple(run.settings.get(k) for k in keys), []).append(_flat_config(run.config))
     found = []
     for flats in alike.values():
         for key in sorted(set().union(*flats)) if len(flats) > 1 else []:

@@ -143,6 +143,14 @@ def test_seeds_grouped_with_paired_confidence_interval(tmp_path: Path) -> None:
     assert not (tmp_path / "sweep" / "heatmap.png").exists()  # alpha does not vary
 
 
+def test_a_setting_a_preset_interpolates_reads_as_its_value(tmp_path: Path) -> None:
+    """loss=dkd's beta is ${model.recipe_dkd_beta} in config.yaml: compare showed that text, and
+    kept a default run (8) apart from a loss.beta=8 one."""
+    interpolated = {"model": {"recipe_dkd_beta": 8.0}, "loss": {"beta": "${model.recipe_dkd_beta}"}, "trainer": {"seed": 0}}
+    given = {"model": {"recipe_dkd_beta": 8.0}, "loss": {"beta": 8.0}, "trainer": {"seed": 1}}
+    assert compare.read_settings(tmp_path, ["loss.beta"], interpolated) == compare.read_settings(tmp_path, ["loss.beta"], given) == {"loss.beta": "8"}
+
+
 def test_runs_that_loaded_different_teacher_files_from_one_path_are_compared_apart(tmp_path: Path) -> None:
     """The same model.teacher.checkpoint path, its file replaced by another teacher between two
     sweeps: pooled, their seeds would make one confidence interval of two experiments."""
