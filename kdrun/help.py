@@ -51,13 +51,13 @@ def _settings(node: DictConfig, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += _settings(child, f"{prefix}{key}.")
         else:
             value = OmegaConf.to_container(node, resolve=False)[key] if not child._is_missing() else "???"
-            shown = _shown(value)
-            if OmegaConf.is_interpolation(node, str(key)):  # 8.0 (${model.recipe_dkd_beta}): the value, and where it comes from
+            shown, meaning = _shown(value), _meaning(node, str(key))
+            if OmegaConf.is_interpolation(node, str(key)):  # the value, and where it comes from: ${model.recipe_dkd_beta}
                 try:
-                    shown = f"{_shown(OmegaConf.to_container(node, resolve=True)[key])} ({shown})"
+                    shown, meaning = _shown(OmegaConf.to_container(node, resolve=True)[key]), f"{meaning} (here {shown})".lstrip()
                 except Exception:  # an interpolation that does not resolve here: shown as written
                     pass
-            rows.append((f"{prefix}{key}", shown, _meaning(node, str(key))))
+            rows.append((f"{prefix}{key}", shown, meaning))
     return rows
 
 

@@ -327,6 +327,11 @@ def test_attention_transfer_refuses_mlps_under_auto_naming_the_cnns(teacher_hidd
     about counting layers; either way the message is that AT needs convolutional models."""
     with pytest.raises(ConfigError, match=r"loss=at needs convolutional models.*model/teacher=cnn model/student=cnn"):
         ATLoss().setup(MLP((6,), 3, hidden=[8]), MLP((6,), 3, hidden=teacher_hidden), torch.randn(4, 6))
+    one_stage = CNN((1, 8, 8), 3, channels=[4])
+    with pytest.raises(ConfigError, match=r"loss.student_layers=auto pairs the stages after the first .* has one: give it more"):
+        ATLoss().setup(one_stage, CNN((1, 8, 8), 3, channels=[8, 16]), torch.randn(4, 1, 8, 8))
+    at = ATLoss(student_layers=["stages.0"], teacher_layers=["stages.0"])  # named, a one-stage CNN pairs
+    at.setup(one_stage, CNN((1, 8, 8), 3, channels=[8, 16]), torch.randn(4, 1, 8, 8))
 
 
 def test_attention_transfer_gradients_are_finite_at_relu_zeros():

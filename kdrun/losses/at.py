@@ -73,13 +73,19 @@ class ATLoss(DistillationLoss):
     def setup(self, student: nn.Module, teacher: nn.Module, inputs: torch.Tensor) -> None:
         pairs = []
         for role, model, given in (("student", student, self.student_layers), ("teacher", teacher, self.teacher_layers)):
-            if given == "auto" and len(conv_stage_names(model)) < 2:  # an MLP, or a CNN of one stage: no features past a stem
+            stages = conv_stage_names(model)
+            if given == "auto" and not stages:  # an MLP: no [C, H, W] features to pair
                 raise ConfigError(
-                    f"loss=at needs convolutional models: the {role} ({type(model).__name__}) has no stages after its first for "
-                    f"loss.{role}_layers=auto to pair; use model/teacher=cnn model/student=cnn, or name [C, H, W] layers in "
-                    "loss.student_layers and loss.teacher_layers"
+                    f"loss=at needs convolutional models: the {role} ({type(model).__name__}) has no stages for loss.{role}_layers=auto "
+                    "to pair; use model/teacher=cnn model/student=cnn, or name [C, H, W] layers in loss.student_layers and loss.teacher_layers"
+                )
+            if given == "auto" and len(stages) == 1:
+                raise ConfigError(
+                    f"loss.{role}_layers=auto pairs the stages after the first (the stem, as RepDistiller and mdistiller leave it out), "
+                    f"and the {role} ({type(model).__name__}) has one: give it more (model.{role}.channels=[16,32] for cnn), or name "
+                    f"its layers: loss.{role}_layers=[stages.0]"
                 )  # fmt: skip
-            pairs.append(conv_stage_names(model)[1:] if given == "auto" else [given] if isinstance(given, str) else list(given))
+            pairs.append(stages[1:] if given == "auto" else [given] if isinstance(given, str) else list(given))
         if len(pairs[0]) != len(pairs[1]) or not pairs[0]:
             raise ConfigError(f"loss=at pairs the student's layers {pairs[0]} with the teacher's {pairs[1]}: name as many of each (loss.student_layers, loss.teacher_layers)")
         s_shapes = feature_shapes(student, pairs[0], inputs, "student", f"loss.student_layers={self.student_layers}")
