@@ -147,8 +147,8 @@ def _check_not_taken(run_dir: Path, digest: str, overrides: Optional[Sequence[st
         delete = f"choose another folder, or delete {run_dir / 'checkpoints'} to start this run there"
         if overrides is not None and list(previous.get("overrides") or []) == list(overrides):  # the same command, read otherwise
             raise ConfigError(
-                f"{run_dir} holds an unfinished run of this command ({settings}) that another kdrun version started, whose "
-                f"defaults or losses differ from this one's: continue it with that version, {delete}"
+                f"{run_dir} holds an unfinished run of this same command ({settings}) whose settings came out otherwise (another "
+                f"kdrun version, or a config or teacher file changed since): continue it as it was started, {delete}"
             )
         raise ConfigError(
             f"{run_dir} holds an unfinished run of other settings ({settings}), with checkpoints to continue it: "

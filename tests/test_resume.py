@@ -302,6 +302,20 @@ def test_a_students_checkpoint_is_not_continued_against_another_teacher(tmp_path
     assert "resuming" not in caplog.text
 
 
+def test_an_unfinished_run_of_this_command_read_otherwise_is_refused_saying_so(tmp_path):
+    """The same command, its digest changed (a teacher or config file changed, another kdrun
+    version): 'run that command again to continue it' named the command just refused."""
+    run = tmp_path / "run"
+    run_kdrun("train", f"hydra.run.dir={run}", cwd=tmp_path, check=True)
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "interrupted", "config_hash": "0" * 16}))
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "teacher.pt").write_bytes(b"state")
+    same = run_kdrun("train", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert same.returncode == 2 and "holds an unfinished run of this same command (" in same.stderr, same.stderr
+    assert "whose settings came out otherwise" in same.stderr and "run that command again" not in same.stderr
+
+
 def test_a_checkpoint_of_other_shapes_is_not_continued(tmp_path, caplog):
     """FitNet's regressor gained batch norm: a checkpoint of the old one (written by an earlier
     kdrun) made resuming a traceback from load_state_dict. It trains from its first epoch instead."""
