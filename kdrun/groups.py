@@ -129,7 +129,7 @@ def train_group(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], memory_mb:
             loss, student = build_loss(cfg), copy.deepcopy(setup.baseline)  # the initial weights
             set_up_loss(cfg, loss, student, setup.teacher, data)
             jobs.append((loss, student))
-    why = stack_reason(jobs[0][1])
+    why = next((r for r in (stack_reason(student) for _, student in jobs) if r), None)  # a loss's setup may hook its own student
     reason = f"model.student: {why}" if why else next((r for r in (loss_reason(loss) for loss, _ in jobs) if r), None)
     if reason is not None:
         raise Unstackable(reason)

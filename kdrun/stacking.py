@@ -106,6 +106,8 @@ def _layers(model: nn.Module) -> tuple[Optional[list[tuple]], str]:
             return None, f"it has a {kind.__name__} layer{where}; Linear layers, 2-d convolutions, batch norm, pooling, activations and dropout stack"
     if len(list(model.buffers())) != 3 * sum(step[0] == "norm" for step in steps):
         return None, "it has buffers other than batch norm's running statistics"
+    if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):  # a loss's setup reads its layers so
+        return None, "its layers have forward hooks (set by the model or the loss's setup), which a stacked model would never call"
     return steps, ""
 
 

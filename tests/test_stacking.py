@@ -234,6 +234,9 @@ def test_what_does_not_stack_says_why(tmp_path: Path) -> None:
     assert "Conv2d layer on flat features" in stack_reason(nn.Sequential(nn.Flatten(), nn.Conv2d(1, 4, 3)))
     assert "Dropout layer before any Linear" in stack_reason(nn.Sequential(nn.Dropout(0.3), nn.Flatten(), nn.Linear(32, 3)))  # its masks: [B, C, H, W]
     assert "without affine weights" in stack_reason(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=None)))
+    hooked = MLP((12,), 4, [8])
+    hooked.network[1].register_forward_hook(lambda module, args, output: None)  # as a loss's setup may, to read a layer
+    assert "forward hooks" in stack_reason(hooked)  # a stacked model never calls them: the loss would read stale features
 
     from kdrun import groups
     from kdrun.config import compose
