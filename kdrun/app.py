@@ -726,7 +726,7 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[os.PathLike] = None, co
     validate(cfg)  # before the folder: a refused run leaves none, as with kdrun train
     run_dir = Path(run_dir) if run_dir is not None else Path("outputs") / datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
     _make_folder(run_dir, "run_dir")
-    _check_not_taken(run_dir, config_hash(cfg))  # before .hydra/ is written: another run's folder stays as it is
+    _check_not_taken(run_dir, config_hash(cfg), overrides)  # before .hydra/ is written: another run's folder stays as it is
     (run_dir / ".hydra").mkdir(exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": hydra_node.runtime.choices}}}), run_dir / ".hydra" / "hydra.yaml")

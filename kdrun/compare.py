@@ -143,9 +143,11 @@ def _flat_config(config: Any) -> dict[str, Any]:
     """A run's config.yaml flattened, a value that is another key's (``${model.recipe_dkd_beta}``,
     as a preset writes it) replaced by that key's value, as the run read it."""
     flat = _flatten(config or {})
-    for key, value in flat.items():
-        if isinstance(value, str) and value.startswith("${") and value.endswith("}") and value[2:-1] in flat:
-            flat[key] = flat[value[2:-1]]
+    for _ in range(len(flat)):  # a chain of them resolves one link a pass
+        linked = {k: v[2:-1] for k, v in flat.items() if isinstance(v, str) and v.startswith("${") and v.endswith("}") and v[2:-1] in flat}
+        if not linked:
+            break
+        flat.update((key, flat[target]) for key, target in linked.items())
     return flat
 
 

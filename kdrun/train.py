@@ -186,28 +186,30 @@ def call_loss_once(loss_fn: Any, student: nn.Module, teacher: nn.Module, x: torc
     """Call ``loss_fn`` on a batch of model inputs ``x`` as ``fit`` will, and backpropagate, before
     any model trains: a loss that raises or breaks the contract of kdrun/losses/base.py stops the
     run then, not at the distilled student's first batch (after a teacher's hours). As in ``fit``:
-    ``set_epoch(1, epochs)`` first, images channels-last, the teacher's targets in full precision
-    unless it runs per batch (``teacher_per_batch``: augmented inputs; or features). The models
-    and the loss run in eval mode, so batch norm's statistics stay as they are, and the gradients
-    are dropped afterwards: the weights and buffers do not change."""
+    ``set_epoch(1, epochs)`` first, the student in train mode and the teacher in eval mode, images
+    and networks channels-last, the teacher's targets in full precision unless it runs per batch
+    (``teacher_per_batch``: augmented inputs; or features). Afterwards every weight and buffer
+    (batch norm's statistics), their strides, each module's mode and every gradient are as they
+    were. Run it under ``torch.random.fork_rng``: dropout draws."""
     modules = [m for m in (student, teacher, loss_fn) if isinstance(m, nn.Module)]
     modes = [m.training for m in modules]
     if isinstance(loss_fn, nn.Module):
         loss_fn.to(x.device)
+    # Each tensor's strides, and the values of those the call may change (the teacher's it cannot: eval mode, no gradients)
+    kept = [(t, None if m is teacher else t.detach().clone(), t.stride()) for m in modules for t in (*m.parameters(), *m.buffers())]
     if hasattr(loss_fn, "set_epoch"):
         loss_fn.set_epoch(1, epochs)
     names = {role: tuple(getattr(loss_fn, f"{role}_features", ())) for role in ("student", "teacher")}
     targets_of = getattr(loss_fn, "teacher_targets", lambda logits: logits)
     per_batch = teacher_per_batch or bool(names["teacher"])
-    channels_last = x.dim() == 4 and x.device.type in ("cpu", "cuda")  # as fit lays images and networks out
     try:
-        if channels_last:
+        if x.dim() == 4 and x.device.type in ("cpu", "cuda"):  # as fit lays images and networks out
             x = x.contiguous(memory_format=torch.channels_last)
             for network in (student, teacher):
                 network.to(memory_format=torch.channels_last)
-        for module in modules:
-            module.eval()
+        student.train()
         teacher_in = None if per_batch else targets_of(predict(teacher, x))
+        teacher.eval()
         with _features(student, names["student"], "student") as student_features, \
                 _features(teacher, names["teacher"], "teacher") as teacher_features, autocast(x.device, precision):  # fmt: skip
             logits = student(x)
@@ -218,14 +220,14 @@ def call_loss_once(loss_fn: Any, student: nn.Module, teacher: nn.Module, x: torc
             loss, _, _ = loss_and_parts(loss_fn(logits, teacher_in, labels, **features), None, loss_fn)
         loss.backward()
     finally:
+        with torch.no_grad():
+            for tensor, value, stride in kept:
+                if value is not None or tensor.stride() != stride:
+                    tensor.data = torch.empty_strided(tensor.shape, stride, dtype=tensor.dtype, device=tensor.device).copy_(
+                        tensor.data if value is None else value)  # fmt: skip
+                tensor.grad = None
         for module, mode in zip(modules, modes):
             module.train(mode)
-        if channels_last:  # fit lays them out so again when each trains
-            for network in (student, teacher):
-                network.to(memory_format=torch.contiguous_format)
-        for module in (student, loss_fn):
-            for parameter in module.parameters() if isinstance(module, nn.Module) else ():
-                parameter.grad = None
 
 
 def _described(value: Any) -> str:
@@ -501,7 +503,8 @@ def _fits(saved: dict[str, Any], model: nn.Module, loss_fn: Any) -> bool:
         state = state or {}
         return state.keys() == expected.keys() and all(getattr(state[k], "shape", None) == getattr(v, "shape", None) for k, v in expected.items())
 
-    return same(saved["model"], model.state_dict()) and same(saved["loss"], loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else {})
+    loss_fits = saved["loss"] is None or same(saved["loss"], loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else {})  # None: not saved (a stack's)
+    return same(saved["model"], model.state_dict()) and loss_fits
 
 
 def _restore(saved: dict[str, Any], model: nn.Module, optimizer: Any, loss_fn: Any, generator: torch.Generator,

@@ -149,6 +149,8 @@ def test_a_setting_a_preset_interpolates_reads_as_its_value(tmp_path: Path) -> N
     interpolated = {"model": {"recipe_dkd_beta": 8.0}, "loss": {"beta": "${model.recipe_dkd_beta}"}, "trainer": {"seed": 0}}
     given = {"model": {"recipe_dkd_beta": 8.0}, "loss": {"beta": 8.0}, "trainer": {"seed": 1}}
     assert compare.read_settings(tmp_path, ["loss.beta"], interpolated) == compare.read_settings(tmp_path, ["loss.beta"], given) == {"loss.beta": "8"}
+    chained = {"loss": {"beta": "${model.x}"}, "model": {"x": "${trainer.lr}"}, "trainer": {"lr": 0.5}}
+    assert compare.read_settings(tmp_path, ["loss.beta"], chained) == {"loss.beta": "0.5"}
 
 
 def test_runs_that_loaded_different_teacher_files_from_one_path_are_compared_apart(tmp_path: Path) -> None:

@@ -335,6 +335,19 @@ def test_an_error_in_a_users_loss_stops_the_run_before_the_teacher_trains(user_p
 
 
 @pytest.mark.slow
+def test_a_loss_that_hooks_the_student_trains_its_sweeps_jobs_one_by_one(user_project):
+    """A stacked model never calls the student's own layers: the hook would have read the
+    features of kdrun's trial call all along, silently."""
+    sweep = user_project / "hook-sweep"
+    result = run_kdrun(
+        "train", "-m", "--config-dir", str(user_project / "my_conf"), f"hydra.sweep.dir={sweep}", "loss=own_hook", "trainer.seed=0,1",
+        "trainer.epochs=2", "dataset.n_samples=120", "plots=false", cwd=user_project, cache_dir=user_project / "cache", env={"PYTHONPATH": str(user_project)},
+    )  # fmt: skip
+    assert result.returncode == 0 and "forward hooks" in result.stdout + result.stderr, result.stderr[-3000:]
+    assert "training 4 students together" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["own_hook", "keeps_a_tensor"])
 def test_losses_with_hooks_or_tensors_of_their_own_train(user_project, loss):
     """kdrun's call of the loss before training once ran on copies: a loss's own hook wrote into
@@ -595,6 +608,41 @@ def test_a_loss_returning_something_else_is_one_message(loss, message):
     split = Split(torch.randn(8, 3), torch.randint(0, 2, (8,)))
     with pytest.raises(ConfigError, match=message):
         fit(MLP((3,), 2), split, split, FitSettings(1, 4, "adam", 1e-3, 0.0, 0), "distilled", Distillation(loss, MLP((3,), 2)))
+
+
+def test_the_loss_call_before_training_leaves_the_models_and_the_loss_as_they_were():
+    """call_loss_once runs the student in train mode (batch norm, dropout) on channels-last maps,
+    as fit will; every weight, buffer, layout, mode and gradient is as before afterwards."""
+    from kdrun.losses import FitNetLoss
+    from kdrun.models import CNN
+    from kdrun.train import call_loss_once
+
+    torch.manual_seed(0)
+    student, teacher = CNN((1, 8, 8), 3, [4, 8], dropout=0.3), CNN((1, 8, 8), 3, [8, 16])
+    student.to(memory_format=torch.channels_last)  # a model laid out so by its own code
+    loss, x = FitNetLoss(), torch.randn(6, 1, 8, 8)
+    loss.setup(student, teacher, x)
+    teacher.eval()
+    modules = (student, teacher, loss)
+    before = [[(t.detach().clone(), t.stride()) for t in (*m.parameters(), *m.buffers())] for m in modules]
+    modes = [[sub.training for sub in m.modules()] for m in modules]
+    call_loss_once(loss, student, teacher, x, torch.tensor([0, 1, 2, 0, 1, 2]), epochs=4)
+    after = [[(t.detach().clone(), t.stride()) for t in (*m.parameters(), *m.buffers())] for m in modules]
+    assert all(torch.equal(a, b) and sa == sb for m, n in zip(before, after) for (a, sa), (b, sb) in zip(m, n))
+    assert modes == [[sub.training for sub in m.modules()] for m in modules]
+    assert all(p.grad is None for m in (student, loss) for p in m.parameters())
+
+    class TrainingOnlyTuple(torch.nn.Module):  # as torchvision's GoogLeNet returns aux logits in train mode
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            logits = self.net(x.flatten(1))
+            return (logits, logits) if self.training else logits
+
+    with pytest.raises(TypeError, match="not tuple"):  # the error training would meet (a student in train mode), before any training
+        call_loss_once(lambda s, t, y: torch.nn.functional.cross_entropy(s, y), TrainingOnlyTuple(), teacher, x, torch.tensor([0, 1, 2, 0, 1, 2]), epochs=4)
 
 
 # --------------------------------------------------------------------------- kdrun.run

@@ -328,7 +328,7 @@ def test_attention_transfer_refuses_mlps_under_auto_naming_the_cnns(teacher_hidd
     with pytest.raises(ConfigError, match=r"loss=at needs convolutional models.*model/teacher=cnn model/student=cnn"):
         ATLoss().setup(MLP((6,), 3, hidden=[8]), MLP((6,), 3, hidden=teacher_hidden), torch.randn(4, 6))
     one_stage = CNN((1, 8, 8), 3, channels=[4])
-    with pytest.raises(ConfigError, match=r"loss.student_layers=auto pairs the stages after the first .* has one: give it more"):
+    with pytest.raises(ConfigError, match=r"loss.student_layers=auto pairs the stages after the first .* has one: give it more.*loss.teacher_layers"):
         ATLoss().setup(one_stage, CNN((1, 8, 8), 3, channels=[8, 16]), torch.randn(4, 1, 8, 8))
     at = ATLoss(student_layers=["stages.0"], teacher_layers=["stages.0"])  # named, a one-stage CNN pairs
     at.setup(one_stage, CNN((1, 8, 8), 3, channels=[8, 16]), torch.randn(4, 1, 8, 8))

@@ -314,6 +314,11 @@ def test_an_unfinished_run_of_this_command_read_otherwise_is_refused_saying_so(t
     same = run_kdrun("train", f"hydra.run.dir={run}", cwd=tmp_path)
     assert same.returncode == 2 and "holds an unfinished run of this same command (" in same.stderr, same.stderr
     assert "whose settings came out otherwise" in same.stderr and "run that command again" not in same.stderr
+    import kdrun
+    from kdrun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="holds an unfinished run of this same command"):  # kdrun.run's message too
+        kdrun.run(status["overrides"], run_dir=run)
 
 
 def test_a_checkpoint_of_other_shapes_is_not_continued(tmp_path, caplog):
@@ -339,6 +344,14 @@ def test_a_checkpoint_of_other_shapes_is_not_continued(tmp_path, caplog):
     loss.setup(student, teacher, train.x[:16])
     rows = fit(student, train, val, settings, "distilled", Distillation(loss, teacher, set_up=True), checkpoint=Checkpoint(tmp_path / "f.pt", 1, "the distilled student"))
     assert [row["epoch"] for row in rows] == [1, 2, 3, 4] and "holds weights of other shapes than this run's" in caplog.text
+    from kdrun.train import _fits
+
+    class WithBuffer(torch.nn.Module):  # stacks (no trainable parameters); a stack's checkpoint saves no loss state
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", torch.ones(1))
+
+    assert _fits({"model": student.state_dict(), "loss": None}, student, WithBuffer())  # was refused: {} against its buffer
 
 
 # --------------------------------------------------------------------------- trainer.report

@@ -83,7 +83,8 @@ class ATLoss(DistillationLoss):
                 raise ConfigError(
                     f"loss.{role}_layers=auto pairs the stages after the first (the stem, as RepDistiller and mdistiller leave it out), "
                     f"and the {role} ({type(model).__name__}) has one: give it more (model.{role}.channels=[16,32] for cnn), or name "
-                    f"its layers: loss.{role}_layers=[stages.0]"
+                    "the pairs: loss.student_layers and loss.teacher_layers, lists of equal length whose layers give maps of equal "
+                    "height and width (loss.student_layers=[stages.0] loss.teacher_layers=[stages.0], say)"
                 )  # fmt: skip
             pairs.append(stages[1:] if given == "auto" else [given] if isinstance(given, str) else list(given))
         if len(pairs[0]) != len(pairs[1]) or not pairs[0]:
