@@ -26,8 +26,8 @@ means become extra columns of metrics.csv. Any callable of that form works; subc
   by the student's optimiser. ``setup(student, teacher, inputs)`` is called once, with a batch
   of inputs, before any training (before the teacher trains, so that a mistake shows at once):
   the place to build them once feature shapes are known, and to set the feature names. Then
-  kdrun calls the loss once on that batch as training will, the models and the loss in eval
-  mode, and backpropagates; the gradients are dropped.
+  kdrun calls the loss once on that batch as training will, and backpropagates; the weights,
+  batch norm's statistics and gradients are put back as they were.
 - ``set_epoch(epoch, epochs)`` is called at the start of every epoch (1-based), for schedules
   such as a warm-up.
 
