@@ -132,10 +132,11 @@ def _still_running(status: dict) -> bool:
     return True
 
 
-def _check_not_taken(run_dir: Path, digest: str, overrides: Optional[Sequence[str]] = None) -> dict:
+def _check_not_taken(run_dir: Path, digest: str, overrides: Sequence[str]) -> dict:
     """Refuse ``run_dir`` (ConfigError) if a live kdrun process runs there, or if it holds an
     unfinished run of other settings (checkpoints to continue): that run's files stay untouched.
-    Returns the status.json there (empty if none)."""
+    ``overrides``: this command's, to tell its own run read otherwise. Returns the status.json
+    there (empty if none)."""
     previous = read_status(run_dir) or {}
     if _still_running(previous):
         raise ConfigError(
@@ -145,7 +146,7 @@ def _check_not_taken(run_dir: Path, digest: str, overrides: Optional[Sequence[st
     if has_checkpoints(run_dir) and previous.get("status") != "completed" and previous.get("config_hash") != digest:
         settings = " ".join(previous.get("overrides") or []) or "the defaults"
         delete = f"choose another folder, or delete {run_dir / 'checkpoints'} to start this run there"
-        if overrides is not None and list(previous.get("overrides") or []) == list(overrides):  # the same command, read otherwise
+        if list(previous.get("overrides") or []) == list(overrides):  # the same command, read otherwise
             raise ConfigError(
                 f"{run_dir} holds an unfinished run of this same command ({settings}) whose settings came out otherwise (another "
                 f"kdrun version, or a config or teacher file changed since): continue it as it was started, {delete}"
